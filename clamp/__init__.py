@@ -1,0 +1,14 @@
+"""clamp: optogenetics for transformer training.
+
+Clamp, freeze or ablate named subcircuits during chosen steps of training and time when
+the induction head forms. The flow (DESIGN.md): recipe.yaml ─spec→ Recipe ─compile→ Plan
+─train→ run dir ─phases→ phase times ─graph→ graph ─report→ report.
+"""
+from .errors import InputError, RunError
+from .spec import Recipe, load_recipe, recipe_from_data, dump_recipe, with_overrides
+from .compile import Plan, compile_plan
+from .runs import Run, run
+
+__all__ = ["InputError", "RunError", "Recipe", "load_recipe", "recipe_from_data", "dump_recipe",
+           "with_overrides", "Plan", "compile_plan", "Run", "run"]
+__version__ = "0.1.0"

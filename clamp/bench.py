@@ -1,0 +1,380 @@
+"""Suites: a base recipe × named variants × grid points × seeds, with paired expectations.
+
+Flow position: suite.yaml ─bench→ many run dirs → results table (results.csv) → report.md.
+A suite file (DESIGN.md "Suite"):
+
+    name: labels                      # default: file stem
+    base: ../recipes/x.yaml           # a path (relative to this file) or an inline recipe
+    seeds: [0, 1, 2]                  # replaces the recipe's seeds; runs are paired by seed
+    variants:                         # name → overrides (nested, or key.path form)
+      baseline: {}
+      match: {interventions: [{clamp: blocks.1.attn.hook_pattern[3], to: induction}]}
+    grid: {task.labels: [5, 10, 15]}  # optional: every variant × every combination
+    expect:
+      - name: match is at least 5x faster
+        ratio: [match, baseline]      # per seed (and grid point): value(match) / value(baseline)
+        of: crossing                  # crossing | crossing:<column>:<rule> | final:<column>
+        below: 0.2                    # judged on the median over seeds; a sign test is reported
+
+Every run trains into DIR/runs/<run id>/ and is resumable (train.py); results.csv and
+report.md are rewritten atomically after each run finishes.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import itertools
+import json
+import os
+import statistics
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import InputError, did_you_mean, show
+from .pool import Job, Outcome, available_cores, run_jobs
+from .schema import Source, build, load_yaml
+from .spec import Recipe, apply_override, dump_recipe, parse_recipe
+from .train import atomic_write, check_dir, train_seed
+
+SUITE_KEYS = ("name", "base", "seeds", "variants", "grid", "expect")
+EXPECT_KEYS = ("name", "ratio", "difference", "of", "below", "above", "require")
+
+
+@dataclass(frozen=True)
+class Expectation:
+    name: str
+    kind: str                     # ratio | difference
+    a: str
+    b: str
+    of: str                       # crossing | crossing:<col>:<rule> | final:<col>
+    below: float | None
+    above: float | None
+    require: str = "median"       # median | all
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    id: str                       # directory name: variant[__k=v...]
+    variant: str
+    grid: tuple[tuple[str, Any], ...]
+    seed: int
+    recipe: Recipe = field(compare=False, repr=False)
+
+    @property
+    def point(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.grid)
+
+
+@dataclass
+class Suite:
+    name: str
+    file: str
+    base: Recipe
+    seeds: tuple[int, ...]
+    variants: dict[str, dict]
+    grid: dict[str, list]
+    expect: tuple[Expectation, ...]
+    recipes: dict[tuple, Recipe] = field(default_factory=dict, repr=False)   # (variant, grid) → Recipe
+
+    def runs(self) -> list[RunSpec]:
+        out = []
+        for (variant, point), recipe in self.recipes.items():
+            rid = variant + "".join(f"__{k}={_slug(v)}" for k, v in point)
+            for seed in self.seeds:
+                out.append(RunSpec(rid, variant, point, seed, recipe))
+        return out
+
+
+def _slug(v) -> str:
+    return str(v).replace("/", "_").replace(" ", "")
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+def load_suite(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Suite:
+    path = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(path, "", "no readable file", "a suite file (YAML)", e.strerror or "") from None
+    data, src = load_yaml(text, path)
+    return suite_from_data(data, src, overrides, os.path.splitext(os.path.basename(path))[0])
+
+
+def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[str] = (),
+                    default_name: str = "suite") -> Suite:
+    src = src or Source()
+    if not isinstance(data, dict):
+        raise src.error((), show(data), "a mapping with keys " + ", ".join(SUITE_KEYS))
+    for k in data:
+        if k not in SUITE_KEYS:
+            raise src.error((k,), f"unknown key {k!r}", "one of " + ", ".join(SUITE_KEYS),
+                            did_you_mean(str(k), SUITE_KEYS))
+    name = build(str, data.get("name", default_name), ("name",), src)
+    base_data, base_src = _base(data.get("base"), src)
+    for o in overrides:
+        apply_override(base_data, o, base_src)
+    seeds = build(tuple[int, ...], data.get("seeds", base_data.get("seeds", [0])), ("seeds",), src)
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise src.error(("seeds",), show(list(seeds)), "a non-empty list of distinct seeds")
+    variants = data.get("variants") or {"base": {}}
+    if not isinstance(variants, dict):
+        raise src.error(("variants",), show(variants), "a mapping of variant names to overrides")
+    grid = data.get("grid") or {}
+    if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
+        raise src.error(("grid",), show(grid), "a mapping of key.path to non-empty lists of values")
+    base_data["seeds"] = [seeds[0]]
+    base = parse_recipe(copy.deepcopy(base_data), base_src, name)
+    recipes: dict = {}
+    for vname, ov in variants.items():
+        if not isinstance(ov, dict):
+            raise src.error(("variants", vname), show(ov), "a mapping of overrides (may be empty: {})")
+        for point in itertools.product(*[[(k, v) for v in vals] for k, vals in grid.items()]):
+            d = copy.deepcopy(base_data)
+            s = Source(base_src.file, dict(base_src.lines), dict(base_src.overrides))
+            _merge(d, ov, ("variants", vname), src, s)
+            for k, v in point:
+                _merge(d, {k: v}, ("grid", k), src, s)
+            d["name"] = f"{name}/{vname}" + "".join(f"[{k}={v}]" for k, v in point)
+            recipes[(str(vname), tuple(point))] = parse_recipe(d, s, name)
+    expect = tuple(_expectation(e, ("expect", i), src, variants) for i, e in enumerate(data.get("expect") or []))
+    return Suite(name, src.file, base, seeds, variants, grid, expect, recipes)
+
+
+def _base(value, src: Source) -> tuple[dict, Source]:
+    if isinstance(value, str):
+        p = Path(src.file).parent / value if src.file else Path(value)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError:
+            raise src.error(("base",), show(value), "a recipe path relative to the suite file",
+                            f"no file at {p}") from None
+        data, bsrc = load_yaml(text, str(p))
+        return (data or {}), bsrc
+    if isinstance(value, dict):
+        lines = {k[1:]: v for k, v in src.lines.items() if k[:1] == ("base",)}
+        return copy.deepcopy(value), Source(src.file, lines)
+    raise src.error(("base",), show(value), "a recipe path or an inline recipe mapping")
+
+
+def _merge(data: dict, overrides: dict, where: tuple, suite_src: Source, run_src: Source) -> None:
+    """Apply overrides (nested mappings merge, key.path keys address inside) to recipe data."""
+    for key, value in overrides.items():
+        path = [int(p) if p.isdigit() else p for p in str(key).split(".")]
+        node = data
+        for p in path[:-1]:
+            if isinstance(node, dict):
+                node = node.setdefault(p, {})
+            elif isinstance(node, list) and isinstance(p, int) and p < len(node):
+                node = node[p]
+            else:
+                raise suite_src.error(where + (key,), show(key), "a key path into the base recipe")
+        last = path[-1]
+        label = suite_src.where(where + (key,))
+        if isinstance(value, dict) and isinstance(node, dict) and isinstance(node.get(last), dict):
+            _merge(node[last], value, where + (key,), suite_src, run_src)
+            continue
+        if isinstance(node, list):
+            if not isinstance(last, int) or last >= len(node):
+                raise suite_src.error(where + (key,), show(key), "an index into an existing list")
+        node[last] = copy.deepcopy(value)
+        run_src.overrides[tuple(path)] = label
+
+
+def _expectation(e, path, src, variants) -> Expectation:
+    if not isinstance(e, dict):
+        raise src.error(path, show(e), "a mapping like {ratio: [A, B], of: crossing, below: 0.2}")
+    for k in e:
+        if k not in EXPECT_KEYS:
+            raise src.error(path + (k,), f"unknown key {k!r}", "one of " + ", ".join(EXPECT_KEYS),
+                            did_you_mean(str(k), EXPECT_KEYS))
+    kinds = [k for k in ("ratio", "difference") if k in e]
+    if len(kinds) != 1:
+        raise src.error(path, "no ratio or difference" if not kinds else "both ratio and difference",
+                        "exactly one of ratio: [A, B] or difference: [A, B]")
+    kind = kinds[0]
+    pair = e[kind]
+    if not isinstance(pair, list) or len(pair) != 2:
+        raise src.error(path + (kind,), show(pair), "two variant names [A, B]")
+    for i, v in enumerate(pair):
+        if v not in variants:
+            raise src.error(path + (kind, i), show(v), "a variant of this suite: " + ", ".join(variants),
+                            did_you_mean(str(v), variants))
+    of = build(str, e.get("of", "crossing"), path + ("of",), src)
+    if not (of == "crossing" or of.startswith("crossing:") and of.count(":") == 2 or of.startswith("final:")):
+        raise src.error(path + ("of",), show(of), "crossing, crossing:<column>:<rule> or final:<column>")
+    below = build(float, e["below"], path + ("below",), src) if "below" in e else None
+    above = build(float, e["above"], path + ("above",), src) if "above" in e else None
+    if (below is None) == (above is None):
+        raise src.error(path, "no bound" if below is None else "both below and above", "one of below: x or above: x")
+    require = e.get("require", "median")
+    if require not in ("median", "all"):
+        raise src.error(path + ("require",), show(require), "median or all")
+    name = build(str, e.get("name", f"{kind} {pair[0]}/{pair[1]} of {of}"), path + ("name",), src)
+    return Expectation(name, kind, str(pair[0]), str(pair[1]), of, below, above, require)
+
+
+# ---------------------------------------------------------------------------------------
+# Running
+
+
+def _train_job(recipe: Recipe, seed: int, run_dir: str, run_key: str, progress=None) -> dict:
+    def tagged(ev):
+        if progress:
+            progress({**ev, "run": run_key})
+    return train_seed(recipe, seed, run_dir, progress=tagged)
+
+
+@dataclass
+class SuiteResult:
+    suite: Suite
+    dir: Path
+    rows: list[dict]
+    verdicts: list[dict]
+
+    def ok(self) -> bool:
+        return all(r["status"] == "ok" for r in self.rows) and all(v["verdict"] == "PASS" for v in self.verdicts)
+
+    def text(self) -> str:
+        from .report import suite_text
+        return suite_text(self)
+
+
+def run_suite(suite: Suite, out: str | os.PathLike, *, workers: int | None = None, backend: str = "local",
+              address: str | None = None, progress: Callable[[dict], None] | None = None) -> SuiteResult:
+    out = Path(out)
+    runs = suite.runs()
+    dirs = {(r.id, r.seed): out / "runs" / r.id / f"seed_{r.seed}" for r in runs}
+    for r in runs:                                     # refuse before anything is written
+        check_dir(dirs[r.id, r.seed], dump_recipe(replace(r.recipe, seeds=(r.seed,))))
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [Job((r.id, r.seed), _train_job, (r.recipe, r.seed, str(dirs[r.id, r.seed]), f"{r.id}/seed_{r.seed}"),
+                r.recipe.train.threads) for r in runs]
+    done: dict = {}
+
+    def finished(o: Outcome) -> None:
+        done[o.key] = o
+        write_results(suite, out, runs, done)
+        if progress and o.error is not None:
+            progress({"event": "done", "run": f"{o.key[0]}/seed_{o.key[1]}", "status": "failed", "error": o.error})
+
+    write_results(suite, out, runs, done)
+    if backend == "ray":
+        from .raybackend import run_jobs_ray
+        run_jobs_ray(jobs, address=address, on_event=progress, on_done=finished)
+    else:
+        run_jobs(jobs, workers or available_cores(), on_event=progress, on_done=finished)
+    return write_results(suite, out, runs, done)
+
+
+def result_rows(runs: list[RunSpec], done: dict) -> list[dict]:
+    rows = []
+    for r in runs:
+        o = done.get((r.id, r.seed))
+        row: dict = {"run": r.id, "variant": r.variant, "grid": r.point, "seed": r.seed}
+        if o is None:
+            row.update(status="pending")
+        elif o.error is not None:
+            row.update(status="failed", error=o.error)
+        else:
+            s = o.value
+            row.update(status=s.get("status"), error=s.get("error") or "", wall_s=s.get("wall_s"),
+                       steps=s.get("steps"))
+            for col, rules in s.get("phases", {}).items():
+                for rule, res in rules.items():
+                    if isinstance(res, dict):
+                        row[f"crossing:{col}:{rule}"] = res.get("step")
+            for col, v in s.get("final", {}).items():
+                row[f"final:{col}"] = v
+        rows.append(row)
+    return rows
+
+
+def write_results(suite: Suite, out: Path, runs: list[RunSpec], done: dict) -> SuiteResult:
+    from .report import suite_markdown
+    rows = result_rows(runs, done)
+    verdicts = [judge(e, rows, suite) for e in suite.expect]
+    res = SuiteResult(suite, out, rows, verdicts)
+    atomic_write(out / "results.csv", rows_to_csv(rows))
+    atomic_write(out / "report.md", suite_markdown(res))
+    return res
+
+
+def rows_to_csv(rows: list[dict]) -> str:
+    fixed = ["variant", "grid", "seed", "status", "error", "wall_s", "steps", "run"]
+    extra = sorted({k for r in rows for k in r} - set(fixed), key=lambda k: (not k.startswith("crossing"), k))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fixed + extra, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fixed + extra})
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------
+# Expectations
+
+
+def value_of(row: dict, of: str, primary: str) -> tuple[float | None, bool]:
+    """(value, censored): a crossing that never happened counts as the run length, censored."""
+    key = primary if of == "crossing" else ("crossing:" + of.split(":", 1)[1] if of.startswith("crossing:") else of)
+    if row.get("status") != "ok":
+        return None, False
+    v = row.get(key)
+    if key.startswith("crossing:") and v is None:
+        return float(row.get("steps") or 0), True
+    return (None if v is None else float(v)), False
+
+
+def primary_crossing(recipe: Recipe) -> str:
+    col = next(iter(recipe.phases), "loss")
+    rule = next(iter(recipe.phases.get(col, {"below": 0})), "below")
+    return f"crossing:{col}:{rule}"
+
+
+def judge(e: Expectation, rows: list[dict], suite: Suite) -> dict:
+    from scipy.stats import binomtest
+    primary = primary_crossing(suite.base)
+    per: list[dict] = []
+    points = sorted({r["grid"] for r in rows})
+    for point in points:
+        for seed in suite.seeds:
+            ra = next((r for r in rows if r["variant"] == e.a and r["grid"] == point and r["seed"] == seed), None)
+            rb = next((r for r in rows if r["variant"] == e.b and r["grid"] == point and r["seed"] == seed), None)
+            if ra is None or rb is None:
+                continue
+            (va, ca), (vb, cb) = value_of(ra, e.of, primary), value_of(rb, e.of, primary)
+            if va is None or vb is None:
+                continue
+            if e.kind == "ratio":
+                if vb == 0:
+                    continue
+                x = va / vb
+            else:
+                x = va - vb
+            per.append({"grid": point, "seed": seed, "value": x, "censored": ca or cb, "a": va, "b": vb})
+    bound = e.below if e.below is not None else e.above
+    out = {"name": e.name, "kind": e.kind, "a": e.a, "b": e.b, "of": e.of,
+           "rule": f"{'below' if e.below is not None else 'above'} {bound:g}", "per_seed": per, "n": len(per)}
+    if not per:
+        return {**out, "median": None, "min": None, "max": None, "p": None, "verdict": "NO DATA"}
+    xs = [p["value"] for p in per]
+    med = statistics.median(xs)
+    hits = sum((x < bound) if e.below is not None else (x > bound) for x in xs)
+    p = binomtest(hits, len(xs), 0.5, alternative="greater").pvalue
+    ok = (med < bound if e.below is not None else med > bound) if e.require == "median" else hits == len(xs)
+    return {**out, "median": med, "min": min(xs), "max": max(xs), "hits": hits, "p": p,
+            "verdict": "PASS" if ok else "FAIL"}
+
+
+def bench(suite: str | os.PathLike | Suite, out: str | os.PathLike | None = None, *,
+          workers: int | None = None, backend: str = "local", address: str | None = None,
+          progress: Callable[[dict], None] | None = None) -> SuiteResult:
+    """Python API of `clamp bench`: run a suite (path or Suite) and return its results."""
+    s = suite if isinstance(suite, Suite) else load_suite(suite)
+    return run_suite(s, out or Path("runs") / s.name, workers=workers, backend=backend,
+                     address=address, progress=progress)

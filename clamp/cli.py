@@ -1,0 +1,274 @@
+"""The `clamp` command: the only place that prints.
+
+Verbs: run, plan, sites, demo, bench, graph, explain, report. Exit codes: 0 success; 2 bad
+input (one line naming file:line and key path, never a traceback); 1 anything else.
+Set CLAMP_DEBUG=1 to see tracebacks of internal errors.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import InputError, did_you_mean
+from .report import table
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad arguments as one line with a did-you-mean, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        hint = ""
+        if "invalid choice" in message:
+            bad = message.split("'")[1] if "'" in message else ""
+            hint = did_you_mean(bad, VERBS)
+            hint = f"; {hint}" if hint else ""
+        sys.stderr.write(f"{self.prog}: error: {message}{hint} (see `{self.prog} --help`)\n")
+        sys.exit(2)
+
+
+VERBS = ("run", "plan", "sites", "demo", "bench", "graph", "explain", "report")
+
+
+class Progress:
+    """Prints progress of one or many runs on stderr: a live line on a terminal, else a line every few s."""
+
+    def __init__(self, total_runs: int, stream=sys.stderr, quiet: bool = False):
+        self.stream, self.quiet = stream, quiet
+        self.tty = stream.isatty()
+        self.total_runs = max(total_runs, 1)
+        self.state: dict = {}
+        self.t0 = time.time()
+        self.last = 0.0
+        self.finished = 0
+
+    def __call__(self, ev: dict) -> None:
+        key = ev.get("run", ev.get("seed"))
+        kind = ev.get("event")
+        if kind in ("start", "eval"):
+            self.state[key] = (ev.get("step", 0), ev.get("steps", 1), ev.get("loss"))
+        elif kind == "done":
+            self.finished += 1
+            self.state.pop(key, None)
+            if ev.get("status") != "ok" and not self.quiet:
+                self._line(f"run {key} failed: {ev.get('error')}", final=True)
+        self._show()
+
+    def _fraction(self) -> float:
+        running = sum(s / max(n, 1) for s, n, _ in self.state.values())
+        return min(1.0, (self.finished + running) / self.total_runs)
+
+    def _show(self) -> None:
+        if self.quiet:
+            return
+        now = time.time()
+        if now - self.last < (0.5 if self.tty else 10.0):
+            return
+        self.last = now
+        frac = self._fraction()
+        el = now - self.t0
+        eta = f"{_clock(el * (1 - frac) / frac)}" if frac > 0.02 else "?"
+        bar = "#" * int(frac * 20)
+        parts = [f"{k}: {s}/{n}" + (f" loss {l:.3f}" if isinstance(l, float) else "")
+                 for k, (s, n, l) in sorted(self.state.items(), key=lambda kv: str(kv[0]))[:3]]
+        more = f" +{len(self.state) - 3}" if len(self.state) > 3 else ""
+        self._line(f"[{bar:<20}] {100 * frac:3.0f}% {self.finished}/{self.total_runs} done, "
+                   f"elapsed {_clock(el)}, left ~{eta} | " + "; ".join(parts) + more)
+
+    def _line(self, text: str, final: bool = False) -> None:
+        if self.tty and not final:
+            self.stream.write("\r" + text[:150].ljust(150))
+        else:
+            self.stream.write(("\r" if self.tty else "") + text + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty and not self.quiet:
+            self.stream.write("\r" + " " * 150 + "\r")
+            self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    s = int(max(seconds, 0))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def cmd_run(a) -> int:
+    from .runs import run
+    from .spec import load_recipe
+    recipe = load_recipe(a.recipe, a.set)
+    out = Path(a.out) if a.out else Path("runs") / recipe.name
+    prog = Progress(len(recipe.seeds), quiet=a.quiet)
+    t0 = time.time()
+    result = run(recipe, out, workers=a.workers, progress=prog, fresh=a.fresh)
+    prog.close()
+    rows = []
+    cols = [(c, r) for c, rules in recipe.phases.items() for r in rules]
+    for seed, sr in sorted(result.seeds.items()):
+        ph = sr.summary.get("phases", {})
+        rows.append([seed, sr.status] + [ph.get(c, {}).get(r, {}).get("step") for c, r in cols]
+                    + [sr.summary.get("final", {}).get("loss"), sr.summary.get("wall_s")])
+    print(table(["seed", "status"] + [f"{c} {r}" for c, r in cols] + ["final loss", "wall s"], rows))
+    print(f"wrote {out}  ({time.time() - t0:.1f} s)")
+    return 0 if all(s.status == "ok" for s in result.seeds.values()) else 1
+
+
+def cmd_plan(a) -> int:
+    from .compile import compile_plan
+    from .spec import load_recipe
+    recipe = load_recipe(a.recipe, a.set)
+    print(compile_plan(recipe).text())
+    return 0
+
+
+def cmd_sites(a) -> int:
+    from .sites import catalogue
+    from .spec import load_recipe
+    recipe = load_recipe(a.recipe or _builtin("demo.yaml"), a.set)
+    shape = recipe.shape()
+    rows = [[i.name.replace(f"blocks.{i.layer}.", "blocks.{L}.") if i.layer is not None else i.name,
+             i.kind, f"{shape.heads} heads" if i.per_head else "", i.shape]
+            for i in catalogue(shape)]
+    seen, uniq = set(), []
+    for r in rows:
+        if r[0] not in seen:
+            seen.add(r[0])
+            uniq.append(r)
+    print(f"model: {shape.layers} layers (L = 0..{shape.layers - 1}), {shape.heads} heads, "
+          f"d_model {shape.d_model}, d_head {shape.d_head}; head selections: name[3], name[0,2,4:8], name[*]")
+    print(table(["name", "kind", "per head", "layout"], uniq))
+    return 0
+
+
+def _builtin(name: str) -> str:
+    return str(Path(__file__).parent / "recipes" / name)
+
+
+def cmd_demo(a) -> int:
+    from .bench import load_suite, run_suite
+    suite = load_suite(_builtin("demo_suite.yaml"))
+    out = Path(a.out)
+    print(f"clamp demo: few-shot task (REFERENCE.md §1), one active layer-1 head; "
+          f"{len(suite.variants)} conditions × {len(suite.seeds)} seeds, "
+          f"{suite.base.train.steps} steps at lr {suite.base.train.lr:g}", file=sys.stderr)
+    return _bench_and_print(suite, out, a.workers, "local", None, a.quiet)
+
+
+def cmd_bench(a) -> int:
+    from .bench import load_suite
+    suite = load_suite(a.suite, a.set)
+    out = Path(a.out) if a.out else Path("runs") / suite.name
+    return _bench_and_print(suite, out, a.workers, a.backend, a.address, a.quiet)
+
+
+def _bench_and_print(suite, out: Path, workers, backend, address, quiet) -> int:
+    from .bench import run_suite
+    t0 = time.time()
+    prog = Progress(len(suite.runs()), quiet=quiet)
+    res = run_suite(suite, out, workers=workers, backend=backend, address=address, progress=prog)
+    prog.close()
+    print(res.text())
+    print(f"wrote {out} (results.csv, report.md, one directory per run)  [{time.time() - t0:.0f} s wall]")
+    return 0 if res.ok() else 1
+
+
+def cmd_graph(a) -> int:
+    from .graph import cli_graph
+    return cli_graph(a)
+
+
+def cmd_explain(a) -> int:
+    from .graph import cli_explain
+    return cli_explain(a)
+
+
+def cmd_report(a) -> int:
+    from .report import cli_report
+    return cli_report(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="clamp", description="Clamp, freeze or ablate named subcircuits during training "
+                "and time when the induction head forms.")
+    sub = p.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+
+    def sets(q):
+        q.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                       help="override a recipe key, e.g. --set train.lr=1e-3 (repeatable)")
+
+    q = sub.add_parser("run", help="train a recipe (every seed) into a run directory")
+    q.add_argument("recipe")
+    q.add_argument("--out", help="run directory (default runs/<name>)")
+    q.add_argument("--workers", type=int, help="processes for several seeds (default: cores)")
+    q.add_argument("--fresh", action="store_true", help="delete the run directory first instead of resuming")
+    q.add_argument("--quiet", action="store_true", help="no progress")
+    sets(q)
+    q.set_defaults(fn=cmd_run)
+
+    q = sub.add_parser("plan", help="print the compiled timeline of a recipe")
+    q.add_argument("recipe")
+    sets(q)
+    q.set_defaults(fn=cmd_plan)
+
+    q = sub.add_parser("sites", help="list every site and parameter of a recipe's model")
+    q.add_argument("recipe", nargs="?")
+    sets(q)
+    q.set_defaults(fn=cmd_sites)
+
+    q = sub.add_parser("demo", help="the built-in demo: baseline vs an induction clamp")
+    q.add_argument("--out", default="runs/demo")
+    q.add_argument("--workers", type=int)
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(fn=cmd_demo)
+
+    q = sub.add_parser("bench", help="run a suite of interventions × seeds")
+    q.add_argument("suite")
+    q.add_argument("--out", help="suite directory (default runs/<suite name>)")
+    q.add_argument("--workers", type=int, help="parallel runs (default: cores)")
+    q.add_argument("--backend", choices=("local", "ray"), default="local")
+    q.add_argument("--address", help="Ray cluster to join (default: start a local one)")
+    q.add_argument("--quiet", action="store_true")
+    sets(q)
+    q.set_defaults(fn=cmd_bench)
+
+    q = sub.add_parser("graph", help="build the subcircuit graph of a run or suite directory")
+    q.add_argument("dir")
+    q.add_argument("--out", help="where to write graph files (default: DIR)")
+    q.set_defaults(fn=cmd_graph)
+
+    q = sub.add_parser("explain", help="explain the phase change of a suite directory")
+    q.add_argument("dir")
+    q.add_argument("--compare", nargs=2, metavar=("A", "B"))
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(fn=cmd_explain)
+
+    q = sub.add_parser("report", help="tables and plots for a run or suite directory")
+    q.add_argument("dir")
+    q.set_defaults(fn=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except InputError as e:
+        sys.stderr.write(f"clamp: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("\nclamp: interrupted; run the same command again to resume\n")
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line unless debugging
+        if os.environ.get("CLAMP_DEBUG"):
+            raise
+        sys.stderr.write(f"clamp: internal error: {type(e).__name__}: {e} (set CLAMP_DEBUG=1 for a traceback)\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

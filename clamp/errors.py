@@ -1,0 +1,83 @@
+"""Errors a user can act on.
+
+Every stage of the flow (spec → compile → train → phases → graph → report) raises
+`InputError` for bad input. Its message is one line:
+
+    recipes/x.yaml:12: interventions[0].clamp: found 'prev_tokn'; expected a subcircuit
+    name or a site; did you mean 'prev_token'?
+
+The CLI prints that line and exits 2; nothing else of clamp prints. `suggest` gives the
+did-you-mean used everywhere.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+
+def suggest(found: str, candidates: Iterable[str], n: int = 1) -> list[str]:
+    """Close matches of `found` among `candidates`, best first (empty when none is close)."""
+    cands = sorted(set(map(str, candidates)))
+    return difflib.get_close_matches(str(found), cands, n=n, cutoff=0.6)
+
+
+def format_path(path: Sequence[str | int]) -> str:
+    """('interventions', 0, 'clamp') → 'interventions[0].clamp'."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def show(value: object) -> str:
+    """A short, quoted rendering of a found value for messages."""
+    text = repr(value) if isinstance(value, str) else _plain(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _plain(value: object) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping {" + ", ".join(str(k) for k in value) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_plain(v) if not isinstance(v, str) else repr(v) for v in value) + "]"
+    return str(value)
+
+
+@dataclass
+class InputError(Exception):
+    """Bad input (recipe, suite, site name, argument), located and explained in one line."""
+
+    where: str          # 'file:line', 'file', '--set', 'argument', ...
+    path: str           # key path inside the input, e.g. 'interventions[0].steps'
+    found: str          # what was there (already rendered)
+    expected: str       # what would have been accepted
+    hint: str = ""      # a did-you-mean or a fix
+
+    def __str__(self) -> str:
+        head = f"{self.where}: " if self.where else ""
+        path = f"{self.path}: " if self.path else ""
+        hint = f"; {self.hint}" if self.hint else ""
+        return f"{head}{path}found {self.found}; expected {self.expected}{hint}"
+
+    def at(self, where: str) -> "InputError":
+        """The same error, located at `where` if it was not located yet."""
+        if not self.where:
+            self.where = where
+        return self
+
+
+def did_you_mean(found: str, candidates: Iterable[str]) -> str:
+    best = suggest(found, candidates)
+    return f"did you mean {best[0]!r}?" if best else ""
+
+
+class RunError(Exception):
+    """A run failed for a reason that is not bad input (NaN loss, a crash in a worker)."""

@@ -1,0 +1,161 @@
+"""Applies the active part of a Plan to a model, step by step.
+
+Sits between compile (the Plan) and train (the loop). `Intervener.set_step(step)`
+installs hook functions only when the set of active edits changes; when none is active
+every hook point's `fn` is None and the forward pass is the plain model's. A clamp or
+ablation writes `where(mask, value, x)` at its site (mask = selected heads ∧ the source's
+rows), so nothing upstream gets gradient through the replaced elements.
+
+Freezes hold bit for bit under Adam/AdamW (moments and weight decay included): when a
+window opens, the slice and its optimizer state (exp_avg, exp_avg_sq, ...) are
+snapshotted; after every optimizer step inside the window both are written back. When
+the window closes the slice learns again from that state. (Adam's step counter is one
+per tensor, so a slice frozen from step 0 starts its bias correction at the tensor's
+count, not at 1.)
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .compile import Edit, Plan
+from .tasks import Batch
+from .values import Context
+
+_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
+
+
+class _Frozen:
+    """One frozen slice: its parameter, head index, and snapshots of value and optimizer state."""
+
+    def __init__(self, p: nn.Parameter, heads: tuple[int, ...] | None, opt: torch.optim.Optimizer):
+        self.p = p
+        self.idx = slice(None) if heads is None else torch.tensor(heads)
+        self.value = p.detach()[self.idx].clone()
+        st = opt.state.get(p, {})
+        self.state = {k: st[k][self.idx].clone() for k in _STATE_KEYS
+                      if isinstance(st.get(k), Tensor) and st[k].shape == p.shape}
+
+    @torch.no_grad()
+    def restore(self, opt: torch.optim.Optimizer) -> None:
+        self.p[self.idx] = self.value
+        st = opt.state.get(self.p, {})
+        for k in _STATE_KEYS:
+            t = st.get(k)
+            if isinstance(t, Tensor) and t.shape == self.p.shape:
+                t[self.idx] = self.state[k] if k in self.state else 0
+
+
+class Intervener:
+    """Owns the hook points of one model for one Plan."""
+
+    def __init__(self, model: nn.Module, plan: Plan, optimizer: torch.optim.Optimizer | None = None):
+        self.model = model
+        self.plan = plan
+        self.optimizer = optimizer
+        self.ctx = Context(batch=None, model=model, cache={})   # type: ignore[arg-type]
+        self.hook_points = model.hook_points
+        self._active: tuple[Edit, ...] | None = None
+        self._frozen: dict[Edit, list[_Frozen]] = {}
+        self._record: dict[str, Tensor] | None = None
+        self._record_sites: frozenset[str] = frozenset()
+        self._boundaries = set(plan.boundaries)
+
+    # -- configuration -------------------------------------------------------------------
+
+    def set_step(self, step: int) -> None:
+        """Make the edits active at `step` (half-open windows) take effect."""
+        self.ctx.step = step
+        if self._active is not None and step not in self._boundaries:
+            return
+        active = self.plan.active(step)
+        if active != self._active:
+            self._active = active
+            self._sync_freezes(active)
+            self._install()
+
+    def _sync_freezes(self, active: tuple[Edit, ...]) -> None:
+        want = [e for e in active if e.kind == "freeze"]
+        for e in list(self._frozen):
+            if e not in want:
+                del self._frozen[e]
+        for e in want:
+            if e not in self._frozen:
+                if self.optimizer is None:
+                    raise RuntimeError("freezes need the optimizer: Intervener(model, plan, optimizer)")
+                p = self.model.get_parameter(e.site.name)
+                self._frozen[e] = [_Frozen(p, e.site.heads, self.optimizer)]
+
+    def _install(self) -> None:
+        writers: dict[str, list] = {}
+        needs: set[str] = set()
+        for e in self._active or ():
+            if e.kind == "freeze":
+                continue
+            writers.setdefault(e.site.name, []).append((e.source, e.site, _head_mask(e, self.plan.shape.heads)))
+            needs.update(e.source.needs(e.site))
+        for name, hp in self.hook_points.items():
+            w = writers.get(name, [])
+            keep = name in needs
+            rec = name in self._record_sites
+            hp.fn = self._make_fn(name, w, keep, rec) if (w or keep or rec) else None
+
+    def _make_fn(self, name: str, writers: list, keep: bool, rec: bool):
+        ctx = self.ctx
+
+        def fn(x: Tensor) -> Tensor:
+            for source, site, hmask in writers:
+                v, rows = source.value(x, site, ctx)
+                m = rows if hmask is None else (hmask if rows is None else hmask & rows)
+                x = v if m is None else torch.where(m, v, x)
+            if keep:
+                ctx.cache[name] = x
+            if rec and self._record is not None:
+                self._record[name] = x.detach()
+            return x
+        return fn
+
+    # -- running -------------------------------------------------------------------------
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Logits [batch, pos, n_out] of the model with the active edits applied."""
+        self.ctx.batch = batch
+        self.ctx.cache = {}
+        return self.model(batch.tokens, batch.vectors, batch.is_vector)
+
+    def after_optimizer_step(self) -> None:
+        if self._frozen:
+            for slices in self._frozen.values():
+                for f in slices:
+                    f.restore(self.optimizer)
+
+    @contextmanager
+    def recording(self, sites: Iterator[str]) -> Iterator[dict[str, Tensor]]:
+        """Within the block, forward passes store the (post-edit) activations of `sites`."""
+        out: dict[str, Tensor] = {}
+        prev = self._record_sites
+        self._record_sites, self._record = frozenset(sites), out
+        self._install()
+        try:
+            yield out
+        finally:
+            self._record_sites, self._record = prev, None
+            self._install()
+
+    def detach(self) -> None:
+        for hp in self.hook_points.values():
+            hp.fn = None
+
+
+def _head_mask(e: Edit, n_heads: int) -> Tensor | None:
+    """Boolean mask broadcastable to the site's 4-d tensor, true on the selected heads."""
+    if e.site.heads is None:
+        return None
+    shape = [1, 1, 1, 1]
+    shape[e.site.info.head_axis] = n_heads
+    m = torch.zeros(n_heads, dtype=torch.bool)
+    m[list(e.site.heads)] = True
+    return m.view(shape)

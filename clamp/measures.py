@@ -1,0 +1,101 @@
+"""Progress measures, computed at each evaluation (definitions: REFERENCE.md §4).
+
+Sits under train.py: `evaluate` runs every evaluator of the task through the model with
+the step's interventions applied and returns one flat row of metric columns. Column
+names use the site vocabulary:
+
+    loss, accuracy                      on the 'train' evaluator
+    loss/<evaluator>, accuracy/<evaluator>
+    prev_token_score/blocks.L.attn.hook_pattern[h]
+    induction_strength/blocks.L.attn.hook_pattern[h]
+    induction_score/blocks.L.attn.hook_pattern[h]
+
+Definitions (A = the head's attention pattern after any clamp, averaged over sequences):
+- loss: mean cross-entropy over positions with a target; accuracy: argmax = target there.
+- prev_token_score: mean over rows i >= 1 of A[i, i-1].
+- induction_strength: over rows with induction keys (few-shot: the query), attention
+  to the correct keys minus attention to the other keys of the same kind (the other
+  labels); in [-1, 1]. With one distractor label this is the paper's measure.
+- induction_score: on the task's probe (a random segment repeated), mean over rows in
+  the repeats of attention to the key after the row token's previous occurrence
+  (Olsson et al.'s prefix matching).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .sites import ModelShape, head_name
+from .tasks import Batch
+
+HEAD_MEASURES = ("prev_token_score", "induction_strength", "induction_score")
+
+
+def pattern_site(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+def head_column(measure: str, layer: int, head: int) -> str:
+    return f"{measure}/{head_name(pattern_site(layer), (head,))}"
+
+
+def loss_and_accuracy(logits: Tensor, targets: Tensor) -> tuple[float, float]:
+    """logits [batch, pos, n_out], targets [batch, pos] with -100 = no target."""
+    keep = targets != -100
+    lg, tg = logits[keep], targets[keep]                  # [n, n_out], [n]
+    return F.cross_entropy(lg, tg).item(), (lg.argmax(-1) == tg).float().mean().item()
+
+
+def prev_token_scores(A: Tensor) -> Tensor:
+    """A [batch, head, query, key] → [head]: mean over rows i>=1 of A[i, i-1]."""
+    T = A.shape[-1]
+    i = torch.arange(1, T)
+    return A[:, :, i, i - 1].mean(dim=(0, 2))
+
+
+def induction_strengths(A: Tensor, keys: Tensor, others: Tensor | None) -> Tensor:
+    """A [batch, head, query, key]; keys/others [batch, query, key] bool → [head]."""
+    rows = keys.any(-1)                                    # [batch, query]
+    good = (A * keys[:, None]).sum(-1)                     # [batch, head, query]
+    if others is not None:
+        good = good - (A * others[:, None]).sum(-1)
+    w = rows[:, None].float()
+    return (good * w).sum(dim=(0, 2)) / w.sum(dim=(0, 2)).clamp_min(1)
+
+
+@torch.no_grad()
+def evaluate(intervener, evaluators: dict[str, Batch], probe: Batch | None, measures: Iterable[str],
+             shape: ModelShape) -> dict[str, float]:
+    measures = tuple(measures)
+    layers = range(shape.layers)
+    want_heads = [m for m in measures if m in HEAD_MEASURES]
+    row: dict[str, float] = {}
+    for name, batch in evaluators.items():
+        record = [pattern_site(L) for L in layers] if name == "train" and want_heads else []
+        with intervener.recording(record) as rec:
+            logits = intervener.forward(batch)
+        loss, acc = loss_and_accuracy(logits, batch.targets)
+        suffix = "" if name == "train" else f"/{name}"
+        if "loss" in measures:
+            row["loss" + suffix] = loss
+        if "accuracy" in measures:
+            row["accuracy" + suffix] = acc
+        for L in layers if record else ():
+            A = rec[pattern_site(L)]                            # [batch, head, query, key]
+            if "prev_token_score" in measures:
+                for h, v in enumerate(prev_token_scores(A).tolist()):
+                    row[head_column("prev_token_score", L, h)] = v
+            if "induction_strength" in measures and batch.induction_keys is not None:
+                for h, v in enumerate(induction_strengths(A, batch.induction_keys, batch.induction_others).tolist()):
+                    row[head_column("induction_strength", L, h)] = v
+    if "induction_score" in measures and probe is not None:
+        with intervener.recording([pattern_site(L) for L in layers]) as rec:
+            intervener.forward(probe)
+        for L in layers:
+            A = rec[pattern_site(L)]
+            for h, v in enumerate(induction_strengths(A, probe.induction_keys, None).tolist()):
+                row[head_column("induction_score", L, h)] = v
+    return row

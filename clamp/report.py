@@ -1,0 +1,114 @@
+"""Tables and plots for runs and suites (the last stage of the flow).
+
+Reads results (rows of results.csv, run directories) and writes report.md, text for the
+terminal, and PNG loss curves. Nothing here trains or changes a run.
+"""
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+
+def _f(v, digits: int = 4) -> str:
+    if v is None or v == "":
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def md_table(headers: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(_f(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def crossing_columns(rows: list[dict]) -> list[str]:
+    return sorted({k for r in rows for k in r if k.startswith("crossing:")})
+
+
+def phase_table(rows: list[dict]) -> tuple[list[str], list[list]]:
+    """Per variant (and grid point): median and range over seeds of each crossing column."""
+    cols = crossing_columns(rows)
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r.get("grid", "")), []).append(r)
+    out = []
+    for (variant, grid), rs in groups.items():
+        line = [variant + (f" [{grid}]" if grid else ""), f"{sum(r['status'] == 'ok' for r in rs)}/{len(rs)}"]
+        for c in cols:
+            vals = [r.get(c) for r in rs if r["status"] == "ok"]
+            got = [v for v in vals if v not in (None, "")]
+            never = len(vals) - len(got)
+            if got:
+                cell = f"{statistics.median(got):g} ({min(got):g}–{max(got):g})"
+            else:
+                cell = "-"
+            if never:
+                cell += f", {never} never"
+            line.append(cell)
+        out.append(line)
+    return ["variant", "ok"] + [c.removeprefix("crossing:") + " step: median (range)" for c in cols], out
+
+
+def verdict_rows(verdicts: list[dict]) -> list[list]:
+    rows = []
+    for v in verdicts:
+        rng = "-" if v["median"] is None else f"{v['min']:.3g}–{v['max']:.3g}"
+        cens = sum(p["censored"] for p in v["per_seed"])
+        rows.append([v["name"], f"{v['kind']} {v['a']}/{v['b']} of {v['of']}", v["rule"],
+                     v["median"], rng, f"{v['n']}" + (f" ({cens} censored)" if cens else ""),
+                     None if v.get("p") is None else f"{v['p']:.3g}", v["verdict"]])
+    return rows
+
+
+VERDICT_HEADERS = ["expectation", "statistic (paired by seed)", "rule", "median", "range", "n",
+                   "sign test p", "verdict"]
+
+
+def suite_markdown(res) -> str:
+    s = res.suite
+    lines = [f"# Suite {s.name}", "",
+             f"{len(res.rows)} runs: {len(s.recipes)} variant/grid point(s) × {len(s.seeds)} seeds "
+             f"({', '.join(map(str, s.seeds))}); base: {s.base.task.name}, {s.base.train.steps} steps, "
+             f"{s.base.train.optimizer} lr {s.base.train.lr:g}, batch {s.base.train.batch}.", ""]
+    if res.verdicts:
+        lines += ["## Expectations", "",
+                  "Each statistic is computed per seed (same init and data stream) and summarised over seeds; "
+                  "a crossing that never happened counts as the run length (censored, a lower bound). "
+                  "The sign test asks whether more seeds than chance meet the rule.", "",
+                  md_table(VERDICT_HEADERS, verdict_rows(res.verdicts)), ""]
+    h, rows = phase_table(res.rows)
+    lines += ["## Phase-change times", "", md_table(h, rows), ""]
+    bad = [r for r in res.rows if r["status"] not in ("ok",)]
+    if bad:
+        lines += ["## Runs that did not finish", "",
+                  md_table(["run", "seed", "status", "error"], [[r["run"], r["seed"], r["status"], r.get("error", "")]
+                                                               for r in bad]), ""]
+    return "\n".join(lines)
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    """A plain-text table (for the terminal)."""
+    cells = [[_f(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(headers), fmt(["-" * w for w in widths])] + [fmt(r) for r in cells])
+
+
+def suite_text(res) -> str:
+    parts = []
+    h, rows = phase_table(res.rows)
+    parts.append(table(h, rows))
+    if res.verdicts:
+        parts.append("")
+        parts.append(table(["expectation", "rule", "median", "range", "n", "p", "verdict"],
+                           [[r[0], r[2], r[3], r[4], r[5], r[6], r[7]] for r in verdict_rows(res.verdicts)]))
+    bad = [r for r in res.rows if r["status"] != "ok"]
+    for r in bad:
+        parts.append(f"run {r['run']} seed {r['seed']}: {r['status']} {r.get('error', '')}")
+    return "\n".join(parts)
+
+
+def cli_report(args) -> int:
+    raise NotImplementedError

@@ -1,0 +1,489 @@
+"""Recipes: YAML → a typed, frozen Recipe, or a one-line error before anything runs.
+
+First real stage of the flow (recipe.yaml ─spec→ Recipe). Checks every key, type and
+range; task options against the task's Options; `to:`/`how:` and their options against
+the value-source registry; every site, subcircuit and parameter name against the model
+the recipe builds; and step windows against the run length. Conflicts between
+interventions are checked by compile.py, which reports them with the same locations
+(a Recipe keeps its Source).
+
+`load_recipe(path, overrides=["train.lr=1e-3", ...])` is the entry point;
+`recipe_to_dict` / `dump_recipe` write the resolved recipe back (round trip exact).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Sequence
+
+import yaml
+
+from . import sites as S
+from .errors import InputError, did_you_mean, format_path, show
+from .schema import (Source, build, build_dataclass, dump_yaml, load_yaml, non_negative, opt,
+                     positive, unbuild)
+from .tasks import TASKS, TaskIO, get_task
+from .values import VALUES, get_value
+
+KINDS = ("clamp", "ablate", "freeze")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    layers: int = opt(2, check=positive, doc="transformer blocks")
+    heads: int = opt(8, check=positive, doc="attention heads per block")
+    d_model: int = opt(64, check=positive, doc="residual stream width")
+    d_head: int = opt(0, check=non_negative, doc="per-head width (0: d_model / heads)")
+    attn_only: bool = opt(True, doc="no MLPs")
+    d_mlp: int = opt(0, check=non_negative, doc="MLP width (0: 4·d_model)")
+    norm: Literal["pre", "none"] = opt("pre", doc="pre-LayerNorm or none")
+    pos: Literal["rope", "learned", "none"] = opt("rope", doc="positional information")
+
+    def validate(self):
+        if self.d_head == 0 and self.d_model % self.heads:
+            return ("d_head", f"set (d_model {self.d_model} is not divisible by heads {self.heads})")
+        if self.pos == "rope" and self.head_width() % 2:
+            return ("pos", "'learned' or 'none' (RoPE needs an even d_head)")
+        return None
+
+    def head_width(self) -> int:
+        return self.d_head or self.d_model // self.heads
+
+
+EvalEvery = int | tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = opt(2000, check=positive, doc="optimizer steps")
+    batch: int = opt(32, check=positive, doc="sequences per step")
+    optimizer: Literal["adam", "adamw", "sgd"] = opt("adam", doc="optimizer")
+    lr: float = opt(1e-3, check=positive, doc="learning rate (constant)")
+    weight_decay: float = opt(0.0, check=non_negative, doc="weight decay (decoupled for adamw)")
+    betas: tuple[float, float] = opt((0.9, 0.999), doc="Adam betas")
+    eval_every: EvalEvery = opt(100, doc="evaluate every N steps, or [[from_step, every], ...]")
+    eval_size: int = opt(1000, check=positive, doc="sequences per evaluator")
+    checkpoint_every: int = opt(0, check=non_negative, doc="checkpoint every N steps (0: only the last)")
+    threads: int = opt(1, check=positive, doc="torch threads per run")
+
+    def validate(self):
+        ee = self.eval_every
+        if isinstance(ee, int):
+            return None if ee > 0 else ("eval_every", "a positive number of steps")
+        starts = [a for a, _ in ee]
+        if not ee or starts[0] != 0 or any(b <= 0 for _, b in ee) or starts != sorted(set(starts)):
+            return ("eval_every", "[[0, every], [from_step, every], ...] with rising from_steps and every > 0")
+        return None
+
+    def eval_steps(self) -> list[int]:
+        """Steps (0..steps) at which the model is evaluated; always includes 0 and steps."""
+        ee = self.eval_every if not isinstance(self.eval_every, int) else ((0, self.eval_every),)
+        out: set[int] = {0, self.steps}
+        for i, (a, every) in enumerate(ee):
+            b = ee[i + 1][0] if i + 1 < len(ee) else self.steps
+            out.update(range(a, min(b, self.steps), every))
+        return sorted(out)
+
+
+@dataclass(frozen=True)
+class Subcircuit:
+    sites: tuple[str, ...] = opt((), doc="activation sites")
+    params: tuple[str, ...] = opt((), doc="parameters")
+
+
+@dataclass(frozen=True)
+class Intervention:
+    kind: str                                  # clamp | ablate | freeze
+    target: str                                # a subcircuit name or a site / parameter name
+    source: str | None                         # value source (clamp `to:`, ablate `how:`)
+    options: Any                               # the source's options (frozen dataclass)
+    windows: tuple[tuple[int, int], ...]       # half-open [start, end) optimizer steps
+    name: str = ""                             # optional label for plans and reports
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    options: Any
+
+    def io(self) -> TaskIO:
+        return TASKS[self.name].io(self.options)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    seeds: tuple[int, ...]
+    model: ModelConfig
+    task: TaskSpec
+    train: TrainConfig
+    subcircuits: dict[str, Subcircuit]
+    interventions: tuple[Intervention, ...]
+    measure: tuple[str, ...]
+    phases: dict[str, dict[str, float]]
+    source: Source = field(default_factory=Source, compare=False, repr=False)
+
+    def shape(self) -> S.ModelShape:
+        return model_shape(self.model, self.task.io())
+
+
+def model_shape(m: ModelConfig, io: TaskIO) -> S.ModelShape:
+    return S.ModelShape(layers=m.layers, heads=m.heads, d_model=m.d_model, d_head=m.head_width(),
+                        attn_only=m.attn_only, d_mlp=m.d_mlp or 4 * m.d_model, norm=m.norm, pos=m.pos,
+                        vocab=io.vocab, n_out=io.n_out, n_ctx=io.n_ctx, vector_dim=io.vector_dim)
+
+
+TOP_KEYS = ("name", "seeds", "model", "task", "train", "subcircuits", "interventions", "measure", "phases")
+MEASURES = ("loss", "accuracy", "prev_token_score", "induction_strength", "induction_score")
+PHASE_RULES = ("below", "above", "relative")
+
+
+# ---------------------------------------------------------------------------------------
+# Loading
+
+
+def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recipe:
+    """Read and check a recipe file; `overrides` are 'key.path=value' strings (as `--set`)."""
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise InputError(path, "", "no readable file", "a recipe file (YAML)", e.strerror or "") from None
+    data, src = load_yaml(text, path)
+    default_name = os.path.splitext(os.path.basename(path))[0]
+    return recipe_from_data(data, src, overrides, default_name=default_name)
+
+
+def recipe_from_data(data: Any, src: Source | None = None, overrides: Sequence[str] = (),
+                     default_name: str = "recipe") -> Recipe:
+    src = src or Source()
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise src.error((), show(data), "a mapping of recipe keys: " + ", ".join(TOP_KEYS))
+    data = copy.deepcopy(data)
+    for text in overrides:
+        apply_override(data, text, src)
+    return parse_recipe(data, src, default_name)
+
+
+def parse_override(text: str) -> tuple[list, Any]:
+    """'train.lr=1e-3' → (['train', 'lr'], 0.001); the value is read as YAML."""
+    key, eq, raw = text.partition("=")
+    if not eq or not key.strip():
+        raise InputError("--set", "", show(text), "key.path=value, e.g. --set train.lr=1e-3")
+    parts: list = []
+    for p in key.strip().split("."):
+        parts.append(int(p) if p.isdigit() else p)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_override(data: dict, text: str, src: Source) -> None:
+    parts, value = parse_override(text)
+    node = data
+    for i, p in enumerate(parts[:-1]):
+        nxt = node.get(p) if isinstance(node, dict) else (node[p] if isinstance(node, list) and
+                                                           isinstance(p, int) and p < len(node) else None)
+        if nxt is None:
+            if isinstance(node, dict):
+                node[p] = nxt = {}
+            else:
+                raise InputError(f"--set {text}", format_path(parts[:i + 1]), "no such list item",
+                                 "an index into an existing list")
+        node = nxt
+    last = parts[-1]
+    if isinstance(node, list):
+        if not isinstance(last, int) or last >= len(node):
+            raise InputError(f"--set {text}", format_path(parts), "no such list item",
+                             f"an index below {len(node)}")
+        node[last] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise InputError(f"--set {text}", format_path(parts[:-1]), show(node), "a mapping to set a key in")
+    src.overrides[tuple(parts)] = f"--set {text}"
+
+
+def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recipe:
+    for key in data:
+        if key not in TOP_KEYS:
+            raise src.error((key,), f"unknown key {key!r}", "one of " + ", ".join(TOP_KEYS),
+                            did_you_mean(str(key), TOP_KEYS))
+    name = build(str, data.get("name", default_name), ("name",), src)
+    seeds = build(tuple[int, ...], data.get("seeds", [0]), ("seeds",), src)
+    if not seeds:
+        raise src.error(("seeds",), "an empty list", "at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise src.error(("seeds",), show(list(seeds)), "each seed once")
+    model = build_dataclass(ModelConfig, data.get("model"), ("model",), src)
+    task = _task(data.get("task"), src)
+    train = build_dataclass(TrainConfig, data.get("train"), ("train",), src)
+    shape = model_shape(model, task.io())
+    subcircuits = _subcircuits(data.get("subcircuits"), src, shape)
+    interventions = tuple(_intervention(item, ("interventions", i), src, shape, subcircuits, train.steps)
+                          for i, item in enumerate(_list(data.get("interventions"), ("interventions",), src)))
+    measure = _measures(data.get("measure"), src)
+    phases = _phases(data.get("phases"), src, TASKS[task.name].default_phases(task.options))
+    return Recipe(name, seeds, model, task, train, subcircuits, interventions, measure, phases, src)
+
+
+def _list(value, path, src) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise src.error(path, show(value), "a list")
+    return value
+
+
+def _task(value, src) -> TaskSpec:
+    path = ("task",)
+    if value is None:
+        value = {"name": "fewshot"}
+    if isinstance(value, str):
+        value = {"name": value}
+    if not isinstance(value, dict):
+        raise src.error(path, show(value), "a mapping with a task name and its options")
+    name = value.get("name", "fewshot")
+    try:
+        cls = get_task(name)
+    except InputError as e:
+        raise src.error(path + ("name",), e.found, e.expected, e.hint) from None
+    opts = build_dataclass(cls.Options, {k: v for k, v in value.items() if k != "name"}, path, src)
+    return TaskSpec(name, opts)
+
+
+def _check_name(text, path, src, shape, kind) -> list[S.Site]:
+    try:
+        return S.expand(text, shape, kind)
+    except InputError as e:
+        raise src.error(path, e.found, e.expected, e.hint) from None
+
+
+def _subcircuits(value, src, shape) -> dict[str, Subcircuit]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise src.error(("subcircuits",), show(value), "a mapping of names to {sites: [...], params: [...]}")
+    out = {}
+    for name, body in value.items():
+        path = ("subcircuits", name)
+        if S._PATH_RE.match(str(name)) and "." in str(name):
+            raise src.error(path, show(name), "a subcircuit name without dots",
+                            "dots are for site names; use e.g. prev_token")
+        sc = build_dataclass(Subcircuit, body, path, src)
+        for i, s in enumerate(sc.sites):
+            _check_name(s, path + ("sites", i), src, shape, "activation")
+        for i, p in enumerate(sc.params):
+            _check_name(p, path + ("params", i), src, shape, "parameter")
+        if not sc.sites and not sc.params:
+            raise src.error(path, "an empty subcircuit", "at least one site or parameter")
+        out[str(name)] = sc
+    return out
+
+
+def _windows(value, path, src, steps: int) -> tuple[tuple[int, int], ...]:
+    """[a, b] or [[a, b], [c, d], ...]; 'end' means the run's last step; half-open, in range."""
+    if value is None:
+        return ((0, steps),)
+    if not isinstance(value, list) or not value:
+        raise src.error(path, show(value), "[start, end] or a list of them, e.g. [0, end] or [[0, 500], [1000, end]]")
+    pairs = value if isinstance(value[0], list) else [value]
+    out = []
+    for i, pair in enumerate(pairs):
+        p = path + ((i,) if pairs is value else ())
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise src.error(p, show(pair), "[start, end] (two steps; half-open)")
+        a, b = (_step(x, p + (j,), src, steps) for j, x in enumerate(pair))
+        if a >= b:
+            raise src.error(p, show(pair), "start < end (windows are half-open [start, end))",
+                            f"[{a}, {a + 1}] is the single step {a}" if a == b else "")
+        if b > steps:
+            raise src.error(p, show(pair), f"a window inside the run's {steps} steps",
+                            f"write [{a}, end] to run to the last step")
+        out.append((a, b))
+    out.sort()
+    for (a0, b0), (a1, b1) in zip(out, out[1:]):
+        if a1 < b0:
+            raise src.error(path, show(value), "windows that do not overlap",
+                            f"merge [{a0}, {b0}] and [{a1}, {b1}] into [{a0}, {max(b0, b1)}]")
+    return tuple(out)
+
+
+def _step(x, path, src, steps) -> int:
+    if x == "end":
+        return steps
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or (isinstance(x, float) and not x.is_integer()):
+        raise src.error(path, show(x), "a step (an integer >= 0) or 'end'",
+                        did_you_mean(str(x), ["end"]) if isinstance(x, str) else "")
+    if x < 0:
+        raise src.error(path, show(x), "a step >= 0")
+    return int(x)
+
+
+def _intervention(item, path, src, shape, subcircuits, steps) -> Intervention:
+    if not isinstance(item, dict):
+        raise src.error(path, show(item), "a mapping like {clamp: SITE, to: SOURCE} or {freeze: PARAM}")
+    kinds = [k for k in KINDS if k in item]
+    if len(kinds) != 1:
+        found = "no clamp/ablate/freeze key" if not kinds else "both " + " and ".join(kinds)
+        close = [did_you_mean(str(k), KINDS) for k in item if k not in KINDS]
+        raise src.error(path, found, "exactly one of clamp, ablate, freeze",
+                        next((c for c in close if c), ""))
+    kind = kinds[0]
+    target = item[kind]
+    if not isinstance(target, str):
+        raise src.error(path + (kind,), show(target), "a subcircuit name or a site name")
+    common = {kind, "steps", "name"}
+    source_key = {"clamp": "to", "ablate": "how", "freeze": None}[kind]
+    source = None
+    options = None
+    if source_key:
+        default = "zero" if kind == "ablate" else None
+        source = item.get(source_key, default)
+        if source is None:
+            raise src.error(path, f"no {source_key!r} key", f"{source_key}: a value source, one of "
+                            + ", ".join(sorted(VALUES)))
+        if isinstance(source, dict) and len(source) == 1:     # to: {previous_token: {strength: 0.9}}
+            (source, inline), = source.items()
+            item = {**item, **(inline or {}), source_key: source}
+        try:
+            cls = get_value(str(source), ablation=(kind == "ablate"))
+        except InputError as e:
+            raise src.error(path + (source_key,), e.found, e.expected, e.hint) from None
+        common.add(source_key)
+        opt_keys = {k: v for k, v in item.items() if k not in common}
+        options = _source_options(cls, opt_keys, path, src, kind)
+    else:
+        extra = [k for k in item if k not in common]
+        if extra:
+            raise src.error(path + (extra[0],), f"unknown key {extra[0]!r}", "freeze takes only freeze, steps, name",
+                            did_you_mean(str(extra[0]), ["steps", "name"]))
+    _check_target(target, kind, cls if source_key else None, path + (kind,), src, shape, subcircuits)
+    windows = _windows(item.get("steps"), path + ("steps",), src, steps)
+    name = build(str, item.get("name", ""), path + ("name",), src)
+    return Intervention(kind, target, source, options, windows, name)
+
+
+def _source_options(cls, keys: dict, path, src, kind):
+    import dataclasses
+    known = {f.name for f in dataclasses.fields(cls.Options)}
+    for k in keys:
+        if k not in known:
+            allowed = sorted(known | {"steps", "name", "to" if kind == "clamp" else "how"})
+            raise src.error(path + (k,), f"unknown key {k!r}",
+                            f"one of {', '.join(allowed)} (options of {cls.name}: {', '.join(sorted(known)) or 'none'})",
+                            did_you_mean(str(k), allowed))
+    return build_dataclass(cls.Options, keys, path, src)
+
+
+def _check_target(target, kind, source_cls, path, src, shape, subcircuits) -> None:
+    """The target names a subcircuit with the right parts, or a site/parameter of the model."""
+    want = "parameter" if kind == "freeze" else "activation"
+    if target in subcircuits:
+        sc = subcircuits[target]
+        names = sc.params if kind == "freeze" else sc.sites
+        if not names:
+            part = "params" if kind == "freeze" else "sites"
+            raise src.error(path, f"subcircuit {target!r} with no {part}",
+                            f"a subcircuit with {part} to {kind}",
+                            f"add {part} to subcircuits.{target}")
+        resolved = [s for n in names for s in S.expand(n, shape, want)]
+    else:
+        if "." not in target and "[" not in target and not target.startswith("hook_"):
+            hint = did_you_mean(target, subcircuits) or ("no subcircuits are defined" if not subcircuits else "")
+            raise src.error(path, show(target), f"a subcircuit name ({', '.join(subcircuits) or 'none defined'}) "
+                            f"or a {'parameter' if want == 'parameter' else 'site'} name", hint)
+        resolved = _check_name(target, path, src, shape, want)
+    if source_cls is not None:
+        inst = source_cls(None)
+        bad = [s for s in resolved if not inst.applies_to(s)]
+        if bad:
+            raise src.error(path, show(str(bad[0])), f"a site {source_cls.name} applies to ("
+                            + ", ".join(f"*.{x}" if x != "*" else "any activation" for x in source_cls.sites) + ")")
+
+
+def _measures(value, src) -> tuple[str, ...]:
+    if value is None:
+        return ("loss", "accuracy", "prev_token_score", "induction_strength")
+    items = build(tuple[str, ...], value, ("measure",), src)
+    for i, m in enumerate(items):
+        if m not in MEASURES:
+            raise src.error(("measure", i), show(m), "a measure: one of " + ", ".join(MEASURES),
+                            did_you_mean(m, MEASURES))
+    return items
+
+
+def _phases(value, src, defaults: dict) -> dict[str, dict[str, float]]:
+    if value is None:
+        return {k: dict(v) for k, v in defaults.items()}
+    if not isinstance(value, dict):
+        raise src.error(("phases",), show(value), "a mapping of measure columns to rules, e.g. "
+                        "{loss: {below: 0.277, relative: 0.5}}")
+    out = {}
+    for col, rules in value.items():
+        path = ("phases", col)
+        if not isinstance(rules, dict) or not rules:
+            raise src.error(path, show(rules), "a mapping of rules: below, above, relative")
+        for k, v in rules.items():
+            if k not in PHASE_RULES:
+                raise src.error(path + (k,), f"unknown rule {k!r}", "one of " + ", ".join(PHASE_RULES),
+                                did_you_mean(str(k), PHASE_RULES))
+            build(float, v, path + (k,), src)
+        if "below" in rules and "above" in rules:
+            raise src.error(path, "both below and above", "one absolute threshold per measure")
+        if "relative" in rules and not 0 < float(rules["relative"]) < 1:
+            raise src.error(path + ("relative",), show(rules["relative"]),
+                            "a fraction in (0, 1) of the way from the plateau to the final level")
+        out[str(col)] = {k: float(v) for k, v in rules.items()}
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Writing back
+
+
+def recipe_to_dict(r: Recipe) -> dict:
+    """The resolved recipe as plain data; `recipe_from_data(recipe_to_dict(r)) == r`."""
+    def windows(ws):
+        return [list(w) for w in ws] if len(ws) != 1 else list(ws[0])
+
+    def intervention(iv: Intervention) -> dict:
+        d: dict = {iv.kind: iv.target}
+        if iv.kind == "clamp":
+            d["to"] = iv.source
+        elif iv.kind == "ablate":
+            d["how"] = iv.source
+        if iv.options is not None:
+            d.update(unbuild(iv.options))
+        d["steps"] = windows(iv.windows)
+        if iv.name:
+            d["name"] = iv.name
+        return d
+
+    return {
+        "name": r.name,
+        "seeds": list(r.seeds),
+        "model": unbuild(r.model),
+        "task": {"name": r.task.name, **unbuild(r.task.options)},
+        "train": unbuild(r.train),
+        "subcircuits": {k: unbuild(v) for k, v in r.subcircuits.items()},
+        "interventions": [intervention(iv) for iv in r.interventions],
+        "measure": list(r.measure),
+        "phases": {k: dict(v) for k, v in r.phases.items()},
+    }
+
+
+def dump_recipe(r: Recipe) -> str:
+    return dump_yaml(recipe_to_dict(r))
+
+
+def with_overrides(r: Recipe, overrides: Sequence[str]) -> Recipe:
+    """A new Recipe: `r` with 'key.path=value' overrides applied and everything re-checked."""
+    return recipe_from_data(recipe_to_dict(r), Source(file=r.source.file), overrides, r.name)

@@ -1,0 +1,115 @@
+"""Synthetic tasks: seeded, deterministic data streams and fixed evaluation sets.
+
+Tasks sit beside the model, before spec/compile (spec checks a recipe's task options
+against the task's `Options` dataclass). A task says what its sequences look like
+(`TaskIO`), makes a training batch for any step (a pure function of seed and step, so a
+resumed run sees the same data), and fixed evaluation sets (`evaluators`).
+
+Each `Batch` also carries the structural facts that value sources and progress measures
+need, so they work on any task that provides them:
+    roles             position roles, e.g. {'label': [batch, pos] bool, 'query': ...}
+    induction_keys    [batch, query, key] bool: where an ideal induction head looks from each row
+    induction_others  [batch, query, key] bool: the wrong answers of the same kind (other labels)
+
+Register a new task with `@register_task`; recipes can then name it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import InputError, did_you_mean, show
+
+
+@dataclass(frozen=True)
+class TaskIO:
+    """Sequence facts the model is built from."""
+
+    vocab: int              # token ids are in [0, vocab)
+    n_out: int              # logits per position
+    n_ctx: int              # sequence length
+    vector_dim: int = 0     # >0 when some positions carry vectors
+
+
+@dataclass
+class Batch:
+    tokens: Tensor                          # [batch, pos] long
+    targets: Tensor                         # [batch, pos] long, -100 where no loss
+    vectors: Tensor | None = None           # [batch, pos, vector_dim] float
+    is_vector: Tensor | None = None         # [batch, pos] bool
+    roles: dict[str, Tensor] = field(default_factory=dict)   # name -> [batch, pos] bool
+    induction_keys: Tensor | None = None    # [batch, query, key] bool
+    induction_others: Tensor | None = None  # [batch, query, key] bool
+    classes: Tensor | None = None           # [batch, pos] long, class of each vector (-1 else)
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def select(self, idx: Tensor | slice) -> "Batch":
+        """The sub-batch of rows `idx` (every tensor field indexed along the batch axis)."""
+        def s(t):
+            return None if t is None else t[idx]
+        return Batch(self.tokens[idx], self.targets[idx], s(self.vectors), s(self.is_vector),
+                     {k: v[idx] for k, v in self.roles.items()}, s(self.induction_keys),
+                     s(self.induction_others), s(self.classes))
+
+
+def rng_for(*key: int) -> torch.Generator:
+    """A torch generator seeded from a tuple of ints (seed, stream, step...), well mixed."""
+    state = np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in key]).generate_state(2)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class Task:
+    """Base class. Subclasses set `name`, `Options` (a frozen dataclass) and implement the rest."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type]
+    evaluator_names: ClassVar[tuple[str, ...]] = ("train",)
+
+    def __init__(self, options, seed: int):
+        self.options = options
+        self.seed = seed
+
+    @classmethod
+    def io(cls, options) -> TaskIO:
+        raise NotImplementedError
+
+    @classmethod
+    def default_phases(cls, options) -> dict:
+        """Phase rules used when a recipe names none: {measure column: {below|above|relative: x}}."""
+        return {}
+
+    def train_batch(self, step: int, size: int) -> Batch:
+        raise NotImplementedError
+
+    def evaluators(self, size: int) -> dict[str, Batch]:
+        """Fixed evaluation sets, one per name in `evaluator_names`, the same on every call."""
+        raise NotImplementedError
+
+    def probe(self, size: int) -> Batch | None:
+        """Sequences for token-level induction scores (repeated segments), if the task has them."""
+        return None
+
+
+TASKS: dict[str, type[Task]] = {}
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    TASKS[cls.name] = cls
+    return cls
+
+
+def get_task(name: str) -> type[Task]:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise InputError("", "", show(name), "a task: one of " + ", ".join(sorted(TASKS)),
+                         did_you_mean(name, TASKS)) from None
+
+
+from . import fewshot, repeat_tokens  # noqa: E402,F401  (register the built-in tasks)

@@ -1,0 +1,247 @@
+"""One explicit training loop, and the run directory it writes.
+
+Flow position: Plan ─train→ run dir. `train_seed` trains one seed into one directory:
+
+    recipe.yaml     the resolved recipe (seeds: [this seed])
+    plan.txt        the compiled timeline
+    metrics.jsonl   one JSON object per evaluation: step, sequences, seed, one key per measure
+    summary.json    status, final measures, phase-change times, timings (written last)
+    checkpoints/    step_0001000.pt ... ({step, model, optimizer}; loaded with weights_only)
+
+Every file is written atomically (temp file + rename) except metrics.jsonl, which is
+appended a line at a time and truncated back to the checkpoint on resume. Running again
+in the same directory resumes: a finished run is returned as is; an interrupted one
+restarts from its last checkpoint and, since each step's batch is a pure function of
+(seed, step), reproduces the uninterrupted run exactly.
+
+An evaluation at step s measures the model after s updates with the interventions active
+at step s (at the final step: those of the last step).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .compile import Plan, compile_plan
+from .errors import InputError, RunError
+from .hooks import Intervener
+from .measures import evaluate
+from .model import Transformer, build_model
+from .phases import phase_times
+from .spec import Recipe, dump_recipe
+from .tasks import TASKS, Task
+
+Progress = Callable[[dict], None]
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError:
+                        break          # a line cut by a kill: the rest is not trusted
+    except OSError:
+        pass
+    return rows
+
+
+def make_optimizer(recipe: Recipe, model: Transformer) -> torch.optim.Optimizer:
+    t = recipe.train
+    params = list(model.parameters())
+    if t.optimizer == "adam":
+        return torch.optim.Adam(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, fused=True)
+    if t.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, fused=True)
+    return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+
+class Trainer:
+    """The pieces of one run, built from a recipe and a seed (usable without a directory)."""
+
+    def __init__(self, recipe: Recipe, seed: int, plan: Plan | None = None):
+        self.recipe = recipe
+        self.seed = seed
+        self.plan = plan or compile_plan(recipe)
+        self.task: Task = TASKS[recipe.task.name](recipe.task.options, seed)
+        self.model = build_model(recipe.shape(), seed)
+        self.optimizer = make_optimizer(recipe, self.model)
+        self.intervener = Intervener(self.model, self.plan, self.optimizer)
+        self.step = 0
+        self._evaluators = None
+        self._probe = None
+
+    def train_step(self) -> float:
+        """One optimizer step at self.step with that step's interventions; returns the loss."""
+        r = self.recipe
+        self.intervener.set_step(self.step)
+        batch = self.task.train_batch(self.step, r.train.batch)
+        loss = loss_fn(self.intervener.forward(batch), batch.targets)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise RunError(f"training loss became {value} at step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.intervener.after_optimizer_step()
+        self.step += 1
+        return value
+
+    def evaluate(self) -> dict:
+        r = self.recipe
+        if self._evaluators is None:
+            self._evaluators = self.task.evaluators(r.train.eval_size)
+            self._probe = self.task.probe(r.train.eval_size) if "induction_score" in r.measure else None
+        self.intervener.set_step(min(self.step, r.train.steps - 1))
+        self.model.eval()
+        row = evaluate(self.intervener, self._evaluators, self._probe, r.measure, self.plan.shape)
+        self.model.train()
+        return {"step": self.step, "sequences": self.step * r.train.batch, "seed": self.seed, **row}
+
+    def state(self) -> dict:
+        return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step_{step:07d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    d = Path(run_dir) / "checkpoints"
+    out = []
+    for p in d.glob("step_*.pt") if d.is_dir() else ():
+        try:
+            out.append((int(p.stem.split("_")[1]), p))
+        except (IndexError, ValueError):
+            continue
+    return sorted(out)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _save_checkpoint(run_dir: Path, trainer: Trainer) -> None:
+    path = checkpoint_path(run_dir, trainer.step)
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(trainer.state(), tmp)
+    os.replace(tmp, path)
+
+
+def check_dir(run_dir: Path, resolved: str) -> None:
+    """InputError unless `run_dir` is empty, missing, or holds a run of this same recipe."""
+    old = Path(run_dir) / "recipe.yaml"
+    if old.exists() and old.read_text(encoding="utf-8") != resolved:
+        raise InputError(str(run_dir), "", "a run directory that holds a different recipe",
+                         "an empty directory or one from the same recipe",
+                         "choose another --out, or pass --fresh to overwrite it")
+
+
+def prepare_dir(run_dir: Path, resolved: str) -> dict | None:
+    """Check a directory can hold this run; returns its finished summary if there is one."""
+    check_dir(run_dir, resolved)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary = read_json(run_dir / "summary.json")
+    if summary and summary.get("status") == "ok":
+        return summary
+    return None
+
+
+def train_seed(recipe: Recipe, seed: int, run_dir: str | os.PathLike, progress: Progress | None = None) -> dict:
+    """Train one seed into `run_dir` (resuming if it holds a partial run); returns summary.json's dict."""
+    run_dir = Path(run_dir)
+    one = replace(recipe, seeds=(seed,))
+    resolved = dump_recipe(one)
+    done = prepare_dir(run_dir, resolved)
+    if done is not None:
+        return done
+    plan = compile_plan(one)
+    atomic_write(run_dir / "recipe.yaml", resolved)
+    atomic_write(run_dir / "plan.txt", plan.text() + "\n")
+    (run_dir / "summary.json").unlink(missing_ok=True)
+
+    t = recipe.train
+    trainer = Trainer(one, seed, plan)
+    ckpts = list_checkpoints(run_dir)
+    if ckpts:
+        trainer.load_state(load_checkpoint(ckpts[-1][1]))
+    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("step", -1) < trainer.step]
+    atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    eval_steps = set(t.eval_steps())
+    ckpt_every = t.checkpoint_every
+    emit = progress or (lambda ev: None)
+    emit({"event": "start", "seed": seed, "step": trainer.step, "steps": t.steps, "dir": str(run_dir)})
+    t0 = time.perf_counter()
+    train_s = eval_s = 0.0
+    n_steps = 0
+    status, error = "ok", None
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as mf:
+        try:
+            while True:
+                if trainer.step in eval_steps:
+                    e0 = time.perf_counter()
+                    row = trainer.evaluate()
+                    eval_s += time.perf_counter() - e0
+                    mf.write(json.dumps(row) + "\n")
+                    mf.flush()
+                    rows.append(row)
+                    emit({"event": "eval", "seed": seed, "step": trainer.step, "steps": t.steps,
+                          "loss": row.get("loss")})
+                if trainer.step >= t.steps:
+                    break
+                if ckpt_every and trainer.step % ckpt_every == 0 and trainer.step > 0:
+                    _save_checkpoint(run_dir, trainer)
+                s0 = time.perf_counter()
+                trainer.train_step()
+                train_s += time.perf_counter() - s0
+                n_steps += 1
+            _save_checkpoint(run_dir, trainer)
+        except RunError as e:
+            status, error = "failed", str(e)
+    trainer.intervener.detach()
+    summary = {
+        "name": recipe.name, "seed": seed, "status": status, "error": error,
+        "steps": trainer.step, "sequences": trainer.step * t.batch,
+        "final": {k: v for k, v in rows[-1].items() if k not in ("step", "sequences", "seed")} if rows else {},
+        "phases": phase_times(rows, recipe.phases, t.batch),
+        "wall_s": round(time.perf_counter() - t0, 3),
+        "train_ms_per_step": round(1e3 * train_s / max(n_steps, 1), 4),
+        "eval_ms_per_eval": round(1e3 * eval_s / max(len(rows), 1), 3),
+    }
+    atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
+    emit({"event": "done", "seed": seed, "status": status, "error": error, "dir": str(run_dir)})
+    return summary
