@@ -15,6 +15,7 @@ count, not at 1.)
 """
 from __future__ import annotations
 
+import bisect
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -62,15 +63,19 @@ class Intervener:
         self._frozen: dict[Edit, list[_Frozen]] = {}
         self._record: dict[str, Tensor] | None = None
         self._record_sites: frozenset[str] = frozenset()
-        self._boundaries = set(plan.boundaries)
+        self._bounds = sorted(set(plan.boundaries) | {plan.steps})
+        self._segment = (1, 0)                 # [lo, hi) of steps the installed edits are valid for
 
     # -- configuration -------------------------------------------------------------------
 
     def set_step(self, step: int) -> None:
         """Make the edits active at `step` (half-open windows) take effect."""
         self.ctx.step = step
-        if self._active is not None and step not in self._boundaries:
+        lo, hi = self._segment
+        if lo <= step < hi:
             return
+        i = bisect.bisect_right(self._bounds, step)
+        self._segment = (self._bounds[i - 1] if i else 0, self._bounds[i] if i < len(self._bounds) else 1 << 62)
         active = self.plan.active(step)
         if active != self._active:
             self._active = active

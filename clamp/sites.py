@@ -280,12 +280,13 @@ def _unknown(ref: SiteRef, infos: list[SiteInfo], shape: ModelShape, what: str) 
                           f"a layer 0..{shape.layers - 1} (the model has {shape.layers} layers)",
                           "layers are 0-based")
     names = [i.name for i in infos]
-    templates = sorted({_template(n) for n in names})
-    probe = ref.path if "*" not in ref.path else ref.path.replace("*", "0")
-    hint = did_you_mean(probe, names) or did_you_mean(_template(ref.path), templates)
-    if not hint and ref.path.rsplit(".", 1)[-1].startswith("hook_mlp") or "mlp" in ref.path.split("."):
-        if shape.attn_only:
-            hint = "the model is attention-only (model.attn_only: true) and has no MLP sites"
+    parts = ref.path.split(".")
+    if shape.attn_only and ("mlp" in parts or "ln2" in parts or parts[-1] in ("hook_mlp_out", "hook_resid_mid")):
+        hint = "the model is attention-only (model.attn_only: true) and has no MLP sites"
+    else:
+        templates = sorted({_template(n) for n in names})
+        probe = ref.path.replace("*", "0")
+        hint = did_you_mean(probe, names) or did_you_mean(_template(ref.path), templates)
     return InputError("", "", show(format_site(ref)), what + " of this model (`clamp sites RECIPE` lists them)",
                       hint)
 

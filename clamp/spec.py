@@ -263,7 +263,16 @@ def _check_name(text, path, src, shape, kind) -> list[S.Site]:
     try:
         return S.expand(text, shape, kind)
     except InputError as e:
-        raise src.error(path, e.found, e.expected, e.hint) from None
+        hint = e.hint
+        other = "parameter" if kind == "activation" else "activation"
+        try:
+            S.expand(text, shape, other)
+            hint = (f"{text} is {'a parameter' if other == 'parameter' else 'an activation'}; "
+                    + ("freeze takes parameters, e.g. blocks.0.attn.W_Q[0]" if kind == "parameter"
+                       else "clamp and ablate take activation sites, e.g. blocks.0.attn.hook_pattern[0]"))
+        except InputError:
+            pass
+        raise src.error(path, e.found, e.expected, hint) from None
 
 
 def _subcircuits(value, src, shape) -> dict[str, Subcircuit]:

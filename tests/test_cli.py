@@ -1,0 +1,94 @@
+"""The `clamp` command, run as a user would: exit codes, one-line errors, files written."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TINY = """\
+name: tiny
+model: {layers: 2, heads: 4, d_model: 16}
+task: {name: fewshot, classes: 10, labels: 4, dim: 8}
+train: {steps: 12, batch: 8, lr: 1.0e-2, eval_every: 4, eval_size: 16}
+subcircuits:
+  prev_token:
+    sites: [blocks.0.attn.hook_pattern[2]]
+interventions:
+  - clamp: prev_token
+    to: previous_token
+    steps: [0, 6]
+"""
+
+
+def clamp_cmd(*args, cwd):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("CLAMP_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", "clamp.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def recipe(tmp_path):
+    p = tmp_path / "tiny.yaml"
+    p.write_text(TINY)
+    return p
+
+
+def test_run_plan_sites(recipe, tmp_path):
+    r = clamp_cmd("run", recipe, "--out", tmp_path / "out", "--quiet", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "loss below" in r.stdout and "wrote" in r.stdout
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["status"] == "ok"
+    p = clamp_cmd("plan", recipe, cwd=tmp_path)
+    assert p.returncode == 0 and "clamp to previous_token" in p.stdout and "[0, 6)" in p.stdout
+    s = clamp_cmd("sites", recipe, cwd=tmp_path)
+    assert s.returncode == 0 and "blocks.{L}.attn.hook_pattern" in s.stdout and "4 heads" in s.stdout
+
+
+BAD_CLI = [
+    (["run", "{recipe}", "--set", "train.lr=fast"], "--set train.lr=fast: train.lr: found 'fast'; expected a number"),
+    (["run", "{bad}"], "bad.yaml:9: interventions[0].clamp: found 'prev_tokn'"),
+    (["run", "{missing}"], "missing.yaml: found no readable file; expected a recipe file (YAML)"),
+    (["plan", "{bad}"], "did you mean 'prev_token'?"),
+    (["rnu", "{recipe}"], "did you mean 'run'?"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_CLI)
+def test_bad_input_exits_2_with_one_line(recipe, tmp_path, args, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.replace("- clamp: prev_token", "- clamp: prev_tokn"))
+    subs = {"{recipe}": recipe, "{bad}": bad, "{missing}": tmp_path / "missing.yaml"}
+    r = clamp_cmd(*[subs.get(a, a) for a in args], cwd=tmp_path)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert message in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()           # nothing half-written
+
+
+def test_a_different_recipe_in_an_existing_run_dir_is_refused(recipe, tmp_path):
+    assert clamp_cmd("run", recipe, "--out", tmp_path / "o", "--quiet", cwd=tmp_path).returncode == 0
+    r = clamp_cmd("run", recipe, "--out", tmp_path / "o", "--set", "train.lr=0.5", cwd=tmp_path)
+    assert r.returncode == 2 and "holds a different recipe" in r.stderr and "--fresh" in r.stderr
+    r = clamp_cmd("run", recipe, "--out", tmp_path / "o", "--set", "train.lr=0.5", "--fresh", "--quiet",
+                  cwd=tmp_path)
+    assert r.returncode == 0
+
+
+def test_demo_smoke(tmp_path):
+    """The demo suite, shortened: the induction clamp lowers the loss faster than baseline."""
+    from clamp.bench import load_suite, run_suite
+    from clamp.cli import _builtin
+    suite = load_suite(_builtin("demo_suite.yaml"), ["train.steps=100", "train.eval_every=25",
+                                                      "train.eval_size=200", "train.checkpoint_every=0"])
+    res = run_suite(suite, tmp_path / "demo", workers=2)
+    assert all(r["status"] == "ok" for r in res.rows) and len(res.rows) == 4
+    loss = {(r["variant"], r["seed"]): r["final:loss"] for r in res.rows}
+    for seed in (0, 1):
+        assert loss["match_clamped", seed] < loss["baseline", seed] - 0.2
+    assert (tmp_path / "demo" / "results.csv").exists() and (tmp_path / "demo" / "report.md").exists()
