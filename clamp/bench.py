@@ -34,7 +34,7 @@ from typing import Any, Callable, Sequence
 
 from .errors import InputError, did_you_mean, show
 from .pool import Job, Outcome, available_cores, run_jobs
-from .schema import Source, build, load_yaml
+from .schema import Source, build, dump_yaml, load_yaml
 from .spec import Recipe, apply_override, dump_recipe, parse_recipe
 from .train import atomic_write, check_dir, train_seed
 
@@ -77,6 +77,7 @@ class Suite:
     grid: dict[str, list]
     expect: tuple[Expectation, ...]
     recipes: dict[tuple, Recipe] = field(default_factory=dict, repr=False)   # (variant, grid) → Recipe
+    data: dict = field(default_factory=dict, repr=False)                     # the suite, base inlined
 
     def runs(self) -> list[RunSpec]:
         out = []
@@ -142,7 +143,8 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
             d["name"] = f"{name}/{vname}" + "".join(f"[{k}={v}]" for k, v in point)
             recipes[(str(vname), tuple(point))] = parse_recipe(d, s, name)
     expect = tuple(_expectation(e, ("expect", i), src, variants) for i, e in enumerate(data.get("expect") or []))
-    return Suite(name, src.file, base, seeds, variants, grid, expect, recipes)
+    raw = {**copy.deepcopy(data), "name": name, "base": copy.deepcopy(base_data), "seeds": list(seeds)}
+    return Suite(name, src.file, base, seeds, variants, grid, expect, recipes, raw)
 
 
 def _base(value, src: Source) -> tuple[dict, Source]:
@@ -252,6 +254,7 @@ def run_suite(suite: Suite, out: str | os.PathLike, *, workers: int | None = Non
     for r in runs:                                     # refuse before anything is written
         check_dir(dirs[r.id, r.seed], dump_recipe(replace(r.recipe, seeds=(r.seed,))))
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "suite.yaml", dump_yaml(suite.data))
     jobs = [Job((r.id, r.seed), _train_job, (r.recipe, r.seed, str(dirs[r.id, r.seed]), f"{r.id}/seed_{r.seed}"),
                 r.recipe.train.threads) for r in runs]
     done: dict = {}
@@ -269,6 +272,24 @@ def run_suite(suite: Suite, out: str | os.PathLike, *, workers: int | None = Non
     else:
         run_jobs(jobs, workers or available_cores(), on_event=progress, on_done=finished)
     return write_results(suite, out, runs, done)
+
+
+def load_results(path: str | os.PathLike) -> SuiteResult:
+    """Re-read a suite directory (suite.yaml + each run's summary.json) without running anything."""
+    from .train import read_json
+    d = Path(path)
+    if not (d / "suite.yaml").exists():
+        raise InputError(str(d), "", "no suite.yaml", "a directory written by `clamp bench`")
+    data, src = load_yaml((d / "suite.yaml").read_text(encoding="utf-8"), str(d / "suite.yaml"))
+    suite = suite_from_data(data, src)
+    runs = suite.runs()
+    done = {}
+    for r in runs:
+        sm = read_json(d / "runs" / r.id / f"seed_{r.seed}" / "summary.json")
+        if sm is not None:
+            done[(r.id, r.seed)] = Outcome((r.id, r.seed), sm)
+    rows = result_rows(runs, done)
+    return SuiteResult(suite, d, rows, [judge(e, rows, suite) for e in suite.expect])
 
 
 def result_rows(runs: list[RunSpec], done: dict) -> list[dict]:

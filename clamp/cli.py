@@ -150,13 +150,32 @@ def _builtin(name: str) -> str:
 
 
 def cmd_demo(a) -> int:
+    import math
     from .bench import load_suite, run_suite
+    from .report import curve_table, plot_curves, suite_curves
     suite = load_suite(_builtin("demo_suite.yaml"))
     out = Path(a.out)
-    print(f"clamp demo: few-shot task (REFERENCE.md §1), one active layer-1 head; "
-          f"{len(suite.variants)} conditions × {len(suite.seeds)} seeds, "
-          f"{suite.base.train.steps} steps at lr {suite.base.train.lr:g}", file=sys.stderr)
-    return _bench_and_print(suite, out, a.workers, "local", None, a.quiet)
+    t = suite.base.train
+    print(f"clamp demo: the few-shot task of Singh et al. 2024 (2 layers, 8 heads); plain training vs. "
+          f"layer-1 head 3 clamped to the ideal induction pattern; {len(suite.seeds)} seeds each, "
+          f"{t.steps} steps at lr {t.lr:g}", file=sys.stderr)
+    t0 = time.time()
+    prog = Progress(len(suite.runs()), quiet=a.quiet)
+    res = run_suite(suite, out, workers=a.workers, progress=prog)
+    prog.close()
+    curves = suite_curves(res)
+    at = [0, 100, 250, 500, 750, 1000, 1500, 2000, t.steps]
+    print("median train loss along training (ln 2 = 0.693 is the plateau of guessing between the two "
+          "labels in context):")
+    h, rows = curve_table(curves, at)
+    print(table(h, rows))
+    print()
+    print(res.text())
+    png = plot_curves(curves, out / "loss_curves.png", title="clamp demo: baseline vs. induction clamp",
+                      hlines={"ln 2": math.log(2), "0.4·ln 2": 0.4 * math.log(2)})
+    print(f"wrote {out} (results.csv, report.md, {png.name}, one directory per run)  "
+          f"[{time.time() - t0:.0f} s wall]")
+    return 0 if res.ok() else 1
 
 
 def cmd_bench(a) -> int:

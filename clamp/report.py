@@ -110,5 +110,94 @@ def suite_text(res) -> str:
     return "\n".join(parts)
 
 
+# ---------------------------------------------------------------------------------------
+# Curves
+
+
+def suite_curves(res, column: str = "loss") -> dict[str, dict[int, tuple[list, list]]]:
+    """variant[grid] → seed → (steps, values) read from each run's metrics.jsonl."""
+    from .train import read_metrics
+    out: dict = {}
+    for r in res.rows:
+        rows = read_metrics(Path(res.dir) / "runs" / r["run"] / f"seed_{r['seed']}" / "metrics.jsonl")
+        pts = [(x["step"], x[column]) for x in rows if x.get(column) is not None]
+        if pts:
+            label = r["variant"] + (f" [{r['grid']}]" if r.get("grid") else "")
+            out.setdefault(label, {})[r["seed"]] = ([p[0] for p in pts], [p[1] for p in pts])
+    return out
+
+
+def curve_table(curves: dict, at: list[int]) -> tuple[list[str], list[list]]:
+    """Median over seeds of each curve at the evaluation nearest each step in `at`."""
+    rows = []
+    for label, seeds in curves.items():
+        line = [label]
+        for step in at:
+            vals = []
+            for steps, values in seeds.values():
+                i = min(range(len(steps)), key=lambda k: abs(steps[k] - step))
+                vals.append(values[i])
+            line.append(statistics.median(vals) if vals else None)
+        rows.append(line)
+    return ["step →"] + [str(s) for s in at], rows
+
+
+def plot_curves(curves: dict, path: Path, title: str = "", ylabel: str = "train loss",
+                hlines: dict | None = None, windows: dict | None = None, log: bool = False) -> Path:
+    """One line per seed, a colour per condition; optional reference lines and clamp windows."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (label, seeds) in enumerate(curves.items()):
+        c = colours[i % len(colours)]
+        for j, (steps, values) in enumerate(seeds.values()):
+            ax.plot(steps, values, color=c, alpha=0.8, lw=1.2, label=label if j == 0 else None)
+        for a, b in (windows or {}).get(label, []):
+            ax.axvspan(a, b, color=c, alpha=0.08)
+    for name, y in (hlines or {}).items():
+        ax.axhline(y, color="grey", ls="--", lw=0.8)
+        ax.text(ax.get_xlim()[1], y, f" {name}", va="center", fontsize=8, color="grey")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def cli_report(args) -> int:
-    raise NotImplementedError
+    """`clamp report DIR`: re-render a suite's report.md and curves, or summarise a run directory."""
+    from .bench import load_results
+    from .runs import Run
+    d = Path(args.dir)
+    if (d / "results.csv").exists():
+        res = load_results(d)
+        (d / "report.md").write_text(suite_markdown(res), encoding="utf-8")
+        png = plot_curves(suite_curves(res), d / "loss_curves.png", title=res.suite.name)
+        print(suite_text(res))
+        print(f"wrote {d / 'report.md'} and {png}")
+        return 0
+    run = Run.load(d)
+    if not run.seeds:
+        from .errors import InputError
+        raise InputError(str(d), "", "no run or suite here (no summary.json, no results.csv)",
+                         "a directory written by `clamp run` or `clamp bench`")
+    curves = {run.name: {s: ([r["step"] for r in sr.metrics], [r["loss"] for r in sr.metrics])
+                         for s, sr in run.seeds.items()}}
+    rows = []
+    for s, sr in sorted(run.seeds.items()):
+        ph = sr.summary.get("phases", {})
+        cells = [f"{c} {k}: {v.get('step')}" for c, rules in ph.items() for k, v in rules.items()
+                 if isinstance(v, dict)]
+        rows.append([s, sr.status, sr.summary.get("final", {}).get("loss"), "; ".join(cells)])
+    print(table(["seed", "status", "final loss", "phase changes"], rows))
+    png = plot_curves(curves, d / "loss_curves.png", title=run.name)
+    print(f"wrote {png}")
+    return 0
