@@ -224,7 +224,28 @@ def _expectation(e, path, src, variants) -> Expectation:
 # Running
 
 
-def _train_job(recipe: Recipe, seed: int, run_dir: str, run_key: str, progress=None) -> dict:
+def extensions_for(recipe: Recipe) -> dict:
+    """The task and value-source classes a recipe uses, so a worker that did not import the
+    caller's code (a Ray worker, a spawned process) can register them before training."""
+    from .tasks import TASKS
+    from .values import VALUES
+    return {"tasks": {recipe.task.name: TASKS[recipe.task.name]},
+            "values": {iv.source: VALUES[iv.source] for iv in recipe.interventions if iv.source}}
+
+
+def install_extensions(ext: dict) -> None:
+    from .tasks import TASKS
+    from .values import VALUES
+    for name, cls in ext.get("tasks", {}).items():
+        TASKS.setdefault(name, cls)
+    for name, cls in ext.get("values", {}).items():
+        VALUES.setdefault(name, cls)
+
+
+def _train_job(recipe: Recipe, seed: int, run_dir: str, run_key: str, ext: dict | None = None,
+               progress=None) -> dict:
+    install_extensions(ext or {})
+
     def tagged(ev):
         if progress:
             progress({**ev, "run": run_key})
@@ -255,7 +276,8 @@ def run_suite(suite: Suite, out: str | os.PathLike, *, workers: int | None = Non
         check_dir(dirs[r.id, r.seed], dump_recipe(replace(r.recipe, seeds=(r.seed,))))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "suite.yaml", dump_yaml(suite.data))
-    jobs = [Job((r.id, r.seed), _train_job, (r.recipe, r.seed, str(dirs[r.id, r.seed]), f"{r.id}/seed_{r.seed}"),
+    jobs = [Job((r.id, r.seed), _train_job, (r.recipe, r.seed, str(dirs[r.id, r.seed]), f"{r.id}/seed_{r.seed}",
+                                             extensions_for(r.recipe)),
                 r.recipe.train.threads) for r in runs]
     done: dict = {}
 
@@ -304,7 +326,7 @@ def result_rows(runs: list[RunSpec], done: dict) -> list[dict]:
         else:
             s = o.value
             row.update(status=s.get("status"), error=s.get("error") or "", wall_s=s.get("wall_s"),
-                       steps=s.get("steps"))
+                       steps=s.get("steps"), resumed_from=s.get("resumed_from"))
             for col, rules in s.get("phases", {}).items():
                 for rule, res in rules.items():
                     if isinstance(res, dict):
@@ -326,7 +348,7 @@ def write_results(suite: Suite, out: Path, runs: list[RunSpec], done: dict) -> S
 
 
 def rows_to_csv(rows: list[dict]) -> str:
-    fixed = ["variant", "grid", "seed", "status", "error", "wall_s", "steps", "run"]
+    fixed = ["variant", "grid", "seed", "status", "error", "wall_s", "steps", "resumed_from", "run"]
     extra = sorted({k for r in rows for k in r} - set(fixed), key=lambda k: (not k.startswith("crossing"), k))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fixed + extra, extrasaction="ignore")

@@ -199,6 +199,7 @@ def train_seed(recipe: Recipe, seed: int, run_dir: str | os.PathLike, progress: 
     ckpts = list_checkpoints(run_dir)
     if ckpts:
         trainer.load_state(load_checkpoint(ckpts[-1][1]))
+    resumed_from = trainer.step
     rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("step", -1) < trainer.step]
     atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     eval_steps = set(t.eval_steps())
@@ -235,7 +236,7 @@ def train_seed(recipe: Recipe, seed: int, run_dir: str | os.PathLike, progress: 
     trainer.intervener.detach()
     summary = {
         "name": recipe.name, "seed": seed, "status": status, "error": error,
-        "steps": trainer.step, "sequences": trainer.step * t.batch,
+        "steps": trainer.step, "sequences": trainer.step * t.batch, "resumed_from": resumed_from,
         "final": {k: v for k, v in rows[-1].items() if k not in ("step", "sequences", "seed")} if rows else {},
         "phases": phase_times(rows, recipe.phases, t.batch),
         "wall_s": round(time.perf_counter() - t0, 3),

@@ -1,0 +1,190 @@
+"""Suites: results checked against the runs' own metrics files, Ray = local, kill and resume, failures."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from clamp.bench import load_results, load_suite, run_suite, suite_from_data
+from clamp.errors import InputError
+from clamp.schema import load_yaml
+from clamp.train import read_metrics
+
+SUITE = """\
+name: small
+base:
+  model: {layers: 2, heads: 4, d_model: 32}
+  task: {name: fewshot, classes: 10, labels: 4, dim: 8}
+  train: {steps: 200, batch: 16, lr: 1.0e-2, eval_every: 10, eval_size: 64, checkpoint_every: 50}
+  measure: [loss, accuracy, induction_strength]
+seeds: [0, 1, 2]
+variants:
+  baseline: {}
+  match:
+    interventions: [{clamp: blocks.1.attn.hook_pattern[1], to: induction}]
+expect:
+  - name: match is faster
+    ratio: [match, baseline]
+    of: crossing
+    below: 0.5
+  - name: final loss difference
+    difference: [match, baseline]
+    of: final:loss
+    below: 0.05
+"""
+THRESHOLD = 0.4 * math.log(2)
+VOLATILE = ("wall_s", "resumed_from")
+
+
+def write_suite(tmp_path: Path, text: str = SUITE) -> Path:
+    p = tmp_path / "suite.yaml"
+    p.write_text(text)
+    return p
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def stable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def local_result(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("local")
+    suite = load_suite(write_suite(tmp))
+    return run_suite(suite, tmp / "out", workers=2)
+
+
+def test_results_match_the_runs_own_metrics(local_result):
+    out = local_result.dir
+    rows = read_csv(out / "results.csv")
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+    by = {}
+    for r in rows:
+        metrics = read_metrics(out / "runs" / r["run"] / f"seed_{r['seed']}" / "metrics.jsonl")
+        crossing = next((m["step"] for m in metrics if m["loss"] < THRESHOLD), None)
+        got = r["crossing:loss:below"]
+        assert (got == "" and crossing is None) or int(got) == crossing
+        assert float(r["final:loss"]) == pytest.approx(metrics[-1]["loss"], rel=1e-12)
+        by[r["variant"], int(r["seed"])] = (crossing, metrics[-1]["loss"])
+    # expectation 1, recomputed by hand: per-seed ratio of crossings (never = run length), median
+    ratios = [(by["match", s][0] or 200) / (by["baseline", s][0] or 200) for s in (0, 1, 2)]
+    v = local_result.verdicts[0]
+    assert v["median"] == pytest.approx(statistics.median(ratios))
+    assert v["verdict"] == ("PASS" if statistics.median(ratios) < 0.5 else "FAIL")
+    diffs = [by["match", s][1] - by["baseline", s][1] for s in (0, 1, 2)]
+    v2 = local_result.verdicts[1]
+    assert v2["median"] == pytest.approx(statistics.median(diffs))
+    assert [p["value"] for p in v2["per_seed"]] == pytest.approx(diffs)
+    report = (out / "report.md").read_text()
+    assert "match is faster" in report and v["verdict"] in report and "Phase-change times" in report
+
+
+def test_load_results_rebuilds_the_same_table(local_result):
+    again = load_results(local_result.dir)
+    assert stable(again.rows) == stable(local_result.rows)
+    assert [v["median"] for v in again.verdicts] == [v["median"] for v in local_result.verdicts]
+
+
+@pytest.mark.ray
+def test_ray_backend_gives_identical_results(local_result, tmp_path):
+    pytest.importorskip("ray")
+    suite = load_suite(write_suite(tmp_path))
+    res = run_suite(suite, tmp_path / "ray", backend="ray", workers=2)
+    local = read_csv(local_result.dir / "results.csv")
+    ray_rows = read_csv(tmp_path / "ray" / "results.csv")
+    assert stable(ray_rows) == stable(local)
+    assert [v["verdict"] for v in res.verdicts] == [v["verdict"] for v in local_result.verdicts]
+
+
+def test_a_killed_suite_resumes_without_redoing_finished_runs(tmp_path):
+    text = SUITE.replace("steps: 200", "steps: 400").replace("checkpoint_every: 50", "checkpoint_every: 40")
+    path = write_suite(tmp_path, text)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "clamp.cli", "bench", str(path), "--out", str(out), "--workers", "1", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:          # wait for one finished run and a checkpoint in the next
+            done = list(out.glob("runs/*/seed_*/summary.json"))
+            ckpt = [p for p in out.glob("runs/*/seed_*/checkpoints/step_*.pt")
+                    if not (p.parent.parent / "summary.json").exists()]
+            if done and ckpt:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the suite never got going")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finished = {p: p.read_text() for p in out.glob("runs/*/seed_*/summary.json")}
+    partial = [p.parent.parent for p in out.glob("runs/*/seed_*/checkpoints/step_*.pt")
+               if not (p.parent.parent / "summary.json").exists()]
+    assert finished and partial
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode in (0, 1), r.stderr
+    for p, text_before in finished.items():               # not trained again
+        assert p.read_text() == text_before
+    for d in set(partial):                                  # resumed from a checkpoint, not from scratch
+        assert json.loads((d / "summary.json").read_text())["resumed_from"] > 0
+    clean = tmp_path / "clean"
+    run_suite(load_suite(path), clean, workers=2)
+    assert stable(read_csv(out / "results.csv")) == stable(read_csv(clean / "results.csv"))
+
+
+def test_a_failing_variant_is_reported_and_the_others_complete(tmp_path):
+    text = SUITE.replace("steps: 200", "steps: 40") + "  # \n"
+    text = text.replace("variants:\n", "variants:\n  exploding: {train.lr: 1.0e+30}\n")
+    res = run_suite(load_suite(write_suite(tmp_path, text)), tmp_path / "out", workers=2)
+    status = {(r["variant"], r["seed"]): r for r in res.rows}
+    assert all(status["exploding", s]["status"] == "failed" for s in (0, 1, 2))
+    assert all("loss became" in status["exploding", s]["error"] for s in (0, 1, 2))
+    assert all(status[v, s]["status"] == "ok" for v in ("baseline", "match") for s in (0, 1, 2))
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Runs that did not finish" in report and "loss became" in report
+    assert not res.ok()
+
+
+@pytest.mark.parametrize("patch, message", [
+    (("seeds: [0, 1, 2]", "seeds: [0, 1, 2]\nvariantz: {}"),
+     "suite.yaml:8: variantz: found unknown key 'variantz'; expected one of name, base, seeds, variants, grid, expect; "
+     "did you mean 'variants'?"),
+    (("  baseline: {}", "  baseline: {train.stpes: 10}"),
+     "suite.yaml:9: train.stpes: found unknown key 'stpes'"),
+    (("ratio: [match, baseline]", "ratio: [mach, baseline]"),
+     "suite.yaml:14: expect[0].ratio[0]: found 'mach'; expected a variant of this suite: baseline, match; "
+     "did you mean 'match'?"),
+    (("of: crossing", "of: crosing"),
+     "suite.yaml:15: expect[0].of: found 'crosing'; expected crossing, crossing:<column>:<rule> or final:<column>"),
+])
+def test_bad_suites_get_located_one_line_errors(tmp_path, patch, message):
+    text = SUITE.replace(*patch)
+    with pytest.raises(InputError) as e:
+        load_suite(write_suite(tmp_path, text))
+    assert message in str(e.value) and "\n" not in str(e.value)
+    r = subprocess.run([sys.executable, "-m", "clamp.cli", "bench", str(tmp_path / "suite.yaml"), "--out",
+                        str(tmp_path / "o")], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not (tmp_path / "o").exists()
+
+
+def test_grid_runs_every_variant_at_every_point(tmp_path):
+    text = SUITE.replace("steps: 200", "steps: 10").replace("seeds: [0, 1, 2]", "seeds: [0]") + \
+        "grid: {task.labels: [3, 4]}\n"
+    suite = load_suite(write_suite(tmp_path, text))
+    runs = suite.runs()
+    assert sorted((r.variant, r.grid) for r in runs) == [
+        ("baseline", (("task.labels", 3),)), ("baseline", (("task.labels", 4),)),
+        ("match", (("task.labels", 3),)), ("match", (("task.labels", 4),))]
+    assert {r.recipe.task.options.labels for r in runs} == {3, 4}
