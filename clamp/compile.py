@@ -9,11 +9,12 @@ rejected here with the recipe location of the second.
 """
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import sites as S
-from .spec import Intervention, Recipe
+from .errors import format_path
+from .spec import Intervention, Recipe, Selection
 from .values import VALUES, ValueSource
 
 
@@ -21,21 +22,27 @@ from .values import VALUES, ValueSource
 class Edit:
     """One intervention acting on one concrete site (or parameter)."""
 
-    index: int                      # position in recipe.interventions
-    kind: str                       # clamp | ablate | freeze
+    index: int                      # position in its list (recipe.interventions or a probe)
+    kind: str                       # clamp | ablate | freeze | preserve
     label: str                      # the target as written (subcircuit or site name)
     site: S.Site                    # concrete name + heads
     source: ValueSource | None = field(compare=False)
     windows: tuple[tuple[int, int], ...] = ()
+    preserve: tuple[str, ...] = ()  # on a clamp/ablate: later sites taken from a reference pass
+    origin: tuple = ()              # key path of the intervention, e.g. ('interventions', 2)
+    note: str = ""                  # how heads were chosen, for the plan
 
     def active(self, step: int) -> bool:
         return any(a <= step < b for a, b in self.windows)
 
     def describe(self) -> str:
         what = {"clamp": f"clamp to {self.source!r}", "ablate": f"ablate ({self.source!r})",
-                "freeze": "freeze"}[self.kind]
+                "freeze": "freeze", "preserve": "preserve (reference pass)"}[self.kind]
+        if self.preserve:
+            what += f", preserving later {' and '.join(self.preserve)}"
         via = f"  (via {self.label})" if self.label != str(self.site) else ""
-        return f"{what:<34} {self.site}{via}"
+        note = f"  [{self.note}]" if self.note else ""
+        return f"{what:<34} {self.site}{via}{note}"
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,7 @@ class Plan:
                 for k in range(lo, min(hi, width)):
                     bar[k] = "#"
             wins = ", ".join(f"[{a}, {b})" for a, b in e.windows)
-            lines.append(f"  {i:>2} interventions[{e.index}] {e.describe()}")
+            lines.append(f"  {i:>2} {format_path(e.origin)} {e.describe()}")
             lines.append(f"     |{''.join(bar)}| steps {wins}")
         lines.append("segments:")
         for a, b, act in self.segments():
@@ -79,21 +86,38 @@ class Plan:
         return "\n".join(lines)
 
 
-def compile_plan(recipe: Recipe) -> Plan:
+def compile_plan(recipe: Recipe, seed: int | None = None, probe: str | None = None,
+                 measured: dict | None = None) -> Plan:
+    """The Plan of a recipe (for one seed, where heads are chosen from a run per seed); with
+    `probe`, the plan of that probe: the training interventions plus the probe's, and heads of
+    `select.run: self` subcircuits chosen from `measured` (a metrics row)."""
     shape = recipe.shape()
+    seed = recipe.seeds[0] if seed is None else seed
+    items = [(("interventions", i), iv) for i, iv in enumerate(recipe.interventions)]
+    if probe is not None:
+        items += [(("probes", probe, i), iv) for i, iv in enumerate(recipe.probes[probe])]
     edits: list[Edit] = []
-    for i, iv in enumerate(recipe.interventions):
-        edits.extend(_resolve(i, iv, recipe, shape))
+    for path, iv in items:
+        new = _resolve(path, iv, recipe, shape, seed, measured)
+        edits.extend(new)
+        for e in new:
+            if e.preserve:
+                edits.extend(_preserved(e, shape))
     _check_conflicts(edits, recipe)
     _check_needs(edits, recipe, shape)
     return Plan(recipe.train.steps, tuple(edits), shape)
 
 
-def _resolve(i: int, iv: Intervention, recipe: Recipe, shape: S.ModelShape) -> list[Edit]:
+def _resolve(path: tuple, iv: Intervention, recipe: Recipe, shape: S.ModelShape, seed: int,
+             measured: dict | None) -> list[Edit]:
     want = "parameter" if iv.kind == "freeze" else "activation"
+    note = ""
     if iv.target in recipe.subcircuits:
         sc = recipe.subcircuits[iv.target]
         names = sc.params if iv.kind == "freeze" else sc.sites
+        if sc.select is not None:
+            heads, note = select_heads(sc.select, shape, seed, measured, recipe, iv.target)
+            names = tuple(S.head_name(n, heads) for n in names) if heads else ()
     else:
         names = (iv.target,)
     source = VALUES[iv.source](iv.options) if iv.source else None
@@ -106,9 +130,67 @@ def _resolve(i: int, iv: Intervention, recipe: Recipe, shape: S.ModelShape) -> l
                 merged[s.name] = None
             else:
                 merged.setdefault(s.name, set()).update(s.heads)
-    return [Edit(i, iv.kind, iv.target,
+    return [Edit(path[-1], iv.kind, iv.target,
                  S.Site(name, None if hs is None else tuple(sorted(hs)), infos[name]),
-                 source, iv.windows) for name, hs in merged.items()]
+                 source, iv.windows, iv.preserve, path, note) for name, hs in merged.items()]
+
+
+def _preserved(e: Edit, shape: S.ModelShape) -> list[Edit]:
+    """The sites a clamp/ablation with `preserve` takes from the reference pass: the attention
+    patterns and/or values of every later layer (all heads)."""
+    first = 0 if e.site.info.layer is None else e.site.info.layer + 1
+    if e.site.name in ("hook_logits", "ln_final.hook_normalized"):
+        first = shape.layers
+    leaf = {"patterns": "hook_pattern", "values": "hook_v"}
+    out = []
+    infos = {i.name: i for i in S.catalogue(shape)}
+    for L in range(first, shape.layers):
+        for what in e.preserve:
+            name = f"blocks.{L}.attn.{leaf[what]}"
+            out.append(Edit(e.index, "preserve", f"{what} for {format_path(e.origin)}",
+                            S.Site(name, None, infos[name]), None, e.windows, (), e.origin))
+    return out
+
+
+def select_heads(sel: Selection, shape: S.ModelShape, seed: int, measured: dict | None, recipe: Recipe,
+                 name: str) -> tuple[tuple[int, ...], str]:
+    """Heads of `sel.layer` chosen by a per-head measure: from a metrics row (run: self) or a run."""
+    cols = [f"{sel.by}/{S.head_name(f'blocks.{sel.layer}.attn.hook_pattern', (h,))}" for h in range(shape.heads)]
+    where = ("subcircuits", name, "select")
+    if sel.run == "self":
+        if measured is None:
+            raise recipe.source.error(where + ("run",), "'self' outside a probe",
+                                      "a run directory (heads must be known before training)")
+        row = measured
+        origin = f"measured at step {row.get('step')}"
+    else:
+        from .train import read_metrics
+        run = Path(sel.run.replace("{seed}", str(seed)))
+        rows = read_metrics(run / "metrics.jsonl")
+        if not rows:
+            raise recipe.source.error(where + ("run",), repr(str(run)), "a run directory with metrics.jsonl")
+        row = rows[-1] if sel.at < 0 else next((r for r in rows if r["step"] == sel.at), None)
+        if row is None:
+            raise recipe.source.error(where + ("at",), str(sel.at), "an evaluation step of that run")
+        origin = f"{run} step {row['step']}"
+    if any(c not in row for c in cols):
+        raise recipe.source.error(where + ("by",), repr(sel.by), f"a measure the run recorded (add {sel.by} "
+                                  "to its measure list)")
+    vals = [float(row[c]) for c in cols]
+    order = sorted(range(shape.heads), key=lambda h: (-vals[h], h))
+    if sel.top:
+        chosen = order[:sel.top]
+    elif sel.bottom:
+        chosen = order[::-1][:sel.bottom]
+    elif sel.above is not None:
+        chosen = [h for h in range(shape.heads) if vals[h] > sel.above]
+    else:
+        chosen = [h for h in range(shape.heads) if vals[h] < sel.below]
+    if sel.complement:
+        chosen = [h for h in range(shape.heads) if h not in chosen]
+    heads = tuple(sorted(chosen))
+    shown = ", ".join(f"{h}: {vals[h]:.3g}" for h in heads) or "none"
+    return heads, f"heads {list(heads)} = {sel.describe()} ({origin}; {shown})"
 
 
 def _overlap(w1, w2) -> tuple[int, int] | None:
@@ -121,10 +203,10 @@ def _overlap(w1, w2) -> tuple[int, int] | None:
 
 
 def _check_conflicts(edits: list[Edit], recipe: Recipe) -> None:
-    writers = [e for e in edits if e.kind != "freeze"]
+    writers = [e for e in edits if e.kind not in ("freeze", "preserve")]
     for j, b in enumerate(writers):
         for a in writers[:j]:
-            if a.site.name != b.site.name or a.index == b.index:
+            if a.site.name != b.site.name or a.origin == b.origin:
                 continue
             ha = set(a.site.heads) if a.site.heads is not None else None
             hb = set(b.site.heads) if b.site.heads is not None else None
@@ -136,11 +218,10 @@ def _check_conflicts(edits: list[Edit], recipe: Recipe) -> None:
                 continue
             heads = sorted(h for h in common if h is not None)
             where = S.head_name(a.site.name, tuple(heads) if heads else None)
-            path = ("interventions", b.index)
             raise recipe.source.error(
-                path, f"a second write to {where} during steps [{when[0]}, {when[1]})",
+                b.origin, f"a second write to {where} during steps [{when[0]}, {when[1]})",
                 "at most one clamp or ablation per site and head at any step",
-                f"interventions[{a.index}] already writes it there; give them disjoint steps or heads")
+                f"{format_path(a.origin)} already writes it there; give them disjoint steps or heads")
 
 
 def _check_needs(edits: list[Edit], recipe: Recipe, shape: S.ModelShape) -> None:
@@ -149,11 +230,11 @@ def _check_needs(edits: list[Edit], recipe: Recipe, shape: S.ModelShape) -> None
     for e in edits:
         if e.source is None:
             continue
-        for need in e.source.needs(e.site):
+        for need in e.source.needs(e.site, shape):
             if need not in order:
-                raise recipe.source.error(("interventions", e.index), repr(need),
+                raise recipe.source.error(e.origin, repr(need),
                                           "a site of this model for the value source to read")
             if order[need] >= order[e.site.name] and need != e.site.name:
                 raise recipe.source.error(
-                    ("interventions", e.index), f"{e.source.name} at {e.site} reading {need}",
+                    e.origin, f"{e.source.name} at {e.site} reading {need}",
                     f"a site computed before {e.site.name} in the forward pass")

@@ -6,18 +6,26 @@ every hook point's `fn` is None and the forward pass is the plain model's. A cla
 ablation writes `where(mask, value, x)` at its site (mask = selected heads ∧ the source's
 rows), so nothing upstream gets gradient through the replaced elements.
 
+`preserve`: a clamp/ablation that preserves later patterns or values makes each forward a
+two-pass affair, as in Singh et al.'s code: a reference pass with every active edit except
+the preserving ones records the later layers' patterns/values, and the real pass takes those
+sites from it (other clamps at those sites still win). Gradients flow through both passes.
+
 Freezes hold bit for bit under Adam/AdamW (moments and weight decay included): when a
 window opens, the slice and its optimizer state (exp_avg, exp_avg_sq, ...) are
 snapshotted; after every optimizer step inside the window both are written back. When
 the window closes the slice learns again from that state. (Adam's step counter is one
 per tensor, so a slice frozen from step 0 starts its bias correction at the tensor's
 count, not at 1.)
+
+Several Interveners may share one model (training plan, probe plans): the one used last
+must `attach()` before its forward passes; `forward` does that itself.
 """
 from __future__ import annotations
 
 import bisect
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -50,21 +58,35 @@ class _Frozen:
                 t[self.idx] = self.state[k] if k in self.state else 0
 
 
+def _head_mask(e: Edit, n_heads: int) -> Tensor | None:
+    """Boolean mask broadcastable to the site's 4-d tensor, true on the selected heads."""
+    if e.site.heads is None:
+        return None
+    shape = [1, 1, 1, 1]
+    shape[e.site.info.head_axis] = n_heads
+    m = torch.zeros(n_heads, dtype=torch.bool)
+    m[list(e.site.heads)] = True
+    return m.view(shape)
+
+
 class Intervener:
     """Owns the hook points of one model for one Plan."""
 
-    def __init__(self, model: nn.Module, plan: Plan, optimizer: torch.optim.Optimizer | None = None):
+    def __init__(self, model: nn.Module, plan: Plan, optimizer: torch.optim.Optimizer | None = None,
+                 seed: int = 0):
         self.model = model
         self.plan = plan
-        self.optimizer = optimizer
-        self.ctx = Context(batch=None, model=model, cache={})   # type: ignore[arg-type]
+        self.optimizer = optimizer                 # None: evaluation only (freezes are ignored)
+        self.ctx = Context(batch=None, model=model, cache={}, seed=seed)   # type: ignore[arg-type]
         self.hook_points = model.hook_points
         self._active: tuple[Edit, ...] | None = None
-        self._frozen: dict[Edit, list[_Frozen]] = {}
+        self._frozen: dict[Edit, _Frozen] = {}
         self._record: dict[str, Tensor] | None = None
         self._record_sites: frozenset[str] = frozenset()
         self._bounds = sorted(set(plan.boundaries) | {plan.steps})
-        self._segment = (1, 0)                 # [lo, hi) of steps the installed edits are valid for
+        self._segment = (1, 0)                     # [lo, hi) of steps the installed edits are valid for
+        self._main: dict[str, object] = {}         # hook point name → fn for the real pass
+        self._ref: dict[str, object] | None = None # … for the reference pass (preserve), if any
 
     # -- configuration -------------------------------------------------------------------
 
@@ -80,87 +102,101 @@ class Intervener:
         if active != self._active:
             self._active = active
             self._sync_freezes(active)
-            self._install()
+            self._build()
 
     def _sync_freezes(self, active: tuple[Edit, ...]) -> None:
+        if self.optimizer is None:
+            return
         want = [e for e in active if e.kind == "freeze"]
         for e in list(self._frozen):
             if e not in want:
                 del self._frozen[e]
         for e in want:
             if e not in self._frozen:
-                if self.optimizer is None:
-                    raise RuntimeError("freezes need the optimizer: Intervener(model, plan, optimizer)")
-                p = self.model.get_parameter(e.site.name)
-                self._frozen[e] = [_Frozen(p, e.site.heads, self.optimizer)]
+                self._frozen[e] = _Frozen(self.model.get_parameter(e.site.name), e.site.heads, self.optimizer)
 
-    def _install(self) -> None:
-        writers: dict[str, list] = {}
+    def _build(self) -> None:
+        active = self._active or ()
+        writers = [e for e in active if e.kind in ("clamp", "ablate")]
+        preserved = [e for e in active if e.kind == "preserve"]
+        self._main = self._fns(writers, {e.site.name for e in preserved}, self._record_sites, keep_ref=False)
+        if preserved:
+            plain = [e for e in writers if not e.preserve]
+            self._ref = self._fns(plain, set(), {e.site.name for e in preserved}, keep_ref=True)
+        else:
+            self._ref = None
+        self.attach()
+
+    def _fns(self, writers: list[Edit], from_ref: set[str], record: Iterable[str], keep_ref: bool) -> dict:
+        by_site: dict[str, list] = {}
         needs: set[str] = set()
-        for e in self._active or ():
-            if e.kind == "freeze":
-                continue
-            writers.setdefault(e.site.name, []).append((e.source, e.site, _head_mask(e, self.plan.shape.heads)))
-            needs.update(e.source.needs(e.site))
-        for name, hp in self.hook_points.items():
-            w = writers.get(name, [])
-            keep = name in needs
-            rec = name in self._record_sites
-            hp.fn = self._make_fn(name, w, keep, rec) if (w or keep or rec) else None
+        for e in writers:
+            by_site.setdefault(e.site.name, []).append((e.source, e.site, _head_mask(e, self.plan.shape.heads)))
+            needs.update(e.source.needs(e.site, self.plan.shape))
+        record = set(record)
+        fns = {}
+        for name in set(by_site) | needs | from_ref | record:
+            fns[name] = self._make_fn(name, by_site.get(name, []), name in needs, name in from_ref,
+                                      name in record, keep_ref)
+        return fns
 
-    def _make_fn(self, name: str, writers: list, keep: bool, rec: bool):
+    def _make_fn(self, name: str, writers: list, keep: bool, from_ref: bool, rec: bool, keep_ref: bool):
         ctx = self.ctx
 
         def fn(x: Tensor) -> Tensor:
+            if from_ref:
+                x = ctx.reference[name]
             for source, site, hmask in writers:
                 v, rows = source.value(x, site, ctx)
                 m = rows if hmask is None else (hmask if rows is None else hmask & rows)
                 x = v if m is None else torch.where(m, v, x)
             if keep:
                 ctx.cache[name] = x
-            if rec and self._record is not None:
-                self._record[name] = x.detach()
+            if rec:
+                if keep_ref:
+                    ctx.reference[name] = x            # gradients flow through the reference pass
+                elif self._record is not None:
+                    self._record[name] = x.detach()
             return x
         return fn
 
-    # -- running -------------------------------------------------------------------------
-
-    def forward(self, batch: Batch) -> Tensor:
-        """Logits [batch, pos, n_out] of the model with the active edits applied."""
-        self.ctx.batch = batch
-        self.ctx.cache = {}
-        return self.model(batch.tokens, batch.vectors, batch.is_vector)
-
-    def after_optimizer_step(self) -> None:
-        if self._frozen:
-            for slices in self._frozen.values():
-                for f in slices:
-                    f.restore(self.optimizer)
-
-    @contextmanager
-    def recording(self, sites: Iterator[str]) -> Iterator[dict[str, Tensor]]:
-        """Within the block, forward passes store the (post-edit) activations of `sites`."""
-        out: dict[str, Tensor] = {}
-        prev = self._record_sites
-        self._record_sites, self._record = frozenset(sites), out
-        self._install()
-        try:
-            yield out
-        finally:
-            self._record_sites, self._record = prev, None
-            self._install()
+    def attach(self, fns: dict | None = None) -> None:
+        """Install this Intervener's hook functions on the model (replacing whatever was there)."""
+        fns = self._main if fns is None else fns
+        for name, hp in self.hook_points.items():
+            hp.fn = fns.get(name)
 
     def detach(self) -> None:
         for hp in self.hook_points.values():
             hp.fn = None
 
+    # -- running -------------------------------------------------------------------------
 
-def _head_mask(e: Edit, n_heads: int) -> Tensor | None:
-    """Boolean mask broadcastable to the site's 4-d tensor, true on the selected heads."""
-    if e.site.heads is None:
-        return None
-    shape = [1, 1, 1, 1]
-    shape[e.site.info.head_axis] = n_heads
-    m = torch.zeros(n_heads, dtype=torch.bool)
-    m[list(e.site.heads)] = True
-    return m.view(shape)
+    def forward(self, batch: Batch) -> Tensor:
+        """Logits [batch, pos, n_out] of the model with the active edits applied."""
+        ctx = self.ctx
+        ctx.batch = batch
+        if self._ref is not None:
+            ctx.cache, ctx.reference = {}, {}
+            self.attach(self._ref)
+            self.model(batch.tokens, batch.vectors, batch.is_vector)
+        self.attach()
+        ctx.cache = {}
+        return self.model(batch.tokens, batch.vectors, batch.is_vector)
+
+    def after_optimizer_step(self) -> None:
+        for f in self._frozen.values():
+            f.restore(self.optimizer)
+
+    @contextmanager
+    def recording(self, sites: Iterable[str]) -> Iterator[dict[str, Tensor]]:
+        """Within the block, forward passes store the (post-edit) activations of `sites`."""
+        out: dict[str, Tensor] = {}
+        prev = self._record_sites
+        self._record_sites, self._record = frozenset(sites), out
+        self._build()
+        try:
+            yield out
+        finally:
+            self._record_sites, self._record = prev, None
+            self._build()

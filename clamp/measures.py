@@ -99,3 +99,60 @@ def evaluate(intervener, evaluators: dict[str, Batch], probe: Batch | None, meas
             for h, v in enumerate(induction_strengths(A, probe.induction_keys, None).tolist()):
                 row[head_column("induction_score", L, h)] = v
     return row
+
+
+# ---------------------------------------------------------------------------------------
+# Composition (Elhage et al. 2021), from weights
+
+
+def _head_mats(model, L: int, fold_ln: bool = True):
+    """Per-head QK [head, d, d], OV [head, d, d] of layer L in the row convention (x @ M),
+    with the layer's LayerNorm scale folded into the read side."""
+    a = model.blocks[L].attn
+    W_Q, W_K, W_V, W_O = a.W_Q, a.W_K, a.W_V, a.W_O                     # [H, d, e], W_O [H, e, d]
+    ln = model.blocks[L].ln1
+    if fold_ln and ln is not None:
+        w = ln.w[None, :, None]
+        W_Q, W_K, W_V = W_Q * w, W_K * w, W_V * w
+    QK = W_Q @ W_K.transpose(1, 2)                                       # [H, d, d]
+    OV = W_V @ W_O                                                       # [H, d, d]
+    return QK, OV
+
+
+def _scores(QK2: Tensor, OV2: Tensor, OV1: Tensor) -> dict[str, Tensor]:
+    """[h1, h2] matrices of K, Q, V composition scores (plain Frobenius norms)."""
+    n = lambda m: m.flatten(-2).norm(dim=-1)  # noqa: E731
+    K = n(QK2[None] @ OV1.transpose(1, 2)[:, None])                      # ‖QK2 · OV1ᵀ‖ : keys read OV1
+    Q = n(OV1[:, None] @ QK2[None])                                      # ‖OV1 · QK2‖  : queries read OV1
+    V = n(OV1[:, None] @ OV2[None])                                      # ‖OV1 · OV2‖  : values read OV1
+    d1, dqk, dov = n(OV1)[:, None], n(QK2)[None], n(OV2)[None]
+    return {"k": K / (dqk * d1), "q": Q / (dqk * d1), "v": V / (dov * d1)}
+
+
+@torch.no_grad()
+def composition_scores(model, shape: ModelShape) -> dict[str, float]:
+    """Columns `{k,q,v}_composition/blocks.L1.attn.W_O[h1]>blocks.L2.attn.W_{K,Q,V}[h2]` for L1 < L2."""
+    row = {}
+    mats = [_head_mats(model, L) for L in range(shape.layers)]
+    for L1 in range(shape.layers):
+        for L2 in range(L1 + 1, shape.layers):
+            sc = _scores(mats[L2][0], mats[L2][1], mats[L1][1])
+            for kind, M in sc.items():
+                for h1 in range(shape.heads):
+                    for h2 in range(shape.heads):
+                        row[f"{kind}_composition/{head_name(f'blocks.{L1}.attn.W_O', (h1,))}>"
+                            f"{head_name(f'blocks.{L2}.attn.W_{kind.upper()}', (h2,))}"] = float(M[h1, h2])
+    return row
+
+
+@torch.no_grad()
+def composition_baseline(shape: ModelShape, draws: int = 64, seed: int = 0) -> dict[str, float]:
+    """Mean score of each kind for weights drawn from the init distribution (≈ 1/√d_model)."""
+    g = torch.Generator().manual_seed(seed)
+    d, e, H = shape.d_model, shape.d_head, draws
+    r = lambda *s, std: torch.randn(*s, generator=g) * std  # noqa: E731
+    QK2 = r(H, d, e, std=d ** -0.5) @ r(H, d, e, std=d ** -0.5).transpose(1, 2)
+    OV2 = r(H, d, e, std=d ** -0.5) @ r(H, e, d, std=(shape.heads * e) ** -0.5)
+    OV1 = r(H, d, e, std=d ** -0.5) @ r(H, e, d, std=(shape.heads * e) ** -0.5)
+    sc = _scores(QK2, OV2, OV1)
+    return {f"{k}_composition": float(m.mean()) for k, m in sc.items()}

@@ -84,11 +84,14 @@ class Attention(nn.Module):
             setattr(self, name, HookPoint(f"{p}.{name}"))
         self.scale = 1.0 / math.sqrt(e)
 
+    def _qkv_weight(self) -> Tensor:
+        H, d, e = self.W_Q.shape
+        return torch.stack((self.W_Q, self.W_K, self.W_V)).permute(2, 0, 1, 3).reshape(d, 3 * H * e)
+
     def forward(self, x: Tensor, mask: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
         B, T, d = x.shape
         H, e = self.W_Q.shape[0], self.W_Q.shape[2]
-        W = torch.stack((self.W_Q, self.W_K, self.W_V)).permute(2, 0, 1, 3).reshape(d, 3 * H * e)
-        qkv = (x @ W).view(B, T, 3, H, e)                             # [batch, pos, 3, head, d_head]
+        qkv = (x @ self._qkv_weight()).view(B, T, 3, H, e)           # [batch, pos, 3, head, d_head]
         q = self.hook_q(qkv[:, :, 0])                                 # [batch, pos, head, d_head]
         k = self.hook_k(qkv[:, :, 1])
         v = self.hook_v(qkv[:, :, 2])
@@ -100,6 +103,17 @@ class Attention(nn.Module):
         pattern = self.hook_pattern(scores.softmax(dim=-1))                 # [batch, head, query, key]
         z = self.hook_z((pattern @ v.transpose(1, 2)).transpose(1, 2))      # [batch, pos, head, d_head]
         return z.reshape(B, T, H * e) @ self.W_O.reshape(H * e, d)         # [batch, pos, d_model]
+
+    def scores_from(self, xq: Tensor, xk: Tensor, mask: Tensor, rope) -> Tensor:
+        """Masked pre-softmax scores [batch, head, query, key] of this layer's W_Q/W_K applied to
+        given (already normalised) query-side and key-side inputs [batch, pos, d_model]; no hooks."""
+        T = xq.shape[1]
+        q = torch.einsum("btd,hde->bthe", xq, self.W_Q)              # [batch, pos, head, d_head]
+        k = torch.einsum("btd,hde->bthe", xk, self.W_K)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        s = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)) * self.scale
+        return s.masked_fill(~mask[:T, :T], float("-inf"))
 
 
 class MLP(nn.Module):
@@ -200,13 +214,17 @@ class Transformer(nn.Module):
                     fan_in = p.shape[-2] if leaf != "W_O" else p.shape[0] * p.shape[1]
                     p.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
 
+    @property
+    def rope(self) -> tuple[Tensor, Tensor] | None:
+        return (self.rope_cos, self.rope_sin) if self.shape.pos == "rope" else None
+
     def forward(self, tokens: Tensor, vectors: Tensor | None = None,
                 is_vector: Tensor | None = None) -> Tensor:
         resid = self.hook_embed(self.embed(tokens, vectors, is_vector))   # [batch, pos, d_model]
         T = tokens.shape[1]
         if self.shape.pos == "learned":
             resid = resid + self.hook_pos_embed(self.pos_embed.W_pos[:T].expand_as(resid))
-        rope = (self.rope_cos, self.rope_sin) if self.shape.pos == "rope" else None
+        rope = self.rope
         for block in self.blocks:
             resid = block(resid, self.mask, rope)
         if self.ln_final is not None:

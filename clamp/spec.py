@@ -65,6 +65,7 @@ class TrainConfig:
     betas: tuple[float, float] = opt((0.9, 0.999), doc="Adam betas")
     eval_every: EvalEvery = opt(100, doc="evaluate every N steps, or [[from_step, every], ...]")
     eval_size: int = opt(1000, check=positive, doc="sequences per evaluator")
+    evaluators: tuple[str, ...] = opt((), doc="evaluators to run (default: all the task has)")
     checkpoint_every: int = opt(0, check=non_negative, doc="checkpoint every N steps (0: only the last)")
     threads: int = opt(1, check=positive, doc="torch threads per run")
 
@@ -87,10 +88,44 @@ class TrainConfig:
         return sorted(out)
 
 
+HEAD_MEASURES = ("prev_token_score", "induction_strength", "induction_score")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Heads chosen by measurement: the heads of `layer` ranked or thresholded by a per-head measure."""
+
+    layer: int = opt(0, check=lambda v: None if v >= 0 else "a layer >= 0", doc="the layer whose heads are chosen")
+    by: Literal["prev_token_score", "induction_strength", "induction_score"] = opt(
+        "prev_token_score", doc="the per-head measure")
+    top: int = opt(0, check=lambda v: None if v >= 0 else "a count >= 0", doc="the k highest")
+    bottom: int = opt(0, check=lambda v: None if v >= 0 else "a count >= 0", doc="the k lowest")
+    above: float | None = opt(None, doc="every head whose measure is above this")
+    below: float | None = opt(None, doc="every head whose measure is below this")
+    complement: bool = opt(False, doc="take the other heads of the layer instead")
+    run: str = opt("self", doc="'self' (this run, at each evaluation; probes only) or a run directory "
+                               "({seed} becomes the seed)")
+    at: int = opt(-1, doc="the evaluation step of that run (-1: its last)")
+
+    def validate(self):
+        rules = [self.top > 0, self.bottom > 0, self.above is not None, self.below is not None]
+        if sum(rules) != 1:
+            return ("", "exactly one rule: top: k, bottom: k, above: x or below: x")
+        return None
+
+    def describe(self) -> str:
+        rule = (f"top {self.top}" if self.top else f"bottom {self.bottom}" if self.bottom else
+                f"{self.by} > {self.above}" if self.above is not None else f"{self.by} < {self.below}")
+        where = "this run's own measures at each evaluation" if self.run == "self" else \
+            f"{self.run} at {'its last evaluation' if self.at < 0 else f'step {self.at}'}"
+        return f"{'all but ' if self.complement else ''}{rule} layer-{self.layer} heads by {self.by} in {where}"
+
+
 @dataclass(frozen=True)
 class Subcircuit:
     sites: tuple[str, ...] = opt((), doc="activation sites")
     params: tuple[str, ...] = opt((), doc="parameters")
+    select: Selection | None = opt(None, doc="choose the heads by measurement (sites/params then name no heads)")
 
 
 @dataclass(frozen=True)
@@ -101,6 +136,7 @@ class Intervention:
     options: Any                               # the source's options (frozen dataclass)
     windows: tuple[tuple[int, int], ...]       # half-open [start, end) optimizer steps
     name: str = ""                             # optional label for plans and reports
+    preserve: tuple[str, ...] = ()             # 'patterns' and/or 'values' of later layers, from a reference pass
 
 
 @dataclass(frozen=True)
@@ -123,6 +159,7 @@ class Recipe:
     interventions: tuple[Intervention, ...]
     measure: tuple[str, ...]
     phases: dict[str, dict[str, float]]
+    probes: dict[str, tuple[Intervention, ...]] = field(default_factory=dict)
     source: Source = field(default_factory=Source, compare=False, repr=False)
 
     def shape(self) -> S.ModelShape:
@@ -135,8 +172,10 @@ def model_shape(m: ModelConfig, io: TaskIO) -> S.ModelShape:
                         vocab=io.vocab, n_out=io.n_out, n_ctx=io.n_ctx, vector_dim=io.vector_dim)
 
 
-TOP_KEYS = ("name", "seeds", "model", "task", "train", "subcircuits", "interventions", "measure", "phases")
-MEASURES = ("loss", "accuracy", "prev_token_score", "induction_strength", "induction_score")
+TOP_KEYS = ("name", "seeds", "model", "task", "train", "subcircuits", "interventions", "measure", "phases",
+            "probes")
+MEASURES = ("loss", "accuracy", "prev_token_score", "induction_strength", "induction_score", "composition")
+PRESERVE = ("patterns", "values")
 PHASE_RULES = ("below", "above", "relative")
 
 
@@ -225,13 +264,49 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
     model = build_dataclass(ModelConfig, data.get("model"), ("model",), src)
     task = _task(data.get("task"), src)
     train = build_dataclass(TrainConfig, data.get("train"), ("train",), src)
+    known = TASKS[task.name].evaluator_names
+    for i, ev in enumerate(train.evaluators):
+        if ev not in known:
+            raise src.error(("train", "evaluators", i), show(ev), f"an evaluator of {task.name}: " + ", ".join(known),
+                            did_you_mean(ev, known))
     shape = model_shape(model, task.io())
     subcircuits = _subcircuits(data.get("subcircuits"), src, shape)
     interventions = tuple(_intervention(item, ("interventions", i), src, shape, subcircuits, train.steps)
                           for i, item in enumerate(_list(data.get("interventions"), ("interventions",), src)))
+    for i, iv in enumerate(interventions):
+        sc = subcircuits.get(iv.target)
+        if sc is not None and sc.select is not None and sc.select.run == "self":
+            raise src.error(("interventions", i, iv.kind), show(iv.target),
+                            "a subcircuit whose heads are known before training",
+                            f"subcircuits.{iv.target}.select.run: self chooses heads at each evaluation, so it "
+                            "can be used in probes only; name a finished run instead")
     measure = _measures(data.get("measure"), src)
     phases = _phases(data.get("phases"), src, TASKS[task.name].default_phases(task.options))
-    return Recipe(name, seeds, model, task, train, subcircuits, interventions, measure, phases, src)
+    probes = _probes(data.get("probes"), src, shape, subcircuits, train.steps)
+    return Recipe(name, seeds, model, task, train, subcircuits, interventions, measure, phases, probes, src)
+
+
+def _probes(value, src, shape, subcircuits, steps) -> dict[str, tuple[Intervention, ...]]:
+    """Evaluation-only interventions: name → list; measured as extra columns `<column>@<name>`."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise src.error(("probes",), show(value), "a mapping of probe names to lists of interventions")
+    out = {}
+    for name, items in value.items():
+        path = ("probes", name)
+        if not isinstance(name, str) or not name.replace("_", "").isalnum():
+            raise src.error(path, show(name), "a probe name of letters, digits and _")
+        if isinstance(items, dict):
+            items = [items]
+        ivs = tuple(_intervention(it, path + (i,), src, shape, subcircuits, steps)
+                    for i, it in enumerate(_list(items, path, src)))
+        for i, iv in enumerate(ivs):
+            if iv.kind == "freeze":
+                raise src.error(path + (i, "freeze"), "a freeze in a probe", "clamps and ablations (probes only "
+                                "evaluate; nothing is trained under them)")
+        out[name] = ivs
+    return out
 
 
 def _list(value, path, src) -> list:
@@ -287,10 +362,20 @@ def _subcircuits(value, src, shape) -> dict[str, Subcircuit]:
             raise src.error(path, show(name), "a subcircuit name without dots",
                             "dots are for site names; use e.g. prev_token")
         sc = build_dataclass(Subcircuit, body, path, src)
-        for i, s in enumerate(sc.sites):
-            _check_name(s, path + ("sites", i), src, shape, "activation")
-        for i, p in enumerate(sc.params):
-            _check_name(p, path + ("params", i), src, shape, "parameter")
+        for key, kind in (("sites", "activation"), ("params", "parameter")):
+            for i, s in enumerate(getattr(sc, key)):
+                got = _check_name(s, path + (key, i), src, shape, kind)
+                if sc.select is not None:
+                    bad = [g for g in got if g.heads is not None or not g.info.per_head]
+                    if bad or "[" in s:
+                        raise src.error(path + (key, i), show(s), "a per-head name without a head selection "
+                                        "(the heads come from select)", f"write {s.split('[')[0]}")
+                    if any(g.info.layer != sc.select.layer for g in got):
+                        raise src.error(path + (key, i), show(s), f"a name in layer {sc.select.layer} "
+                                        "(select.layer)")
+        if sc.select is not None and sc.select.layer >= shape.layers:
+            raise src.error(path + ("select", "layer"), str(sc.select.layer),
+                            f"a layer 0..{shape.layers - 1}")
         if not sc.sites and not sc.params:
             raise src.error(path, "an empty subcircuit", "at least one site or parameter")
         out[str(name)] = sc
@@ -349,7 +434,7 @@ def _intervention(item, path, src, shape, subcircuits, steps) -> Intervention:
     target = item[kind]
     if not isinstance(target, str):
         raise src.error(path + (kind,), show(target), "a subcircuit name or a site name")
-    common = {kind, "steps", "name"}
+    common = {kind, "steps", "name"} | ({"preserve"} if kind != "freeze" else set())
     source_key = {"clamp": "to", "ablate": "how", "freeze": None}[kind]
     source = None
     options = None
@@ -374,10 +459,15 @@ def _intervention(item, path, src, shape, subcircuits, steps) -> Intervention:
         if extra:
             raise src.error(path + (extra[0],), f"unknown key {extra[0]!r}", "freeze takes only freeze, steps, name",
                             did_you_mean(str(extra[0]), ["steps", "name"]))
-    _check_target(target, kind, cls if source_key else None, path + (kind,), src, shape, subcircuits)
+    _check_target(target, kind, cls(options) if source_key else None, path, src, shape, subcircuits)
     windows = _windows(item.get("steps"), path + ("steps",), src, steps)
     name = build(str, item.get("name", ""), path + ("name",), src)
-    return Intervention(kind, target, source, options, windows, name)
+    preserve = build(tuple[str, ...], item.get("preserve", []), path + ("preserve",), src)
+    for i, p in enumerate(preserve):
+        if p not in PRESERVE:
+            raise src.error(path + ("preserve", i), show(p), "patterns or values (of later attention layers)",
+                            did_you_mean(str(p), PRESERVE))
+    return Intervention(kind, target, source, options, windows, name, tuple(dict.fromkeys(preserve)))
 
 
 def _source_options(cls, keys: dict, path, src, kind):
@@ -392,8 +482,9 @@ def _source_options(cls, keys: dict, path, src, kind):
     return build_dataclass(cls.Options, keys, path, src)
 
 
-def _check_target(target, kind, source_cls, path, src, shape, subcircuits) -> None:
+def _check_target(target, kind, source, ipath, src, shape, subcircuits) -> None:
     """The target names a subcircuit with the right parts, or a site/parameter of the model."""
+    path = ipath + (kind,)
     want = "parameter" if kind == "freeze" else "activation"
     if target in subcircuits:
         sc = subcircuits[target]
@@ -404,18 +495,24 @@ def _check_target(target, kind, source_cls, path, src, shape, subcircuits) -> No
                             f"a subcircuit with {part} to {kind}",
                             f"add {part} to subcircuits.{target}")
         resolved = [s for n in names for s in S.expand(n, shape, want)]
+        if sc.select is not None:                 # heads unknown yet: check the layout with every head
+            resolved = [S.Site(s.name, tuple(range(shape.heads)), s.info) for s in resolved]
     else:
         if "." not in target and "[" not in target and not target.startswith("hook_"):
             hint = did_you_mean(target, subcircuits) or ("no subcircuits are defined" if not subcircuits else "")
             raise src.error(path, show(target), f"a subcircuit name ({', '.join(subcircuits) or 'none defined'}) "
                             f"or a {'parameter' if want == 'parameter' else 'site'} name", hint)
         resolved = _check_name(target, path, src, shape, want)
-    if source_cls is not None:
-        inst = source_cls(None)
-        bad = [s for s in resolved if not inst.applies_to(s)]
+    if source is not None:
+        bad = [s for s in resolved if not source.applies_to(s)]
         if bad:
-            raise src.error(path, show(str(bad[0])), f"a site {source_cls.name} applies to ("
-                            + ", ".join(f"*.{x}" if x != "*" else "any activation" for x in source_cls.sites) + ")")
+            raise src.error(path, show(str(bad[0])), f"a site {source.name} applies to ("
+                            + ", ".join(f"*.{x}" if x != "*" else "any activation" for x in source.sites) + ")")
+        for s in resolved:
+            problem = source.check(s, shape)
+            if problem:
+                key, found, expected = problem
+                raise src.error(ipath + (key,), found, expected)
 
 
 def _measures(value, src) -> tuple[str, ...]:
@@ -474,6 +571,14 @@ def recipe_to_dict(r: Recipe) -> dict:
         d["steps"] = windows(iv.windows)
         if iv.name:
             d["name"] = iv.name
+        if iv.preserve:
+            d["preserve"] = list(iv.preserve)
+        return d
+
+    def subcircuit(sc: Subcircuit) -> dict:
+        d = {"sites": list(sc.sites), "params": list(sc.params)}
+        if sc.select is not None:
+            d["select"] = unbuild(sc.select)
         return d
 
     return {
@@ -482,10 +587,11 @@ def recipe_to_dict(r: Recipe) -> dict:
         "model": unbuild(r.model),
         "task": {"name": r.task.name, **unbuild(r.task.options)},
         "train": unbuild(r.train),
-        "subcircuits": {k: unbuild(v) for k, v in r.subcircuits.items()},
+        "subcircuits": {k: subcircuit(v) for k, v in r.subcircuits.items()},
         "interventions": [intervention(iv) for iv in r.interventions],
         "measure": list(r.measure),
         "phases": {k: dict(v) for k, v in r.phases.items()},
+        **({"probes": {k: [intervention(iv) for iv in v] for k, v in r.probes.items()}} if r.probes else {}),
     }
 
 

@@ -32,7 +32,7 @@ import torch
 from .compile import Plan, compile_plan
 from .errors import InputError, RunError
 from .hooks import Intervener
-from .measures import evaluate
+from .measures import composition_baseline, composition_scores, evaluate
 from .model import Transformer, build_model
 from .phases import phase_times
 from .spec import Recipe, dump_recipe
@@ -90,14 +90,15 @@ class Trainer:
     def __init__(self, recipe: Recipe, seed: int, plan: Plan | None = None):
         self.recipe = recipe
         self.seed = seed
-        self.plan = plan or compile_plan(recipe)
+        self.plan = plan or compile_plan(recipe, seed)
         self.task: Task = TASKS[recipe.task.name](recipe.task.options, seed)
         self.model = build_model(recipe.shape(), seed)
         self.optimizer = make_optimizer(recipe, self.model)
-        self.intervener = Intervener(self.model, self.plan, self.optimizer)
+        self.intervener = Intervener(self.model, self.plan, self.optimizer, seed=seed)
         self.step = 0
         self._evaluators = None
         self._probe = None
+        self._probes: dict[str, Intervener] = {}      # probe name → its Intervener (static heads)
 
     def train_step(self) -> float:
         """One optimizer step at self.step with that step's interventions; returns the loss."""
@@ -116,15 +117,42 @@ class Trainer:
         return value
 
     def evaluate(self) -> dict:
+        """One metrics row: measures at this step, then each probe's loss/accuracy (`col@probe`)."""
         r = self.recipe
         if self._evaluators is None:
-            self._evaluators = self.task.evaluators(r.train.eval_size)
+            evs = self.task.evaluators(r.train.eval_size)
+            self._evaluators = {k: v for k, v in evs.items() if not r.train.evaluators or k in r.train.evaluators}
             self._probe = self.task.probe(r.train.eval_size) if "induction_score" in r.measure else None
-        self.intervener.set_step(min(self.step, r.train.steps - 1))
+        at = min(self.step, r.train.steps - 1)
+        self.intervener.set_step(at)
         self.model.eval()
-        row = evaluate(self.intervener, self._evaluators, self._probe, r.measure, self.plan.shape)
+        row = {"step": self.step, "sequences": self.step * r.train.batch, "seed": self.seed}
+        row.update(evaluate(self.intervener, self._evaluators, self._probe, r.measure, self.plan.shape))
+        if "composition" in r.measure:
+            row.update(composition_scores(self.model, self.plan.shape))
+        for name in r.probes:
+            iv, notes = self._probe_intervener(name, row)
+            iv.set_step(at)
+            prow = evaluate(iv, self._evaluators, None, ("loss", "accuracy"), self.plan.shape)
+            row.update({f"{k}@{name}": v for k, v in prow.items()})
+            if notes:
+                row[f"heads@{name}"] = notes
+        self.intervener.attach()
         self.model.train()
-        return {"step": self.step, "sequences": self.step * r.train.batch, "seed": self.seed, **row}
+        return row
+
+    def _probe_intervener(self, name: str, row: dict) -> tuple[Intervener, dict]:
+        """The probe's Intervener; compiled afresh when its heads are chosen from this run's measures."""
+        r = self.recipe
+        used = {iv.target for iv in r.probes[name]} | {iv.target for iv in r.interventions}
+        dynamic = any(r.subcircuits[t].select is not None and r.subcircuits[t].select.run == "self"
+                      for t in used if t in r.subcircuits)
+        if name not in self._probes or dynamic:
+            plan = compile_plan(r, self.seed, probe=name, measured=row)
+            self._probes[name] = Intervener(self.model, plan, None, seed=self.seed)
+        iv = self._probes[name]
+        notes = {e.label: list(e.site.heads or ()) for e in iv.plan.edits if e.note} if dynamic else {}
+        return iv, notes
 
     def state(self) -> dict:
         return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -189,7 +217,7 @@ def train_seed(recipe: Recipe, seed: int, run_dir: str | os.PathLike, progress: 
     done = prepare_dir(run_dir, resolved)
     if done is not None:
         return done
-    plan = compile_plan(one)
+    plan = compile_plan(one, seed)
     atomic_write(run_dir / "recipe.yaml", resolved)
     atomic_write(run_dir / "plan.txt", plan.text() + "\n")
     (run_dir / "summary.json").unlink(missing_ok=True)
@@ -243,6 +271,8 @@ def train_seed(recipe: Recipe, seed: int, run_dir: str | os.PathLike, progress: 
         "train_ms_per_step": round(1e3 * train_s / max(n_steps, 1), 4),
         "eval_ms_per_eval": round(1e3 * eval_s / max(len(rows), 1), 3),
     }
+    if "composition" in recipe.measure:
+        summary["composition_baseline"] = composition_baseline(plan.shape)
     atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
     emit({"event": "done", "seed": seed, "status": status, "error": error, "dir": str(run_dir)})
     return summary

@@ -34,6 +34,8 @@ class Context:
     model: Any                                   # the Transformer
     cache: dict[str, Tensor]                     # activations recorded earlier in this forward
     step: int = 0
+    seed: int = 0
+    reference: dict[str, Tensor] | None = None   # activations of the reference pass (preserve)
 
 
 class ValueSource:
@@ -52,9 +54,13 @@ class ValueSource:
         leaf = site.name.rsplit(".", 1)[-1]
         return site.info.kind == "activation" and ("*" in self.sites or leaf in self.sites)
 
-    def needs(self, site: Site) -> tuple[str, ...]:
+    def needs(self, site: Site, shape) -> tuple[str, ...]:
         """Other activation sites (concrete names) this source reads in the same forward pass."""
         return ()
+
+    def check(self, site: Site, shape) -> tuple[str, str, str] | None:
+        """(option key, found, expected) if the options do not fit this site of this model."""
+        return None
 
     def value(self, x: Tensor, site: Site, ctx: Context) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError
@@ -197,3 +203,192 @@ class Induction(ValueSource):
             + (1 - s) * others / others.sum(-1, keepdim=True).clamp_min(1)   # [batch, query, key]
         rows = b.induction_keys[:, :T, :T].any(-1)[:, None, :, None]         # [batch, 1, query, 1]
         return pat[:, None].expand_as(x), rows
+
+
+@dataclass(frozen=True)
+class DisallowOptions:
+    rows: str = opt("all", doc="'all' rows, or only rows of one role (few-shot: 'label')")
+
+
+@register_value
+class DisallowPreviousToken(ValueSource):
+    name, Options, sites = "disallow_previous_token", DisallowOptions, ("hook_attn_scores",)
+    doc = "pre-softmax score of every i -> i-1 pair set to -inf (the head cannot attend to the previous token)"
+
+    def value(self, x, site, ctx):                      # x [batch, head, query, key], pre-softmax
+        T = x.shape[-1]
+        m = torch.zeros(T, T, dtype=torch.bool)
+        i = torch.arange(1, T)
+        m[i, i - 1] = True
+        rows = row_mask(ctx.batch, self.options.rows, T)
+        mask = m if rows is None else m & rows
+        return torch.full_like(x, float("-inf")), mask
+
+
+@dataclass(frozen=True)
+class MatchOptions:
+    temperature: float = opt(0.0, check=lambda v: None if v >= 0 else "a temperature >= 0",
+                             doc="softmax temperature over cos(x_query, x_j); 0 = hard max")
+
+
+@register_value
+class Match(ValueSource):
+    name, Options, sites = "match", MatchOptions, ("hook_pattern",)
+    doc = ("rows with induction keys (few-shot: the query) attend to the position after each earlier "
+           "vector input j with weight softmax(cos(x_query, x_j) / temperature) (0: hard max, ties split)")
+
+    def value(self, x, site, ctx):                      # x [batch, head, query, key]
+        b = ctx.batch
+        if b.vectors is None or b.induction_keys is None:
+            raise InputError("", "to", "'match' on a task without vector inputs",
+                             "a task whose inputs are vectors (fewshot)")
+        T = x.shape[-1]
+        v = torch.nn.functional.normalize(b.vectors[:, :T].float(), dim=-1)   # [batch, pos, dim]
+        cos = v @ v.transpose(1, 2)                                          # [batch, query, key]
+        earlier = torch.ones(T, T, dtype=torch.bool).tril(-1)
+        src = b.is_vector[:, None, :T] & earlier & (torch.arange(T) < T - 1)  # exemplar j with j+1 inside
+        t = self.options.temperature
+        if t == 0:
+            best = cos.masked_fill(~src, float("-inf")).amax(-1, keepdim=True)
+            w = (src & (cos >= best - 1e-6)).to(x.dtype)
+            w = w / w.sum(-1, keepdim=True).clamp_min(1)
+        else:
+            w = (cos / t).masked_fill(~src, float("-inf")).softmax(-1).nan_to_num(0.0)
+        pat = torch.zeros_like(w)
+        pat[..., 1:] = w[..., :-1]                                           # weight of j goes to j+1
+        rows = b.induction_keys[:, :T, :T].any(-1)[:, None, :, None]
+        return pat[:, None].expand_as(x).to(x.dtype), rows
+
+
+def _head_option(text: str, shape) -> tuple[int, int] | str:
+    """'blocks.1.attn.hook_attn_scores[3]' (or hook_pattern) → (layer, head), or what is wrong."""
+    from .sites import expand
+    try:
+        sites = expand(text, shape, "activation")
+    except InputError as e:
+        return e.expected
+    if len(sites) != 1 or sites[0].heads is None or len(sites[0].heads) != 1 or \
+            sites[0].name.rsplit(".", 1)[-1] not in ("hook_attn_scores", "hook_pattern"):
+        return "one head of an attention layer, e.g. blocks.1.attn.hook_attn_scores[3]"
+    return sites[0].info.layer, sites[0].heads[0]
+
+
+@dataclass(frozen=True)
+class PerfectCopyOptions:
+    head: str = opt("blocks.1.attn.hook_attn_scores[0]",
+                    doc="the head whose pre-softmax scores become the logits, e.g. blocks.1.attn.hook_attn_scores[3]")
+
+
+@register_value
+class PerfectCopy(ValueSource):
+    name, Options, sites = "perfect_copy", PerfectCopyOptions, ("hook_logits",)
+    doc = ("at rows with induction keys (the query): logits -1e9 except the labels in context, whose "
+           "logits are the head's pre-softmax scores to their positions (only the match must be learned)")
+
+    def _lh(self):
+        layer, head = self.options.head.split(".")[1], self.options.head.rsplit("[", 1)[1].rstrip("]")
+        return int(layer), int(head)
+
+    def check(self, site, shape):
+        got = _head_option(self.options.head, shape)
+        return None if isinstance(got, tuple) else ("head", repr(self.options.head), got)
+
+    def needs(self, site, shape):
+        return (f"blocks.{self._lh()[0]}.attn.hook_attn_scores",)
+
+    def value(self, x, site, ctx):                      # x [batch, pos, n_out]
+        b = ctx.batch
+        L, h = self._lh()
+        scores = ctx.cache[f"blocks.{L}.attn.hook_attn_scores"][:, h]        # [batch, query, key]
+        T, n_out = x.shape[1], x.shape[2]
+        cand = (b.induction_keys | b.induction_others)[:, :T, :T]            # [batch, query, key]
+        onehot = torch.nn.functional.one_hot(b.tokens[:, :T], n_out).bool()   # [batch, key, n_out]
+        hit = cand[..., None] & onehot[:, None]                              # [batch, query, key, n_out]
+        big = scores[..., None].expand_as(hit).masked_fill(~hit, float("-inf"))
+        logits = big.logsumexp(dim=2)                                        # [batch, query, n_out]
+        logits = logits.masked_fill(~hit.any(2), -1e9)
+        rows = b.induction_keys[:, :T, :T].any(-1)[..., None]                # [batch, query, 1]
+        return logits.to(x.dtype), rows
+
+
+def embedding_residual(ctx: Context) -> Tensor:
+    """The residual stream entering block 0: token/vector embedding (+ learned positions)."""
+    r = ctx.cache["hook_embed"]
+    if "hook_pos_embed" in ctx.cache:
+        r = r + ctx.cache["hook_pos_embed"]
+    return r
+
+
+def _embedding_needs(shape) -> tuple[str, ...]:
+    return ("hook_embed", "hook_pos_embed") if shape.pos == "learned" else ("hook_embed",)
+
+
+@register_value
+class Embedding(ValueSource):
+    name, Options = "embedding", NoOptions
+    sites = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
+    doc = "the residual stream as it entered block 0 (the raw embedding): everything before is skipped"
+
+    def needs(self, site, shape):
+        return _embedding_needs(shape)
+
+    def value(self, x, site, ctx):
+        return embedding_residual(ctx).expand_as(x), None
+
+
+@register_value
+class PreviousTokenInput(ValueSource):
+    name, Options, sites = "previous_token_input", NoOptions, ("hook_pattern",)
+    doc = ("the 'perfect previous-token input' (layer-0 ideal): patterns from the layer's own W_Q/W_K, with "
+           "queries from each position's embedding and keys from the embedding of the position before it "
+           "(position 0 its own), as if earlier layers were ideal previous-token heads")
+
+    def needs(self, site, shape):
+        return _embedding_needs(shape)
+
+    def value(self, x, site, ctx):                      # x [batch, head, query, key]
+        m = ctx.model
+        block = m.blocks[site.info.layer]
+        r = embedding_residual(ctx)                      # [batch, pos, d_model]
+        shifted = torch.cat([r[:, :1], r[:, :-1]], dim=1)
+        ln = block.ln1
+        if ln is not None:                               # the block's LayerNorm, without its hook point
+            norm = lambda t: torch.nn.functional.layer_norm(t, t.shape[-1:], ln.w, ln.b, 1e-5)  # noqa: E731
+            r, shifted = norm(r), norm(shifted)
+        return block.attn.scores_from(r, shifted, m.mask, m.rope).softmax(-1), None
+
+
+@dataclass(frozen=True)
+class GraftOptions:
+    run: str = opt("", doc="run directory of the donor ({seed} becomes this run's seed)")
+    step: int = opt(-1, doc="checkpoint step of the donor (-1: its last)")
+
+
+@register_value
+class Graft(ValueSource):
+    name, Options = "graft", GraftOptions
+    doc = ("the activation of another run's checkpoint at the same site on the same batch (evaluated with "
+           "that run's own interventions at that step)")
+
+    def __init__(self, options):
+        super().__init__(options)
+        self._donors: dict = {}
+
+    def check(self, site, shape):
+        import os
+        run = self.options.run
+        if not run:
+            return ("run", "no run", "the donor's run directory")
+        if "{seed}" not in run and not os.path.isdir(run):
+            return ("run", repr(run), "an existing run directory (relative to the working directory)")
+        return None
+
+    def _donor(self, seed: int):
+        if seed not in self._donors:
+            from .donor import load_donor
+            self._donors[seed] = load_donor(self.options.run.replace("{seed}", str(seed)), self.options.step)
+        return self._donors[seed]
+
+    def value(self, x, site, ctx):
+        donor = self._donor(ctx.seed)
+        return donor.activation(ctx.batch, site.name).to(x.dtype), None

@@ -25,7 +25,7 @@ subcircuits:
 BAD = [
     ("modle: {layers: 2}\n",
      "t.yaml:7: modle: found unknown key 'modle'; expected one of name, seeds, model, task, train, subcircuits, "
-     "interventions, measure, phases; did you mean 'model'?"),
+     "interventions, measure, phases, probes; did you mean 'model'?"),
     ("task: {name: fewshoot}\n",
      "t.yaml:7: task.name: found 'fewshoot'; expected a task: one of fewshot, repeat_tokens; did you mean 'fewshot'?"),
     ("task: {name: fewshot, clases: 10}\n",
@@ -42,8 +42,9 @@ BAD = [
      "t.yaml:8: interventions[0].clamp: found 'blocks.1.attn.hook_patern[3]'; expected an activation site of this "
      "model (`clamp sites RECIPE` lists them); did you mean 'blocks.1.attn.hook_pattern'?"),
     ("interventions:\n  - clamp: prev_token\n    to: previous_tokn\n",
-     "t.yaml:9: interventions[0].to: found 'previous_tokn'; expected a value source: one of constant, induction, "
-     "mean, previous_token, resample, zero; did you mean 'previous_token'?"),
+     "t.yaml:9: interventions[0].to: found 'previous_tokn'; expected a value source: one of constant, "
+     "disallow_previous_token, embedding, graft, induction, match, mean, perfect_copy, previous_token, "
+     "previous_token_input, resample, zero; did you mean 'previous_token'?"),
     ("interventions:\n  - clamp: blocks.1.attn.hook_z[3]\n    to: previous_token\n",
      "t.yaml:8: interventions[0].clamp: found 'blocks.1.attn.hook_z[3]'; expected a site previous_token applies "
      "to (*.hook_pattern)"),
@@ -87,7 +88,7 @@ BAD = [
     ("seeds: [0, 1, 1]\n", "t.yaml:7: seeds: found [0, 1, 1]; expected each seed once"),
     ("measure: [loss, induction_strenght]\n",
      "t.yaml:7: measure[1]: found 'induction_strenght'; expected a measure: one of loss, accuracy, prev_token_score, "
-     "induction_strength, induction_score; did you mean 'induction_strength'?"),
+     "induction_strength, induction_score, composition; did you mean 'induction_strength'?"),
     ("phases: {loss: {belo: 0.3}}\n",
      "t.yaml:7: phases.loss.belo: found unknown rule 'belo'; expected one of below, above, relative; "
      "did you mean 'below'?"),
@@ -128,7 +129,7 @@ def test_the_same_recipe_without_the_mistake_loads():
 @pytest.mark.parametrize("override, message", [
     ("train.lr=abc", "--set train.lr=abc: train.lr: found 'abc'; expected a number"),
     ("train.stpes=5", "--set train.stpes=5: train.stpes: found unknown key 'stpes'; expected one of steps, batch, "
-     "optimizer, lr, weight_decay, betas, eval_every, eval_size, checkpoint_every, threads; did you mean 'steps'?"),
+     "optimizer, lr, weight_decay, betas, eval_every, eval_size, evaluators, checkpoint_every, threads; did you mean 'steps'?"),
     ("task.labels=10", None),
     ("model.heads=4", None),
     ("nonsense", "--set: found 'nonsense'; expected key.path=value, e.g. --set train.lr=1e-3"),
