@@ -8,6 +8,7 @@ A suite file (DESIGN.md "Suite"):
     seeds: [0, 1, 2]                  # replaces the recipe's seeds; runs are paired by seed
     variants:                         # name → overrides (nested, or key.path form)
       baseline: {}
+      copy: {recipe: copy.yaml, task.labels: 15}   # `recipe:` swaps the base for this variant
       match: {interventions: [{clamp: blocks.1.attn.hook_pattern[3], to: induction}]}
     grid: {task.labels: [5, 10, 15]}  # optional: every variant × every combination
     expect:
@@ -27,6 +28,7 @@ import io
 import itertools
 import json
 import os
+import re
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,23 +37,42 @@ from typing import Any, Callable, Sequence
 from .errors import InputError, did_you_mean, show
 from .pool import Job, Outcome, available_cores, run_jobs
 from .schema import Source, build, dump_yaml, load_yaml
-from .spec import Recipe, apply_override, dump_recipe, parse_recipe
+from .spec import Recipe, apply_override, dump_recipe, parse_recipe, resolve_extends
 from .train import atomic_write, check_dir, train_seed
 
 SUITE_KEYS = ("name", "base", "seeds", "variants", "grid", "expect")
-EXPECT_KEYS = ("name", "ratio", "difference", "of", "below", "above", "require")
+EXPECT_KEYS = ("name", "ratio", "difference", "value", "of", "below", "above", "between", "abs", "require")
+QUANTITY_HELP = ("crossing, phase:<column>:<rule>[:<field>], final:<column>[:max|min|mean], or "
+                 "at:<step>:<column>")
+
+
+@dataclass(frozen=True)
+class Operand:
+    variant: str
+    of: str                       # a quantity (see `quantity`)
 
 
 @dataclass(frozen=True)
 class Expectation:
     name: str
-    kind: str                     # ratio | difference
-    a: str
-    b: str
-    of: str                       # crossing | crossing:<col>:<rule> | final:<col>
-    below: float | None
-    above: float | None
+    kind: str                     # ratio | difference | value
+    a: Operand
+    b: Operand | None
+    below: float | None = None
+    above: float | None = None
+    between: tuple[float, float] | None = None
+    abs: bool = False
     require: str = "median"       # median | all
+
+    def rule(self) -> str:
+        if self.between is not None:
+            return f"between {self.between[0]:g} and {self.between[1]:g}"
+        return f"below {self.below:g}" if self.below is not None else f"above {self.above:g}"
+
+    def ok(self, x: float) -> bool:
+        if self.between is not None:
+            return self.between[0] < x < self.between[1]
+        return x < self.below if self.below is not None else x > self.above
 
 
 @dataclass(frozen=True)
@@ -131,34 +152,47 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
     base_data["seeds"] = [seeds[0]]
     base = parse_recipe(copy.deepcopy(base_data), base_src, name)
     recipes: dict = {}
+    inlined = {}
     for vname, ov in variants.items():
         if not isinstance(ov, dict):
             raise src.error(("variants", vname), show(ov), "a mapping of overrides (may be empty: {})")
+        vdata, vsrc = base_data, base_src
+        inlined[vname] = ov
+        if "recipe" in ov:
+            vdata, vsrc = _base(ov["recipe"], src, ("variants", vname, "recipe"))
+            for o in overrides:
+                apply_override(vdata, o, vsrc)
+            inlined[vname] = {**ov, "recipe": copy.deepcopy(vdata)}
+            ov = {k: v for k, v in ov.items() if k != "recipe"}
         for point in itertools.product(*[[(k, v) for v in vals] for k, vals in grid.items()]):
-            d = copy.deepcopy(base_data)
-            s = Source(base_src.file, dict(base_src.lines), dict(base_src.overrides))
+            d = copy.deepcopy(vdata)
+            d["seeds"] = [seeds[0]]
+            s = Source(vsrc.file, dict(vsrc.lines), dict(vsrc.overrides))
             _merge(d, ov, ("variants", vname), src, s)
             for k, v in point:
                 _merge(d, {k: v}, ("grid", k), src, s)
             d["name"] = f"{name}/{vname}" + "".join(f"[{k}={v}]" for k, v in point)
             recipes[(str(vname), tuple(point))] = parse_recipe(d, s, name)
     expect = tuple(_expectation(e, ("expect", i), src, variants) for i, e in enumerate(data.get("expect") or []))
-    raw = {**copy.deepcopy(data), "name": name, "base": copy.deepcopy(base_data), "seeds": list(seeds)}
+    raw = {**copy.deepcopy(data), "name": name, "base": copy.deepcopy(base_data), "seeds": list(seeds),
+           "variants": copy.deepcopy(inlined)}
     return Suite(name, src.file, base, seeds, variants, grid, expect, recipes, raw)
 
 
-def _base(value, src: Source) -> tuple[dict, Source]:
+def _base(value, src: Source, path: tuple = ("base",)) -> tuple[dict, Source]:
     if isinstance(value, str):
         p = Path(src.file).parent / value if src.file else Path(value)
         try:
             text = p.read_text(encoding="utf-8")
         except OSError:
-            raise src.error(("base",), show(value), "a recipe path relative to the suite file",
+            raise src.error(path, show(value), "a recipe path relative to the suite file",
                             f"no file at {p}") from None
         data, bsrc = load_yaml(text, str(p))
-        return (data or {}), bsrc
+        data, bsrc = resolve_extends(data or {}, bsrc, str(p))
+        return data, bsrc
     if isinstance(value, dict):
-        lines = {k[1:]: v for k, v in src.lines.items() if k[:1] == ("base",)}
+        n = len(path)
+        lines = {k[n:]: v for k, v in src.lines.items() if k[:n] == path}
         return copy.deepcopy(value), Source(src.file, lines)
     raise src.error(("base",), show(value), "a recipe path or an inline recipe mapping")
 
@@ -187,6 +221,32 @@ def _merge(data: dict, overrides: dict, where: tuple, suite_src: Source, run_src
         run_src.overrides[tuple(path)] = label
 
 
+def _quantity(q, path, src) -> str:
+    q = build(str, q, path, src)
+    parts = q.split(":")
+    ok = (q == "crossing" or parts[0] == "crossing" and len(parts) == 3
+          or parts[0] == "phase" and len(parts) in (3, 4)
+          or parts[0] == "final" and len(parts) in (2, 3) and (len(parts) == 2 or parts[2] in AGGREGATES)
+          or parts[0] == "at" and len(parts) == 3 and parts[1].isdigit())
+    if not ok:
+        raise src.error(path, show(q), QUANTITY_HELP)
+    return q
+
+
+def _operand(v, of, path, src, variants) -> Operand:
+    if isinstance(v, dict):
+        extra = [k for k in v if k not in ("variant", "of")]
+        if extra or "variant" not in v:
+            raise src.error(path, show(v), "a variant name or {variant: NAME, of: QUANTITY}")
+        name, of = v["variant"], _quantity(v.get("of", of), path + ("of",), src)
+    else:
+        name = v
+    if name not in variants:
+        raise src.error(path + (("variant",) if isinstance(v, dict) else ()), show(name),
+                        "a variant of this suite: " + ", ".join(variants), did_you_mean(str(name), variants))
+    return Operand(str(name), of)
+
+
 def _expectation(e, path, src, variants) -> Expectation:
     if not isinstance(e, dict):
         raise src.error(path, show(e), "a mapping like {ratio: [A, B], of: crossing, below: 0.2}")
@@ -194,30 +254,35 @@ def _expectation(e, path, src, variants) -> Expectation:
         if k not in EXPECT_KEYS:
             raise src.error(path + (k,), f"unknown key {k!r}", "one of " + ", ".join(EXPECT_KEYS),
                             did_you_mean(str(k), EXPECT_KEYS))
-    kinds = [k for k in ("ratio", "difference") if k in e]
+    kinds = [k for k in ("ratio", "difference", "value") if k in e]
     if len(kinds) != 1:
-        raise src.error(path, "no ratio or difference" if not kinds else "both ratio and difference",
-                        "exactly one of ratio: [A, B] or difference: [A, B]")
+        raise src.error(path, "no ratio, difference or value" if not kinds else "both " + " and ".join(kinds),
+                        "exactly one of ratio: [A, B], difference: [A, B] or value: A")
     kind = kinds[0]
-    pair = e[kind]
-    if not isinstance(pair, list) or len(pair) != 2:
-        raise src.error(path + (kind,), show(pair), "two variant names [A, B]")
-    for i, v in enumerate(pair):
-        if v not in variants:
-            raise src.error(path + (kind, i), show(v), "a variant of this suite: " + ", ".join(variants),
-                            did_you_mean(str(v), variants))
-    of = build(str, e.get("of", "crossing"), path + ("of",), src)
-    if not (of == "crossing" or of.startswith("crossing:") and of.count(":") == 2 or of.startswith("final:")):
-        raise src.error(path + ("of",), show(of), "crossing, crossing:<column>:<rule> or final:<column>")
+    of = _quantity(e.get("of", "crossing"), path + ("of",), src)
+    if kind == "value":
+        a, b = _operand(e[kind], of, path + (kind,), src, variants), None
+    else:
+        pair = e[kind]
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise src.error(path + (kind,), show(pair), "two variants [A, B] (or {variant: A, of: QUANTITY})")
+        a, b = (_operand(v, of, path + (kind, i), src, variants) for i, v in enumerate(pair))
+    bounds = {k: e[k] for k in ("below", "above", "between") if k in e}
+    if len(bounds) != 1:
+        raise src.error(path, "no bound" if not bounds else "both " + " and ".join(bounds),
+                        "one of below: x, above: x or between: [lo, hi]")
     below = build(float, e["below"], path + ("below",), src) if "below" in e else None
     above = build(float, e["above"], path + ("above",), src) if "above" in e else None
-    if (below is None) == (above is None):
-        raise src.error(path, "no bound" if below is None else "both below and above", "one of below: x or above: x")
+    between = build(tuple[float, float], e["between"], path + ("between",), src) if "between" in e else None
+    if between is not None and between[0] >= between[1]:
+        raise src.error(path + ("between",), show(e["between"]), "[lo, hi] with lo < hi")
     require = e.get("require", "median")
     if require not in ("median", "all"):
         raise src.error(path + ("require",), show(require), "median or all")
-    name = build(str, e.get("name", f"{kind} {pair[0]}/{pair[1]} of {of}"), path + ("name",), src)
-    return Expectation(name, kind, str(pair[0]), str(pair[1]), of, below, above, require)
+    absolute = build(bool, e.get("abs", False), path + ("abs",), src)
+    default = f"{kind} {a.variant}" + (f"/{b.variant}" if b else "") + f" of {of}"
+    name = build(str, e.get("name", default), path + ("name",), src)
+    return Expectation(name, kind, a, b, below, above, between, absolute, require)
 
 
 # ---------------------------------------------------------------------------------------
@@ -310,11 +375,20 @@ def load_results(path: str | os.PathLike) -> SuiteResult:
         sm = read_json(d / "runs" / r.id / f"seed_{r.seed}" / "summary.json")
         if sm is not None:
             done[(r.id, r.seed)] = Outcome((r.id, r.seed), sm)
-    rows = result_rows(runs, done)
+    rows = result_rows(runs, done, _at_columns(suite), d)
     return SuiteResult(suite, d, rows, [judge(e, rows, suite) for e in suite.expect])
 
 
-def result_rows(runs: list[RunSpec], done: dict) -> list[dict]:
+AGGREGATES = {"max": max, "min": min, "mean": lambda xs: sum(xs) / len(xs)}
+
+
+def _at_columns(suite: Suite) -> set[str]:
+    qs = {op.of for e in suite.expect for op in (e.a, e.b) if op is not None}
+    return {q for q in qs if q.startswith("at:")}
+
+
+def result_rows(runs: list[RunSpec], done: dict, at: set[str] = frozenset(), base: Path | None = None) -> list[dict]:
+    from .train import read_metrics
     rows = []
     for r in runs:
         o = done.get((r.id, r.seed))
@@ -331,15 +405,25 @@ def result_rows(runs: list[RunSpec], done: dict) -> list[dict]:
                 for rule, res in rules.items():
                     if isinstance(res, dict):
                         row[f"crossing:{col}:{rule}"] = res.get("step")
+                        for fld in ("reach", "leave", "fraction", "plateau_over_reach"):
+                            if fld in res:
+                                row[f"phase:{col}:{rule}:{fld}"] = res[fld]
             for col, v in s.get("final", {}).items():
-                row[f"final:{col}"] = v
+                if isinstance(v, (int, float)):
+                    row[f"final:{col}"] = v
+            if at and base is not None:
+                metrics = read_metrics(base / "runs" / r.id / f"seed_{r.seed}" / "metrics.jsonl")
+                for q in at:
+                    _, step, col = q.split(":", 2)
+                    hit = next((m.get(col) for m in metrics if m["step"] == int(step)), None)
+                    row[q] = hit
         rows.append(row)
     return rows
 
 
 def write_results(suite: Suite, out: Path, runs: list[RunSpec], done: dict) -> SuiteResult:
     from .report import suite_markdown
-    rows = result_rows(runs, done)
+    rows = result_rows(runs, done, _at_columns(suite), out)
     verdicts = [judge(e, rows, suite) for e in suite.expect]
     res = SuiteResult(suite, out, rows, verdicts)
     atomic_write(out / "results.csv", rows_to_csv(rows))
@@ -363,14 +447,28 @@ def rows_to_csv(rows: list[dict]) -> str:
 
 
 def value_of(row: dict, of: str, primary: str) -> tuple[float | None, bool]:
-    """(value, censored): a crossing that never happened counts as the run length, censored."""
-    key = primary if of == "crossing" else ("crossing:" + of.split(":", 1)[1] if of.startswith("crossing:") else of)
+    """(value, censored) of a quantity in a result row; a crossing that never happened counts as
+    the run length (censored: a lower bound)."""
     if row.get("status") != "ok":
         return None, False
+    parts = of.split(":")
+    if of == "crossing":
+        key = primary
+    elif parts[0] == "crossing" or (parts[0] == "phase" and (len(parts) == 3 or parts[3] == "step")):
+        key = f"crossing:{parts[1]}:{parts[2]}"
+    elif parts[0] == "phase":
+        v = row.get(of)
+        return (None if v in (None, "") else float(v)), False
+    elif parts[0] == "final" and len(parts) == 3:
+        rx = re.compile("^final:" + re.escape(parts[1]).replace(r"\*", ".*") + "$")
+        xs = [float(v) for k, v in row.items() if rx.match(k) and v not in (None, "")]
+        return (AGGREGATES[parts[2]](xs) if xs else None), False
+    else:
+        key = of
     v = row.get(key)
-    if key.startswith("crossing:") and v is None:
+    if key.startswith("crossing:") and v in (None, ""):
         return float(row.get("steps") or 0), True
-    return (None if v is None else float(v)), False
+    return (None if v in (None, "") else float(v)), False
 
 
 def primary_crossing(recipe: Recipe) -> str:
@@ -380,36 +478,48 @@ def primary_crossing(recipe: Recipe) -> str:
 
 
 def judge(e: Expectation, rows: list[dict], suite: Suite) -> dict:
+    """Per seed (and grid point): the statistic; then its median, range and a sign test."""
     from scipy.stats import binomtest
     primary = primary_crossing(suite.base)
+    index = {(r["variant"], r["grid"], r["seed"]): r for r in rows}
     per: list[dict] = []
-    points = sorted({r["grid"] for r in rows})
-    for point in points:
+    for point in sorted({r["grid"] for r in rows}):
         for seed in suite.seeds:
-            ra = next((r for r in rows if r["variant"] == e.a and r["grid"] == point and r["seed"] == seed), None)
-            rb = next((r for r in rows if r["variant"] == e.b and r["grid"] == point and r["seed"] == seed), None)
-            if ra is None or rb is None:
+            ra = index.get((e.a.variant, point, seed))
+            rb = index.get((e.b.variant, point, seed)) if e.b else None
+            if ra is None or (e.b and rb is None):
                 continue
-            (va, ca), (vb, cb) = value_of(ra, e.of, primary), value_of(rb, e.of, primary)
-            if va is None or vb is None:
+            va, ca = value_of(ra, e.a.of, primary)
+            vb, cb = value_of(rb, e.b.of, primary) if e.b else (None, False)
+            if va is None or (e.b and vb is None):
                 continue
             if e.kind == "ratio":
                 if vb == 0:
                     continue
                 x = va / vb
-            else:
+            elif e.kind == "difference":
                 x = va - vb
+            else:
+                x = va
+            x = abs(x) if e.abs else x
             per.append({"grid": point, "seed": seed, "value": x, "censored": ca or cb, "a": va, "b": vb})
-    bound = e.below if e.below is not None else e.above
-    out = {"name": e.name, "kind": e.kind, "a": e.a, "b": e.b, "of": e.of,
-           "rule": f"{'below' if e.below is not None else 'above'} {bound:g}", "per_seed": per, "n": len(per)}
+    desc = e.a.variant if e.a.of == (e.b.of if e.b else e.a.of) else f"{e.a.variant}:{e.a.of}"
+    if e.b:
+        desc += f" / {e.b.variant}" if e.kind == "ratio" else f" − {e.b.variant}"
+        if e.b.of != e.a.of:
+            desc += f":{e.b.of}"
+    if e.a.of == (e.b.of if e.b else e.a.of):
+        desc += f" of {e.a.of}"
+    out = {"name": e.name, "kind": e.kind, "a": e.a.variant, "b": e.b.variant if e.b else None,
+           "of": e.a.of, "statistic": ("|" + desc + "|") if e.abs else desc, "rule": e.rule(),
+           "per_seed": per, "n": len(per)}
     if not per:
         return {**out, "median": None, "min": None, "max": None, "p": None, "verdict": "NO DATA"}
     xs = [p["value"] for p in per]
     med = statistics.median(xs)
-    hits = sum((x < bound) if e.below is not None else (x > bound) for x in xs)
+    hits = sum(e.ok(x) for x in xs)
     p = binomtest(hits, len(xs), 0.5, alternative="greater").pvalue
-    ok = (med < bound if e.below is not None else med > bound) if e.require == "median" else hits == len(xs)
+    ok = e.ok(med) if e.require == "median" else hits == len(xs)
     return {**out, "median": med, "min": min(xs), "max": max(xs), "hits": hits, "p": p,
             "verdict": "PASS" if ok else "FAIL"}
 

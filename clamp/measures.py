@@ -6,13 +6,14 @@ names use the site vocabulary:
 
     loss, accuracy                      on the 'train' evaluator
     loss/<evaluator>, accuracy/<evaluator>
-    prev_token_score/blocks.L.attn.hook_pattern[h]
+    prev_token_score/blocks.L.attn.hook_pattern[h]      (label_prev_token_score/... likewise)
     induction_strength/blocks.L.attn.hook_pattern[h]
     induction_score/blocks.L.attn.hook_pattern[h]
 
 Definitions (A = the head's attention pattern after any clamp, averaged over sequences):
 - loss: mean cross-entropy over positions with a target; accuracy: argmax = target there.
-- prev_token_score: mean over rows i >= 1 of A[i, i-1].
+- prev_token_score: mean over rows i >= 1 of A[i, i-1]; label_prev_token_score: the same over
+  label rows only (few-shot), where the paper's previous-token heads act.
 - induction_strength: over rows with induction keys (few-shot: the query), attention
   to the correct keys minus attention to the other keys of the same kind (the other
   labels); in [-1, 1]. With one distractor label this is the paper's measure.
@@ -31,7 +32,7 @@ from torch import Tensor
 from .sites import ModelShape, head_name
 from .tasks import Batch
 
-HEAD_MEASURES = ("prev_token_score", "induction_strength", "induction_score")
+HEAD_MEASURES = ("prev_token_score", "label_prev_token_score", "induction_strength", "induction_score")
 
 
 def pattern_site(layer: int) -> str:
@@ -49,11 +50,16 @@ def loss_and_accuracy(logits: Tensor, targets: Tensor) -> tuple[float, float]:
     return F.cross_entropy(lg, tg).item(), (lg.argmax(-1) == tg).float().mean().item()
 
 
-def prev_token_scores(A: Tensor) -> Tensor:
-    """A [batch, head, query, key] → [head]: mean over rows i>=1 of A[i, i-1]."""
+def prev_token_scores(A: Tensor, rows: Tensor | None = None) -> Tensor:
+    """A [batch, head, query, key] → [head]: mean over rows i>=1 (or the rows marked in
+    `rows` [batch, query]) of A[i, i-1]."""
     T = A.shape[-1]
     i = torch.arange(1, T)
-    return A[:, :, i, i - 1].mean(dim=(0, 2))
+    prev = A[:, :, i, i - 1]                                   # [batch, head, T-1]
+    if rows is None:
+        return prev.mean(dim=(0, 2))
+    w = rows[:, None, 1:].float()
+    return (prev * w).sum(dim=(0, 2)) / w.sum(dim=(0, 2)).clamp_min(1)
 
 
 def induction_strengths(A: Tensor, keys: Tensor, others: Tensor | None) -> Tensor:
@@ -88,6 +94,9 @@ def evaluate(intervener, evaluators: dict[str, Batch], probe: Batch | None, meas
             if "prev_token_score" in measures:
                 for h, v in enumerate(prev_token_scores(A).tolist()):
                     row[head_column("prev_token_score", L, h)] = v
+            if "label_prev_token_score" in measures and "label" in batch.roles:
+                for h, v in enumerate(prev_token_scores(A, batch.roles["label"]).tolist()):
+                    row[head_column("label_prev_token_score", L, h)] = v
             if "induction_strength" in measures and batch.induction_keys is not None:
                 for h, v in enumerate(induction_strengths(A, batch.induction_keys, batch.induction_others).tolist()):
                     row[head_column("induction_strength", L, h)] = v

@@ -5,6 +5,9 @@ Rules (REFERENCE.md §5), each reported under its own name:
 
 - below / above: the first evaluation whose value is below (above) an absolute threshold
   (the paper's learning time is `loss` below 0.4·ln 2);
+- band [lo, hi]: a plateau inside the band (REFERENCE case 1): when the curve first enters
+  it (reach), when it drops below it for good (leave, the rule's step), and the fraction of
+  evaluations in between that lie inside the band;
 - relative: the first evaluation after the plateau that has gone `frac` of the way from
   the plateau level to the final level. The plateau level is where the curve dwells
   longest (in steps, not evaluations) before it first comes within 10% of its final
@@ -80,7 +83,26 @@ def relative_crossing(steps: Sequence[int], values: Sequence[float], frac: float
     return {"step": step, "plateau": p, "final": f, "threshold": thr}
 
 
-def phase_times(rows: list[dict], rules: dict[str, dict[str, float]], batch: int) -> dict:
+def band_stats(steps: Sequence[int], values: Sequence[float], lo: float, hi: float) -> dict:
+    """The plateau of a falling curve inside [lo, hi]: when it is reached, when the curve drops
+    below the band for good, and the fraction of evaluations in between spent inside the band."""
+    vals = list(values)
+    inside = [v is not None and lo <= v <= hi for v in vals]
+    if not any(inside):
+        return {"step": None, "reach": None, "leave": None, "fraction": None, "reason": "never in the band"}
+    r = inside.index(True)
+    leave = next((i for i in range(r, len(vals)) if vals[i] is not None and vals[i] < lo
+                  and all(v is None or v < hi for v in vals[i:])), None)
+    span = inside[r:leave] if leave is not None else inside[r:]
+    frac = sum(span) / len(span) if span else None
+    out = {"reach": int(steps[r]), "leave": None if leave is None else int(steps[leave]), "fraction": frac}
+    out["step"] = out["leave"]
+    if leave is not None and steps[r] > 0:
+        out["plateau_over_reach"] = (steps[leave] - steps[r]) / steps[r]
+    return out
+
+
+def phase_times(rows: list[dict], rules: dict[str, dict], batch: int) -> dict:
     """Apply recipe phase rules to metric rows → {column: {rule: {step, sequences, ...}}}."""
     steps = [r["step"] for r in rows]
     out: dict = {}
@@ -97,6 +119,8 @@ def phase_times(rows: list[dict], rules: dict[str, dict[str, float]], batch: int
                 res[kind] = {"threshold": rule[kind], "step": st}
         if "relative" in rule:
             res["relative"] = {"frac": rule["relative"], **relative_crossing(steps, vals, rule["relative"])}
+        if "band" in rule:
+            res["band"] = {"band": list(rule["band"]), **band_stats(steps, vals, *rule["band"])}
         for r in res.values():
             r["sequences"] = None if r.get("step") is None else r["step"] * batch
         out[col] = res

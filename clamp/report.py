@@ -56,7 +56,7 @@ def verdict_rows(verdicts: list[dict]) -> list[list]:
     for v in verdicts:
         rng = "-" if v["median"] is None else f"{v['min']:.3g}–{v['max']:.3g}"
         cens = sum(p["censored"] for p in v["per_seed"])
-        rows.append([v["name"], f"{v['kind']} {v['a']}/{v['b']} of {v['of']}", v["rule"],
+        rows.append([v["name"], v["statistic"], v["rule"],
                      v["median"], rng, f"{v['n']}" + (f" ({cens} censored)" if cens else ""),
                      None if v.get("p") is None else f"{v['p']:.3g}", v["verdict"]])
     return rows

@@ -67,9 +67,15 @@ class TrainConfig:
     eval_size: int = opt(1000, check=positive, doc="sequences per evaluator")
     evaluators: tuple[str, ...] = opt((), doc="evaluators to run (default: all the task has)")
     checkpoint_every: int = opt(0, check=non_negative, doc="checkpoint every N steps (0: only the last)")
+    probe_every: int = opt(1, check=non_negative, doc="evaluate probes every N-th evaluation (0: only the last)")
+    stop: dict[str, dict[str, float]] = opt(factory=dict, doc="stop at the first evaluation meeting every rule, "
+                                            "e.g. {loss: {below: 0.05}}")
     threads: int = opt(1, check=positive, doc="torch threads per run")
 
     def validate(self):
+        for col, rule in self.stop.items():
+            if not rule or any(k not in ("below", "above") for k in rule):
+                return ("stop", "{column: {below: x}} or {column: {above: x}}")
         ee = self.eval_every
         if isinstance(ee, int):
             return None if ee > 0 else ("eval_every", "a positive number of steps")
@@ -88,7 +94,7 @@ class TrainConfig:
         return sorted(out)
 
 
-HEAD_MEASURES = ("prev_token_score", "induction_strength", "induction_score")
+HEAD_MEASURES = ("prev_token_score", "label_prev_token_score", "induction_strength", "induction_score")
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,7 @@ class Selection:
     """Heads chosen by measurement: the heads of `layer` ranked or thresholded by a per-head measure."""
 
     layer: int = opt(0, check=lambda v: None if v >= 0 else "a layer >= 0", doc="the layer whose heads are chosen")
-    by: Literal["prev_token_score", "induction_strength", "induction_score"] = opt(
+    by: Literal["prev_token_score", "label_prev_token_score", "induction_strength", "induction_score"] = opt(
         "prev_token_score", doc="the per-head measure")
     top: int = opt(0, check=lambda v: None if v >= 0 else "a count >= 0", doc="the k highest")
     bottom: int = opt(0, check=lambda v: None if v >= 0 else "a count >= 0", doc="the k lowest")
@@ -174,9 +180,10 @@ def model_shape(m: ModelConfig, io: TaskIO) -> S.ModelShape:
 
 TOP_KEYS = ("name", "seeds", "model", "task", "train", "subcircuits", "interventions", "measure", "phases",
             "probes")
-MEASURES = ("loss", "accuracy", "prev_token_score", "induction_strength", "induction_score", "composition")
+MEASURES = ("loss", "accuracy", "prev_token_score", "label_prev_token_score", "induction_strength",
+            "induction_score", "composition")
 PRESERVE = ("patterns", "values")
-PHASE_RULES = ("below", "above", "relative")
+PHASE_RULES = ("below", "above", "relative", "band")
 
 
 # ---------------------------------------------------------------------------------------
@@ -192,8 +199,45 @@ def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recip
     except OSError as e:
         raise InputError(path, "", "no readable file", "a recipe file (YAML)", e.strerror or "") from None
     data, src = load_yaml(text, path)
+    data, src = resolve_extends(data, src, path)
     default_name = os.path.splitext(os.path.basename(path))[0]
     return recipe_from_data(data, src, overrides, default_name=default_name)
+
+
+def resolve_extends(data: Any, src: Source, path: str, seen: tuple = ()) -> tuple[Any, Source]:
+    """`extends: other.yaml` (relative to this file): that recipe's data with this file's keys merged
+    over it (mappings merge key by key, everything else is replaced). Locations stay exact."""
+    if not isinstance(data, dict) or "extends" not in data:
+        return data, src
+    rel = data.pop("extends")
+    if not isinstance(rel, str):
+        raise src.error(("extends",), show(rel), "a recipe path relative to this file")
+    base_path = os.path.normpath(os.path.join(os.path.dirname(path), rel))
+    if base_path in seen or base_path == os.path.normpath(path):
+        raise src.error(("extends",), show(rel), "a recipe that does not extend itself")
+    try:
+        with open(base_path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError:
+        raise src.error(("extends",), show(rel), "an existing recipe file", f"no file at {base_path}") from None
+    base, bsrc = load_yaml(text, base_path)
+    base, bsrc = resolve_extends(base or {}, bsrc, base_path, seen + (os.path.normpath(path),))
+    merged = Source(src.file, dict(src.lines), dict(src.overrides))
+    for p, line in bsrc.lines.items():
+        if p not in src.lines:
+            merged.overrides.setdefault(p, f"{bsrc.file}:{line}")
+    for p, label in bsrc.overrides.items():
+        merged.overrides.setdefault(p, label)
+    return deep_merge(base, data), merged
+
+
+def deep_merge(base: Any, over: Any) -> Any:
+    if isinstance(base, dict) and isinstance(over, dict):
+        out = dict(base)
+        for k, v in over.items():
+            out[k] = deep_merge(base[k], v) if k in base else v
+        return out
+    return copy.deepcopy(over)
 
 
 def recipe_from_data(data: Any, src: Source | None = None, overrides: Sequence[str] = (),
@@ -526,7 +570,7 @@ def _measures(value, src) -> tuple[str, ...]:
     return items
 
 
-def _phases(value, src, defaults: dict) -> dict[str, dict[str, float]]:
+def _phases(value, src, defaults: dict) -> dict[str, dict]:
     if value is None:
         return {k: dict(v) for k, v in defaults.items()}
     if not isinstance(value, dict):
@@ -541,13 +585,18 @@ def _phases(value, src, defaults: dict) -> dict[str, dict[str, float]]:
             if k not in PHASE_RULES:
                 raise src.error(path + (k,), f"unknown rule {k!r}", "one of " + ", ".join(PHASE_RULES),
                                 did_you_mean(str(k), PHASE_RULES))
-            build(float, v, path + (k,), src)
+            if k == "band":
+                lo, hi = build(tuple[float, float], v, path + (k,), src)
+                if lo >= hi:
+                    raise src.error(path + (k,), show(v), "[low, high] with low < high")
+            else:
+                build(float, v, path + (k,), src)
         if "below" in rules and "above" in rules:
             raise src.error(path, "both below and above", "one absolute threshold per measure")
         if "relative" in rules and not 0 < float(rules["relative"]) < 1:
             raise src.error(path + ("relative",), show(rules["relative"]),
                             "a fraction in (0, 1) of the way from the plateau to the final level")
-        out[str(col)] = {k: float(v) for k, v in rules.items()}
+        out[str(col)] = {k: ([float(x) for x in v] if k == "band" else float(v)) for k, v in rules.items()}
     return out
 
 

@@ -116,7 +116,7 @@ class Trainer:
         self.step += 1
         return value
 
-    def evaluate(self) -> dict:
+    def evaluate(self, probes: bool = True) -> dict:
         """One metrics row: measures at this step, then each probe's loss/accuracy (`col@probe`)."""
         r = self.recipe
         if self._evaluators is None:
@@ -130,6 +130,17 @@ class Trainer:
         row.update(evaluate(self.intervener, self._evaluators, self._probe, r.measure, self.plan.shape))
         if "composition" in r.measure:
             row.update(composition_scores(self.model, self.plan.shape))
+        if probes:
+            self.evaluate_probes(row)
+        self.intervener.attach()
+        self.model.train()
+        return row
+
+    def evaluate_probes(self, row: dict) -> None:
+        """Add each probe's loss/accuracy columns (`col@probe`) to a metrics row of this step."""
+        r = self.recipe
+        at = min(self.step, r.train.steps - 1)
+        self.model.eval()
         for name in r.probes:
             iv, notes = self._probe_intervener(name, row)
             iv.set_step(at)
@@ -139,7 +150,6 @@ class Trainer:
                 row[f"heads@{name}"] = notes
         self.intervener.attach()
         self.model.train()
-        return row
 
     def _probe_intervener(self, name: str, row: dict) -> tuple[Intervener, dict]:
         """The probe's Intervener; compiled afresh when its heads are chosen from this run's measures."""
@@ -161,6 +171,17 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
+
+
+def stop_now(row: dict, rules: dict) -> bool:
+    """True when a metrics row meets every stop rule ({column: {below|above: x}})."""
+    if not rules:
+        return False
+    for col, rule in rules.items():
+        v = row.get(col)
+        if v is None or ("below" in rule and not v < rule["below"]) or ("above" in rule and not v > rule["above"]):
+            return False
+    return True
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
@@ -238,19 +259,27 @@ def train_seed(recipe: Recipe, seed: int, run_dir: str | os.PathLike, progress: 
     train_s = eval_s = 0.0
     n_steps = 0
     status, error = "ok", None
+    n_eval = len(rows)
+    stopped = False
     with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as mf:
         try:
             while True:
                 if trainer.step in eval_steps:
                     e0 = time.perf_counter()
-                    row = trainer.evaluate()
+                    last = trainer.step >= t.steps
+                    every = t.probe_every
+                    row = trainer.evaluate(probes=last or (every > 0 and n_eval % every == 0))
+                    stopped = not last and stop_now(row, t.stop)
+                    if stopped and recipe.probes and not any("@" in k for k in row):
+                        trainer.evaluate_probes(row)
+                    n_eval += 1
                     eval_s += time.perf_counter() - e0
                     mf.write(json.dumps(row) + "\n")
                     mf.flush()
                     rows.append(row)
                     emit({"event": "eval", "seed": seed, "step": trainer.step, "steps": t.steps,
                           "loss": row.get("loss")})
-                if trainer.step >= t.steps:
+                if trainer.step >= t.steps or stopped:
                     break
                 if ckpt_every and trainer.step % ckpt_every == 0 and trainer.step > 0:
                     _save_checkpoint(run_dir, trainer)
@@ -265,6 +294,7 @@ def train_seed(recipe: Recipe, seed: int, run_dir: str | os.PathLike, progress: 
     summary = {
         "name": recipe.name, "seed": seed, "status": status, "error": error,
         "steps": trainer.step, "sequences": trainer.step * t.batch, "resumed_from": resumed_from,
+        "stopped_early": stopped,
         "final": {k: v for k, v in rows[-1].items() if k not in ("step", "sequences", "seed")} if rows else {},
         "phases": phase_times(rows, recipe.phases, t.batch),
         "wall_s": round(time.perf_counter() - t0, 3),

@@ -338,10 +338,11 @@ class Embedding(ValueSource):
 
 @register_value
 class PreviousTokenInput(ValueSource):
-    name, Options, sites = "previous_token_input", NoOptions, ("hook_pattern",)
+    name, Options, sites = "previous_token_input", NoOptions, ("hook_attn_scores", "hook_pattern")
     doc = ("the 'perfect previous-token input' (layer-0 ideal): patterns from the layer's own W_Q/W_K, with "
            "queries from each position's embedding and keys from the embedding of the position before it "
-           "(position 0 its own), as if earlier layers were ideal previous-token heads")
+           "(position 0 its own), as if earlier layers were ideal previous-token heads; at hook_attn_scores the "
+           "pre-softmax scores")
 
     def needs(self, site, shape):
         return _embedding_needs(shape)
@@ -355,7 +356,8 @@ class PreviousTokenInput(ValueSource):
         if ln is not None:                               # the block's LayerNorm, without its hook point
             norm = lambda t: torch.nn.functional.layer_norm(t, t.shape[-1:], ln.w, ln.b, 1e-5)  # noqa: E731
             r, shifted = norm(r), norm(shifted)
-        return block.attn.scores_from(r, shifted, m.mask, m.rope).softmax(-1), None
+        scores = block.attn.scores_from(r, shifted, m.mask, m.rope)          # [batch, head, query, key]
+        return (scores.softmax(-1) if site.name.endswith("hook_pattern") else scores), None
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,8 @@ def test_a_failing_variant_is_reported_and_the_others_complete(tmp_path):
      "suite.yaml:14: expect[0].ratio[0]: found 'mach'; expected a variant of this suite: baseline, match; "
      "did you mean 'match'?"),
     (("of: crossing", "of: crosing"),
-     "suite.yaml:15: expect[0].of: found 'crosing'; expected crossing, crossing:<column>:<rule> or final:<column>"),
+     "suite.yaml:15: expect[0].of: found 'crosing'; expected crossing, phase:<column>:<rule>[:<field>], "
+     "final:<column>[:max|min|mean], or at:<step>:<column>"),
 ])
 def test_bad_suites_get_located_one_line_errors(tmp_path, patch, message):
     text = SUITE.replace(*patch)

@@ -88,9 +88,9 @@ BAD = [
     ("seeds: [0, 1, 1]\n", "t.yaml:7: seeds: found [0, 1, 1]; expected each seed once"),
     ("measure: [loss, induction_strenght]\n",
      "t.yaml:7: measure[1]: found 'induction_strenght'; expected a measure: one of loss, accuracy, prev_token_score, "
-     "induction_strength, induction_score, composition; did you mean 'induction_strength'?"),
+     "label_prev_token_score, induction_strength, induction_score, composition; did you mean 'induction_strength'?"),
     ("phases: {loss: {belo: 0.3}}\n",
-     "t.yaml:7: phases.loss.belo: found unknown rule 'belo'; expected one of below, above, relative; "
+     "t.yaml:7: phases.loss.belo: found unknown rule 'belo'; expected one of below, above, relative, band; "
      "did you mean 'below'?"),
     ("interventions:\n  - clamp: prev_token\n    to: previous_token\n"
      "  - clamp: blocks.0.attn.hook_pattern[1:4]\n    to: zero\n    steps: [500, end]\n",
@@ -129,7 +129,8 @@ def test_the_same_recipe_without_the_mistake_loads():
 @pytest.mark.parametrize("override, message", [
     ("train.lr=abc", "--set train.lr=abc: train.lr: found 'abc'; expected a number"),
     ("train.stpes=5", "--set train.stpes=5: train.stpes: found unknown key 'stpes'; expected one of steps, batch, "
-     "optimizer, lr, weight_decay, betas, eval_every, eval_size, evaluators, checkpoint_every, threads; did you mean 'steps'?"),
+     "optimizer, lr, weight_decay, betas, eval_every, eval_size, evaluators, checkpoint_every, probe_every, stop, "
+     "threads; did you mean 'steps'?"),
     ("task.labels=10", None),
     ("model.heads=4", None),
     ("nonsense", "--set: found 'nonsense'; expected key.path=value, e.g. --set train.lr=1e-3"),
