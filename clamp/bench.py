@@ -11,6 +11,7 @@ A suite file (DESIGN.md "Suite"):
       copy: {recipe: copy.yaml, task.labels: 15}   # `recipe:` swaps the base for this variant
       match: {interventions: [{clamp: blocks.1.attn.hook_pattern[3], to: induction}]}
     grid: {task.labels: [5, 10, 15]}  # optional: every variant × every combination
+    set: [train.steps=500]            # optional: key.path=value applied to every run last (`--set` adds)
     expect:
       - name: match is at least 5x faster
         ratio: [match, baseline]      # per seed (and grid point): value(match) / value(baseline)
@@ -35,15 +36,16 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import InputError, did_you_mean, show
+from .phases import column_value
 from .pool import Job, Outcome, available_cores, run_jobs
 from .schema import Source, build, dump_yaml, load_yaml
 from .spec import Recipe, apply_override, dump_recipe, parse_recipe, resolve_extends
 from .train import atomic_write, check_dir, train_seed
 
-SUITE_KEYS = ("name", "base", "seeds", "variants", "grid", "expect")
+SUITE_KEYS = ("name", "base", "seeds", "variants", "grid", "set", "expect")
 EXPECT_KEYS = ("name", "ratio", "difference", "value", "of", "below", "above", "between", "abs", "require")
-QUANTITY_HELP = ("crossing, phase:<column>:<rule>[:<field>], final:<column>[:max|min|mean], or "
-                 "at:<step>:<column>")
+QUANTITY_HELP = ("crossing, phase:<column>:<rule>[:<field>], final:<column>, or at:<step>:<column> "
+                 "(a column may be max(<glob>), min(<glob>) or mean(<glob>))")
 
 
 @dataclass(frozen=True)
@@ -137,9 +139,8 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
             raise src.error((k,), f"unknown key {k!r}", "one of " + ", ".join(SUITE_KEYS),
                             did_you_mean(str(k), SUITE_KEYS))
     name = build(str, data.get("name", default_name), ("name",), src)
+    overrides = list(build(tuple[str, ...], data.get("set", []), ("set",), src)) + list(overrides)
     base_data, base_src = _base(data.get("base"), src)
-    for o in overrides:
-        apply_override(base_data, o, base_src)
     seeds = build(tuple[int, ...], data.get("seeds", base_data.get("seeds", [0])), ("seeds",), src)
     if not seeds or len(set(seeds)) != len(seeds):
         raise src.error(("seeds",), show(list(seeds)), "a non-empty list of distinct seeds")
@@ -150,7 +151,10 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
         raise src.error(("grid",), show(grid), "a mapping of key.path to non-empty lists of values")
     base_data["seeds"] = [seeds[0]]
-    base = parse_recipe(copy.deepcopy(base_data), base_src, name)
+    base_run = copy.deepcopy(base_data)
+    for o in overrides:
+        apply_override(base_run, o, Source(base_src.file, dict(base_src.lines), dict(base_src.overrides)))
+    base = parse_recipe(base_run, base_src, name)
     recipes: dict = {}
     inlined = {}
     for vname, ov in variants.items():
@@ -160,8 +164,6 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
         inlined[vname] = ov
         if "recipe" in ov:
             vdata, vsrc = _base(ov["recipe"], src, ("variants", vname, "recipe"))
-            for o in overrides:
-                apply_override(vdata, o, vsrc)
             inlined[vname] = {**ov, "recipe": copy.deepcopy(vdata)}
             ov = {k: v for k, v in ov.items() if k != "recipe"}
         for point in itertools.product(*[[(k, v) for v in vals] for k, vals in grid.items()]):
@@ -171,11 +173,15 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
             _merge(d, ov, ("variants", vname), src, s)
             for k, v in point:
                 _merge(d, {k: v}, ("grid", k), src, s)
+            for o in overrides:                      # the command line has the last word
+                apply_override(d, o, s)
             d["name"] = f"{name}/{vname}" + "".join(f"[{k}={v}]" for k, v in point)
             recipes[(str(vname), tuple(point))] = parse_recipe(d, s, name)
     expect = tuple(_expectation(e, ("expect", i), src, variants) for i, e in enumerate(data.get("expect") or []))
     raw = {**copy.deepcopy(data), "name": name, "base": copy.deepcopy(base_data), "seeds": list(seeds),
            "variants": copy.deepcopy(inlined)}
+    if overrides:
+        raw["set"] = overrides
     return Suite(name, src.file, base, seeds, variants, grid, expect, recipes, raw)
 
 
@@ -226,7 +232,7 @@ def _quantity(q, path, src) -> str:
     parts = q.split(":")
     ok = (q == "crossing" or parts[0] == "crossing" and len(parts) == 3
           or parts[0] == "phase" and len(parts) in (3, 4)
-          or parts[0] == "final" and len(parts) in (2, 3) and (len(parts) == 2 or parts[2] in AGGREGATES)
+          or parts[0] == "final" and len(parts) == 2
           or parts[0] == "at" and len(parts) == 3 and parts[1].isdigit())
     if not ok:
         raise src.error(path, show(q), QUANTITY_HELP)
@@ -379,9 +385,6 @@ def load_results(path: str | os.PathLike) -> SuiteResult:
     return SuiteResult(suite, d, rows, [judge(e, rows, suite) for e in suite.expect])
 
 
-AGGREGATES = {"max": max, "min": min, "mean": lambda xs: sum(xs) / len(xs)}
-
-
 def _at_columns(suite: Suite) -> set[str]:
     qs = {op.of for e in suite.expect for op in (e.a, e.b) if op is not None}
     return {q for q in qs if q.startswith("at:")}
@@ -415,8 +418,7 @@ def result_rows(runs: list[RunSpec], done: dict, at: set[str] = frozenset(), bas
                 metrics = read_metrics(base / "runs" / r.id / f"seed_{r.seed}" / "metrics.jsonl")
                 for q in at:
                     _, step, col = q.split(":", 2)
-                    hit = next((m.get(col) for m in metrics if m["step"] == int(step)), None)
-                    row[q] = hit
+                    row[q] = next((column_value(m, col) for m in metrics if m["step"] == int(step)), None)
         rows.append(row)
     return rows
 
@@ -459,10 +461,8 @@ def value_of(row: dict, of: str, primary: str) -> tuple[float | None, bool]:
     elif parts[0] == "phase":
         v = row.get(of)
         return (None if v in (None, "") else float(v)), False
-    elif parts[0] == "final" and len(parts) == 3:
-        rx = re.compile("^final:" + re.escape(parts[1]).replace(r"\*", ".*") + "$")
-        xs = [float(v) for k, v in row.items() if rx.match(k) and v not in (None, "")]
-        return (AGGREGATES[parts[2]](xs) if xs else None), False
+    elif parts[0] == "final":
+        return column_value(row, of.split(":", 1)[1], prefix="final:"), False
     else:
         key = of
     v = row.get(key)

@@ -179,9 +179,12 @@ def cmd_demo(a) -> int:
 
 
 def cmd_bench(a) -> int:
+    import shutil
     from .bench import load_suite
     suite = load_suite(a.suite, a.set)
     out = Path(a.out) if a.out else Path("runs") / suite.name
+    if a.fresh and out.exists():
+        shutil.rmtree(out)
     return _bench_and_print(suite, out, a.workers, a.backend, a.address, a.quiet)
 
 
@@ -251,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--workers", type=int, help="parallel runs (default: cores)")
     q.add_argument("--backend", choices=("local", "ray"), default="local")
     q.add_argument("--address", help="Ray cluster to join (default: start a local one)")
+    q.add_argument("--fresh", action="store_true", help="delete the suite directory first instead of resuming")
     q.add_argument("--quiet", action="store_true")
     sets(q)
     q.set_defaults(fn=cmd_bench)

@@ -18,9 +18,26 @@ A curve that never meets a rule gets step None ("did not change"), never a force
 from __future__ import annotations
 
 import math
+import re
 from typing import Sequence
 
 import numpy as np
+
+_AGG = re.compile(r"^(max|min|mean)\((.+)\)$")
+
+
+def column_value(row: dict, col: str, prefix: str = "") -> float | None:
+    """A metric column of a row, or an aggregate over columns: `max(induction_score/blocks.1.attn.
+    hook_pattern[*])` is the largest of the matching columns (`*` matches anything)."""
+    m = _AGG.match(col)
+    if not m:
+        v = row.get(prefix + col)
+        return None if v in (None, "") or isinstance(v, (dict, list)) else float(v)
+    rx = re.compile("^" + re.escape(prefix + m.group(2)).replace(r"\*", ".*") + "$")
+    xs = [float(v) for k, v in row.items() if rx.match(k) and v not in (None, "") and not isinstance(v, (dict, list))]
+    if not xs:
+        return None
+    return max(xs) if m.group(1) == "max" else min(xs) if m.group(1) == "min" else sum(xs) / len(xs)
 
 
 def threshold_crossing(steps: Sequence[int], values: Sequence[float], threshold: float,
@@ -107,7 +124,7 @@ def phase_times(rows: list[dict], rules: dict[str, dict], batch: int) -> dict:
     steps = [r["step"] for r in rows]
     out: dict = {}
     for col, rule in rules.items():
-        vals = [r.get(col) for r in rows]
+        vals = [column_value(r, col) for r in rows]
         res: dict = {}
         if all(v is None for v in vals):
             out[col] = {"error": f"no column {col!r} in the metrics"}

@@ -76,9 +76,9 @@ def quote_site_names(text: str) -> str:
             elif c == "#" and (i == 0 or line[i - 1] in " \t"):
                 buf.append(line[i:])
                 break
-            elif (i == 0 or not (line[i - 1].isalnum() or line[i - 1] in "_.*")):
+            elif i == 0 or line[i - 1] in " \t[,{":          # a whole YAML token only
                 m = _SITE_WITH_HEADS.match(line, i)
-                if m and "." in m.group(0):
+                if m and "." in m.group(0) and (m.end() == n or line[m.end()] in " \t,]}#"):
                     buf.append("'" + m.group(0) + "'")
                     i = m.end()
                     continue

@@ -34,7 +34,7 @@ from .errors import InputError, RunError
 from .hooks import Intervener
 from .measures import composition_baseline, composition_scores, evaluate
 from .model import Transformer, build_model
-from .phases import phase_times
+from .phases import column_value, phase_times
 from .spec import Recipe, dump_recipe
 from .tasks import TASKS, Task
 
@@ -178,7 +178,7 @@ def stop_now(row: dict, rules: dict) -> bool:
     if not rules:
         return False
     for col, rule in rules.items():
-        v = row.get(col)
+        v = column_value(row, col)
         if v is None or ("below" in rule and not v < rule["below"]) or ("above" in rule and not v > rule["above"]):
             return False
     return True

@@ -159,7 +159,7 @@ def test_a_failing_variant_is_reported_and_the_others_complete(tmp_path):
 
 @pytest.mark.parametrize("patch, message", [
     (("seeds: [0, 1, 2]", "seeds: [0, 1, 2]\nvariantz: {}"),
-     "suite.yaml:8: variantz: found unknown key 'variantz'; expected one of name, base, seeds, variants, grid, expect; "
+     "suite.yaml:8: variantz: found unknown key 'variantz'; expected one of name, base, seeds, variants, grid, set, expect; "
      "did you mean 'variants'?"),
     (("  baseline: {}", "  baseline: {train.stpes: 10}"),
      "suite.yaml:9: train.stpes: found unknown key 'stpes'"),
@@ -168,7 +168,7 @@ def test_a_failing_variant_is_reported_and_the_others_complete(tmp_path):
      "did you mean 'match'?"),
     (("of: crossing", "of: crosing"),
      "suite.yaml:15: expect[0].of: found 'crosing'; expected crossing, phase:<column>:<rule>[:<field>], "
-     "final:<column>[:max|min|mean], or at:<step>:<column>"),
+     "final:<column>, or at:<step>:<column> (a column may be max(<glob>), min(<glob>) or mean(<glob>))"),
 ])
 def test_bad_suites_get_located_one_line_errors(tmp_path, patch, message):
     text = SUITE.replace(*patch)

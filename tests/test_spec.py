@@ -154,6 +154,15 @@ def test_bracketed_sites_parse_inside_flow_lists():
     assert r.subcircuits["prev_token"].sites == ("blocks.0.attn.hook_pattern[2]",)
 
 
+def test_site_quoting_touches_whole_tokens_only():
+    from clamp.schema import quote_site_names as q
+    assert q("a: [blocks.0.attn.hook_z[1], x]") == "a: ['blocks.0.attn.hook_z[1]', x]"
+    assert q("- clamp: blocks.1.attn.hook_z[0,1]  # c[1]") == "- clamp: 'blocks.1.attn.hook_z[0,1]'  # c[1]"
+    for same in ("of: final:max(induction/blocks.1.attn.hook_pattern[*])", "a: 'blocks.0.x[1]'",
+                 'a: "b.c[2]"', "a: x/blocks.0.attn.hook_z[1]"):
+        assert q(same) == same
+
+
 def test_yaml_1e4_is_a_number():
     r = load(HEAD.replace("lr: 1.0e-3", "lr: 1e-4"))
     assert r.train.lr == 1e-4
