@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-VERBS = ("run", "plan", "sites", "demo", "bench", "graph", "explain", "report")
+VERBS = ("run", "plan", "sites", "demo", "bench", "probe", "graph", "explain", "report")
 
 
 class Progress:
@@ -119,10 +119,12 @@ def cmd_run(a) -> int:
 
 
 def cmd_plan(a) -> int:
-    from .compile import compile_plan
+    from .compile import compile_plan, probe_text
     from .spec import load_recipe
     recipe = load_recipe(a.recipe, a.set)
     print(compile_plan(recipe).text())
+    for name in recipe.probes:
+        print(probe_text(recipe, name))
     return 0
 
 
@@ -199,6 +201,18 @@ def _bench_and_print(suite, out: Path, workers, backend, address, quiet) -> int:
     return 0 if res.ok() else 1
 
 
+def cmd_probe(a) -> int:
+    from .posthoc import probe_run
+    rows = probe_run(a.dir, a.probes)
+    for seed, rs in sorted(rows.items()):
+        cols = sorted({k for r in rs for k in r if "@" in k and k.split("@")[0] in ("loss", "accuracy")})
+        print(f"seed {seed}:")
+        print(table(["step", "loss", "accuracy"] + cols,
+                    [[r["step"], r.get("loss"), r.get("accuracy")] + [r.get(c) for c in cols] for r in rs]))
+    print(f"wrote probes.jsonl beside each seed's metrics.jsonl in {a.dir}")
+    return 0
+
+
 def cmd_graph(a) -> int:
     from .graph import cli_graph
     return cli_graph(a)
@@ -258,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true")
     sets(q)
     q.set_defaults(fn=cmd_bench)
+
+    q = sub.add_parser("probe", help="apply probes (evaluation-only clamps) to every checkpoint of a run")
+    q.add_argument("dir")
+    q.add_argument("probes", help="a YAML file with probes: {name: [interventions]} and optional subcircuits")
+    q.set_defaults(fn=cmd_probe)
 
     q = sub.add_parser("graph", help="build the subcircuit graph of a run or suite directory")
     q.add_argument("dir")

@@ -238,3 +238,23 @@ def _check_needs(edits: list[Edit], recipe: Recipe, shape: S.ModelShape) -> None
                 raise recipe.source.error(
                     e.origin, f"{e.source.name} at {e.site} reading {need}",
                     f"a site computed before {e.site.name} in the forward pass")
+
+
+def probe_text(recipe: Recipe, name: str, seed: int | None = None) -> str:
+    """What a probe does at each evaluation (heads chosen at each evaluation are described)."""
+    lines = [f"probe {name!r} (evaluation only; columns <measure>@{name}):"]
+    for i, iv in enumerate(recipe.probes[name]):
+        sc = recipe.subcircuits.get(iv.target)
+        what = f"{iv.kind} {iv.target}" + (f" to {iv.source}" if iv.kind == "clamp" else
+                                           f" ({iv.source})" if iv.kind == "ablate" else "")
+        if iv.preserve:
+            what += f", preserving later {' and '.join(iv.preserve)}"
+        if sc is not None and sc.select is not None and sc.select.run == "self":
+            what += f"; heads: {sc.select.describe()}"
+        else:
+            plan = compile_plan(recipe, seed, probe=name)
+            heads = [str(e.site) + (f" [{e.note}]" if e.note else "") for e in plan.edits
+                     if e.origin == ("probes", name, i)]
+            what += "; " + ", ".join(heads)
+        lines.append(f"  probes.{name}[{i}] {what}")
+    return "\n".join(lines)

@@ -248,3 +248,26 @@ def test_graft_takes_the_donors_activation(tmp_path):
     assert torch.equal(rec["blocks.0.hook_resid_post"], want["blocks.0.hook_resid_post"])
     ref, _ = plain(tr.model, b, ["blocks.0.hook_resid_post"])
     assert not torch.equal(ref["blocks.0.hook_resid_post"], want["blocks.0.hook_resid_post"])
+
+
+def test_posthoc_probes_equal_online_probes(tmp_path):
+    """A probe given to the run and the same probe applied to its checkpoints afterwards agree."""
+    from clamp.posthoc import probe_run
+    from clamp.train import read_metrics
+    train = {"steps": 12, "batch": 8, "lr": 1e-2, "eval_every": 4, "eval_size": 32, "checkpoint_every": 4}
+    probe = "probes:\n  copy:\n    - clamp: hook_logits\n      to: perfect_copy\n      head: blocks.1.attn.hook_attn_scores[1]\n"
+    online = tiny(probe, train=train)
+    train_seed(online, 0, tmp_path / "online")
+    plain_run = tiny(train=train)
+    train_seed(plain_run, 0, tmp_path / "plain")
+    (tmp_path / "probes.yaml").write_text(probe)
+    rows = probe_run(tmp_path / "plain", tmp_path / "probes.yaml")[0]
+    want = {r["step"]: r for r in read_metrics(tmp_path / "online" / "metrics.jsonl")}
+    assert [r["step"] for r in rows] == [4, 8, 12]
+    for r in rows:
+        assert r["loss@copy"] == pytest.approx(want[r["step"]]["loss@copy"], rel=1e-6)
+        assert r["loss"] == pytest.approx(want[r["step"]]["loss"], rel=1e-6)
+    (tmp_path / "bad.yaml").write_text("probes:\n  x: [{ablate: blocks.9.attn.hook_z[0]}]\n")
+    from clamp.errors import InputError
+    with pytest.raises(InputError, match="bad.yaml:2: probes.x"):
+        probe_run(tmp_path / "plain", tmp_path / "bad.yaml")

@@ -1,0 +1,73 @@
+"""Clamp-based progress measures after the fact: probes applied to every checkpoint of a run.
+
+Flow position: run dir (checkpoints) ─posthoc→ probes.jsonl. A probes file uses recipe
+syntax for two keys, `subcircuits` (added to the run's) and `probes` (name → list of clamps
+and ablations); it is checked against the run's own model with the usual located errors.
+Each checkpoint is evaluated exactly as an online evaluation at that step would be (the
+run's own interventions active at that step, then each probe on top), so a probe given to
+`clamp run` and the same probe applied here afterwards give the same numbers.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from .errors import InputError, did_you_mean, show
+from .runs import Run
+from .schema import Source, load_yaml
+from .spec import Recipe, load_recipe, recipe_from_data, recipe_to_dict
+from .train import Trainer, atomic_write, list_checkpoints, load_checkpoint
+
+PROBE_KEYS = ("subcircuits", "probes")
+
+
+def with_probes(recipe: Recipe, probes_path: str | os.PathLike) -> Recipe:
+    """The run's recipe with the subcircuits and probes of a probes file added."""
+    path = os.fspath(probes_path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(path, "", "no readable file", "a probes file (YAML)", e.strerror or "") from None
+    data, src = load_yaml(text, path)
+    if not isinstance(data, dict) or "probes" not in data:
+        raise src.error((), show(data), "a mapping with probes: {name: [interventions]} (and optional subcircuits)")
+    for k in data:
+        if k not in PROBE_KEYS:
+            raise src.error((k,), f"unknown key {k!r}", "subcircuits or probes", did_you_mean(str(k), PROBE_KEYS))
+    merged = recipe_to_dict(recipe)
+    merged["subcircuits"] = {**merged.get("subcircuits", {}), **(data.get("subcircuits") or {})}
+    merged["probes"] = data["probes"]
+    msrc = Source(path, {})
+    for p, line in src.lines.items():
+        msrc.lines[p] = line
+    for p in list(msrc.lines):                  # the run's own keys are not in this file
+        if p and p[0] not in PROBE_KEYS:
+            del msrc.lines[p]
+    return recipe_from_data(merged, msrc, default_name=recipe.name)
+
+
+def probe_run(run_dir: str | os.PathLike, probes_path: str | os.PathLike,
+              progress: Callable[[dict], None] | None = None) -> dict[int, list[dict]]:
+    """Evaluate every checkpoint of every seed of a run with the probes; writes probes.jsonl
+    beside each seed's metrics.jsonl and returns the rows per seed."""
+    run = Run.load(run_dir)
+    if not run.seeds:
+        raise InputError(str(run_dir), "", "no run here", "a directory written by `clamp run` or `clamp bench`")
+    out = {}
+    for seed, sr in sorted(run.seeds.items()):
+        recipe = with_probes(load_recipe(sr.dir / "recipe.yaml"), probes_path)
+        ckpts = list_checkpoints(sr.dir)
+        if not ckpts:
+            raise InputError(str(sr.dir), "", "a run without checkpoints", "a run with train.checkpoint_every set")
+        trainer = Trainer(recipe, seed)
+        rows = []
+        for step, path in ckpts:
+            trainer.load_state(load_checkpoint(path))
+            rows.append(trainer.evaluate(probes=True))
+            if progress:
+                progress({"event": "eval", "seed": seed, "step": step, "steps": ckpts[-1][0]})
+        atomic_write(sr.dir / "probes.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        out[seed] = rows
+    return out
