@@ -217,7 +217,7 @@ def _merge(data: dict, overrides: dict, where: tuple, suite_src: Source, run_src
                 raise suite_src.error(where + (key,), show(key), "a key path into the base recipe")
         last = path[-1]
         label = suite_src.where(where + (key,))
-        if isinstance(value, dict) and isinstance(node, dict) and isinstance(node.get(last), dict):
+        if isinstance(value, dict) and value and isinstance(node, dict) and isinstance(node.get(last), dict):
             _merge(node[last], value, where + (key,), suite_src, run_src)
             continue
         if isinstance(node, list):

@@ -232,7 +232,8 @@ def resolve_extends(data: Any, src: Source, path: str, seen: tuple = ()) -> tupl
 
 
 def deep_merge(base: Any, over: Any) -> Any:
-    if isinstance(base, dict) and isinstance(over, dict):
+    """Mappings merge key by key; anything else (lists, and an explicit empty mapping {}) replaces."""
+    if isinstance(base, dict) and isinstance(over, dict) and over:
         out = dict(base)
         for k, v in over.items():
             out[k] = deep_merge(base[k], v) if k in base else v
