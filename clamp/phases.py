@@ -13,7 +13,13 @@ Rules (REFERENCE.md §5), each reported under its own name:
   longest (in steps, not evaluations) before it first comes within 10% of its final
   level; the final level is the median of the last tenth of evaluations.
 
+- logistic: level — a logistic fitted after the plateau begins; its midpoint t0 with a
+  `level` (e.g. 0.95) confidence interval from a residual bootstrap;
+- max_slope: smooth — the step of steepest change toward the final level after the plateau
+  begins, on the curve smoothed by a Gaussian of `smooth` steps (0: 2% of the run).
+
 A curve that never meets a rule gets step None ("did not change"), never a forced time.
+`paired` compares two conditions seed by seed (REFERENCE.md §5).
 """
 from __future__ import annotations
 
@@ -119,6 +125,114 @@ def band_stats(steps: Sequence[int], values: Sequence[float], lo: float, hi: flo
     return out
 
 
+def _sigmoid_curve(t, hi, lo, t0, w):
+    return lo + (hi - lo) / (1.0 + np.exp(np.clip((t - t0) / w, -60, 60)))
+
+
+def logistic_fit(steps: Sequence[int], values: Sequence[float], level: float = 0.95, bootstrap: int = 200,
+                 seed: int = 0) -> dict:
+    """Fit y = lo + (hi - lo) / (1 + exp((t - t0)/w)) to the curve after its plateau begins; t0 is the
+    phase-change time, with a `level` confidence interval from a residual bootstrap (refits on
+    the fitted curve plus resampled residuals). Curves without a clear transition get no time."""
+    from scipy.optimize import curve_fit
+    lv = plateau_levels(steps, values)
+    if lv is None:
+        return {"step": None, "reason": "the curve does not change"}
+    i0 = lv["plateau_index"]
+    t = np.asarray(steps[i0:], dtype=float)
+    y = np.asarray(values[i0:], dtype=float)
+    if len(t) < 6:
+        return {"step": None, "reason": "too few evaluations after the plateau"}
+    hi, lo = lv["plateau"], lv["final"]
+    rel = relative_crossing(steps, values, 0.5)
+    t0 = float(rel["step"]) if rel.get("step") is not None else float(np.median(t))
+    span = float(t[-1] - t[0]) or 1.0
+    p0 = [hi, lo, t0, span / 20]
+    bounds = ([-np.inf, -np.inf, t[0] - span, span / 1e4], [np.inf, np.inf, t[-1] + span, span])
+
+    def fit(yy):
+        p, _ = curve_fit(_sigmoid_curve, t, yy, p0=p0, bounds=bounds, maxfev=5000)
+        return p
+    try:
+        p = fit(y)
+    except (RuntimeError, ValueError):
+        return {"step": None, "reason": "the logistic fit did not converge"}
+    resid = y - _sigmoid_curve(t, *p)
+    noise = float(np.std(resid))
+    amp = abs(p[0] - p[1])
+    if amp < 3 * noise or not (t[0] <= p[2] <= t[-1]):
+        return {"step": None, "reason": "no transition distinguishable from noise", "t0": float(p[2])}
+    rng = np.random.default_rng(seed)
+    fitted = _sigmoid_curve(t, *p)
+    boots = []
+    for _ in range(bootstrap):
+        try:
+            boots.append(fit(fitted + rng.choice(resid, size=len(resid), replace=True))[2])
+        except (RuntimeError, ValueError):
+            continue
+    a = (1 - level) / 2
+    ci = [float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))] if len(boots) >= 20 else None
+    return {"step": int(round(p[2])), "t0": float(p[2]), "ci": ci, "level": level, "width": float(p[3]),
+            "plateau": float(p[0]), "final": float(p[1]), "noise": noise}
+
+
+def max_slope(steps: Sequence[int], values: Sequence[float], smooth: float = 0.0) -> dict:
+    """The step of steepest change toward the final level after the plateau begins, on a curve
+    resampled to a uniform grid and smoothed by a Gaussian of `smooth` steps (0: 2% of the run)."""
+    from scipy.ndimage import gaussian_filter1d
+    lv = plateau_levels(steps, values)
+    if lv is None:
+        return {"step": None, "reason": "the curve does not change"}
+    s = np.asarray(steps, dtype=float)
+    v = np.asarray(values, dtype=float)
+    dt = max(1.0, float(np.min(np.diff(s))))
+    grid = np.arange(s[0], s[-1] + dt / 2, dt)
+    yg = np.interp(grid, s, v)
+    sigma = (smooth or 0.02 * (s[-1] - s[0])) / dt
+    ys = gaussian_filter1d(yg, sigma, mode="nearest")
+    slope = np.gradient(ys, dt)
+    start = np.searchsorted(grid, s[lv["plateau_index"]])
+    sign = -1.0 if lv["final"] < lv["plateau"] else 1.0
+    # only where the curve lies between the plateau and the final level (not the way into the plateau)
+    between = -sign * (ys - lv["plateau"]) <= 0.05 * abs(lv["plateau"] - lv["final"])
+    seg = np.where(between[start:], sign * slope[start:], -np.inf)
+    if len(seg) == 0 or seg.max() <= 0:
+        return {"step": None, "reason": "no change after the plateau"}
+    k = start + int(np.argmax(seg))
+    return {"step": int(round(grid[k])), "slope": float(slope[k]), "smooth": float(sigma * dt)}
+
+
+def paired(a: dict, b: dict, kind: str = "ratio", level: float = 0.95, bootstrap: int = 2000, seed: int = 0) -> dict:
+    """Per-seed comparison of two conditions: {seed: value} each → the per-seed ratios (or
+    differences), their median with a bootstrap interval, and sign and Wilcoxon signed-rank tests
+    of 'no effect' (ratio 1, difference 0)."""
+    from scipy.stats import binomtest, wilcoxon
+    seeds = sorted(set(a) & set(b))
+    per = {}
+    for s_ in seeds:
+        x, y = a[s_], b[s_]
+        if x is None or y is None or (kind == "ratio" and y == 0):
+            continue
+        per[s_] = x / y if kind == "ratio" else x - y
+    xs = np.array(list(per.values()), dtype=float)
+    out: dict = {"kind": kind, "per_seed": per, "n": len(xs)}
+    if len(xs) == 0:
+        return {**out, "median": None}
+    eff = np.log(xs) if kind == "ratio" else xs
+    rng = np.random.default_rng(seed)
+    meds = np.median(rng.choice(xs, size=(bootstrap, len(xs)), replace=True), axis=1)
+    a_ = (1 - level) / 2
+    out.update(median=float(np.median(xs)), min=float(xs.min()), max=float(xs.max()),
+               ci=[float(np.quantile(meds, a_)), float(np.quantile(meds, 1 - a_))], level=level)
+    nz = eff[eff != 0]
+    out["sign_p"] = float(binomtest(int((nz > 0).sum()), len(nz), 0.5).pvalue) if len(nz) else 1.0
+    try:
+        out["wilcoxon_p"] = float(wilcoxon(eff).pvalue) if len(nz) else 1.0
+    except ValueError:
+        out["wilcoxon_p"] = None
+    return out
+
+
 def phase_times(rows: list[dict], rules: dict[str, dict], batch: int) -> dict:
     """Apply recipe phase rules to metric rows → {column: {rule: {step, sequences, ...}}}."""
     steps = [r["step"] for r in rows]
@@ -138,6 +252,10 @@ def phase_times(rows: list[dict], rules: dict[str, dict], batch: int) -> dict:
             res["relative"] = {"frac": rule["relative"], **relative_crossing(steps, vals, rule["relative"])}
         if "band" in rule:
             res["band"] = {"band": list(rule["band"]), **band_stats(steps, vals, *rule["band"])}
+        if "logistic" in rule:
+            res["logistic"] = logistic_fit(steps, vals, level=rule["logistic"])
+        if "max_slope" in rule:
+            res["max_slope"] = max_slope(steps, vals, smooth=rule["max_slope"])
         for r in res.values():
             r["sequences"] = None if r.get("step") is None else r["step"] * batch
         out[col] = res

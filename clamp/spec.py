@@ -183,7 +183,7 @@ TOP_KEYS = ("name", "seeds", "model", "task", "train", "subcircuits", "intervent
 MEASURES = ("loss", "accuracy", "prev_token_score", "label_prev_token_score", "induction_strength",
             "induction_score", "composition")
 PRESERVE = ("patterns", "values")
-PHASE_RULES = ("below", "above", "relative", "band")
+PHASE_RULES = ("below", "above", "relative", "band", "logistic", "max_slope")
 
 
 # ---------------------------------------------------------------------------------------
@@ -594,6 +594,10 @@ def _phases(value, src, defaults: dict) -> dict[str, dict]:
                 build(float, v, path + (k,), src)
         if "below" in rules and "above" in rules:
             raise src.error(path, "both below and above", "one absolute threshold per measure")
+        if "logistic" in rules and not 0 < float(rules["logistic"]) < 1:
+            raise src.error(path + ("logistic",), show(rules["logistic"]), "a confidence level in (0, 1), e.g. 0.95")
+        if "max_slope" in rules and float(rules["max_slope"]) < 0:
+            raise src.error(path + ("max_slope",), show(rules["max_slope"]), "a smoothing width in steps >= 0")
         if "relative" in rules and not 0 < float(rules["relative"]) < 1:
             raise src.error(path + ("relative",), show(rules["relative"]),
                             "a fraction in (0, 1) of the way from the plateau to the final level")
