@@ -214,12 +214,12 @@ def cmd_probe(a) -> int:
 
 
 def cmd_graph(a) -> int:
-    from .graph import cli_graph
+    from .explain import cli_graph
     return cli_graph(a)
 
 
 def cmd_explain(a) -> int:
-    from .graph import cli_explain
+    from .explain import cli_explain
     return cli_explain(a)
 
 
@@ -278,14 +278,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("probes", help="a YAML file with probes: {name: [interventions]} and optional subcircuits")
     q.set_defaults(fn=cmd_probe)
 
-    q = sub.add_parser("graph", help="build the subcircuit graph of a run or suite directory")
-    q.add_argument("dir")
-    q.add_argument("--out", help="where to write graph files (default: DIR)")
+    q = sub.add_parser("graph", help="build the subcircuit graph of suite directories")
+    q.add_argument("dir", nargs="+")
+    q.add_argument("--out", help="where to write graph.json, graph.graphml, graph.png (default: the first DIR)")
     q.set_defaults(fn=cmd_graph)
 
-    q = sub.add_parser("explain", help="explain the phase change of a suite directory")
-    q.add_argument("dir")
-    q.add_argument("--compare", nargs=2, metavar=("A", "B"))
+    q = sub.add_parser("explain", help="explain a phase change from suite directories")
+    q.add_argument("dir", nargs="+")
+    q.add_argument("--target", help="the variant whose phase change is explained (default: the first suite's first)")
+    q.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two variants in different conditions")
+    q.add_argument("--predict", metavar="V1,V2", help="combine these variants' clamps and predict the phase change")
     q.add_argument("--json", action="store_true")
     q.set_defaults(fn=cmd_explain)
 

@@ -200,7 +200,7 @@ class Transformer(nn.Module):
             m.name: m for m in self.modules() if isinstance(m, HookPoint)}
 
     def reset_parameters(self, generator: torch.Generator) -> None:
-        """LeCun-normal weights (std 1/sqrt(fan_in)), unit-normal embeddings, LayerNorm (1, 0)."""
+        """LeCun-normal weights (std 1/sqrt(fan_in)), embeddings N(0, embed_std²), LayerNorm (1, 0)."""
         for name, p in self.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
             with torch.no_grad():
@@ -209,7 +209,7 @@ class Transformer(nn.Module):
                 elif leaf.startswith("b"):
                     p.zero_()
                 elif leaf in ("W_E", "W_pos"):
-                    p.normal_(0.0, 1.0, generator=generator)
+                    p.normal_(0.0, self.shape.embed_std, generator=generator)
                 else:
                     fan_in = p.shape[-2] if leaf != "W_O" else p.shape[0] * p.shape[1]
                     p.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)

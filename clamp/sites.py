@@ -127,6 +127,7 @@ class ModelShape:
     n_out: int = 0               # unembedding columns
     n_ctx: int = 0
     vector_dim: int = 0          # >0: some positions carry vectors (the few-shot exemplars)
+    embed_std: float = 0.02      # init std of W_E (not a site fact; carried for the model builder)
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ class ModelConfig:
     d_mlp: int = opt(0, check=non_negative, doc="MLP width (0: 4·d_model)")
     norm: Literal["pre", "none"] = opt("pre", doc="pre-LayerNorm or none")
     pos: Literal["rope", "learned", "none"] = opt("rope", doc="positional information")
+    embed_std: float = opt(0.02, check=positive, doc="std of the token (and learned position) embeddings at init, as Singh et al. and nanoGPT")
 
     def validate(self):
         if self.d_head == 0 and self.d_model % self.heads:
@@ -173,7 +174,7 @@ class Recipe:
 
 
 def model_shape(m: ModelConfig, io: TaskIO) -> S.ModelShape:
-    return S.ModelShape(layers=m.layers, heads=m.heads, d_model=m.d_model, d_head=m.head_width(),
+    return S.ModelShape(layers=m.layers, heads=m.heads, d_model=m.d_model, d_head=m.head_width(), embed_std=m.embed_std,
                         attn_only=m.attn_only, d_mlp=m.d_mlp or 4 * m.d_model, norm=m.norm, pos=m.pos,
                         vocab=io.vocab, n_out=io.n_out, n_ctx=io.n_ctx, vector_dim=io.vector_dim)
 

@@ -90,7 +90,7 @@ BAD = [
      "t.yaml:7: measure[1]: found 'induction_strenght'; expected a measure: one of loss, accuracy, prev_token_score, "
      "label_prev_token_score, induction_strength, induction_score, composition; did you mean 'induction_strength'?"),
     ("phases: {loss: {belo: 0.3}}\n",
-     "t.yaml:7: phases.loss.belo: found unknown rule 'belo'; expected one of below, above, relative, band; "
+     "t.yaml:7: phases.loss.belo: found unknown rule 'belo'; expected one of below, above, relative, band, logistic, max_slope; "
      "did you mean 'below'?"),
     ("interventions:\n  - clamp: prev_token\n    to: previous_token\n"
      "  - clamp: blocks.0.attn.hook_pattern[1:4]\n    to: zero\n    steps: [500, end]\n",

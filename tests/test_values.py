@@ -233,7 +233,7 @@ def test_composition_scores_by_hand():
         v = fro(OV1 @ OV2) / (fro(OV2) * fro(OV1))
         for kind, val in zip("kqv", (k, q, v)):
             col = f"{kind}_composition/blocks.0.attn.W_O[{h1}]>blocks.1.attn.W_{kind.upper()}[{h2}]"
-            assert row[col] == pytest.approx(float(val), rel=1e-4)
+            assert row[col] == pytest.approx(float(val.detach()), rel=1e-4)
 
 
 def test_graft_takes_the_donors_activation(tmp_path):

@@ -1,0 +1,74 @@
+"""K/Q/V composition between the heads of two subcircuits, read from a variant's checkpoints.
+
+Used by graph.py. A subcircuit's heads come from its per-head sites (`blocks.0.attn.hook_z[2]`)
+or, for a `select`, from the run's own last evaluation (so "the previous-token heads" are the
+ones that run actually grew). Scores are the mean over head pairs of measures.composition_scores;
+the baseline is the same mean for weights drawn from the init distribution.
+"""
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from . import sites as S
+from .measures import composition_baseline, composition_scores
+
+
+def subcircuit_heads(recipe, name: str, last_row: dict | None) -> tuple[int, tuple[int, ...]] | None:
+    """(layer, heads) of a subcircuit whose sites all name heads of one attention layer."""
+    from .compile import select_heads
+    sc = recipe.subcircuits[name]
+    shape = recipe.shape()
+    if sc.select is not None:
+        if last_row is None and sc.select.run == "self":
+            return None
+        heads, _ = select_heads(sc.select, shape, recipe.seeds[0], last_row, recipe, name)
+        return (sc.select.layer, heads) if heads else None
+    found = set()
+    for text in sc.sites + sc.params:
+        for s in S.expand(text, shape):
+            if not s.info.per_head or s.info.layer is None:
+                return None
+            found.add((s.info.layer, s.heads if s.heads is not None else tuple(range(shape.heads))))
+    layers = {L for L, _ in found}
+    if len(layers) != 1:
+        return None
+    return layers.pop(), tuple(sorted({h for _, hs in found for h in hs}))
+
+
+def subcircuit_composition(variant, names: list[str]) -> list[dict]:
+    from .model import build_model
+    from .train import list_checkpoints, load_checkpoint, read_metrics
+    recipe = variant.recipe
+    shape = recipe.shape()
+    base = composition_baseline(shape)
+    per: dict[tuple, dict] = {}
+    heads_seen: dict[tuple, dict] = {}
+    for r in variant.rows:
+        if r.get("status") != "ok":
+            continue
+        d = variant.dir.parent / r["run"] / f"seed_{r['seed']}"
+        ck = list_checkpoints(d)
+        rows = read_metrics(d / "metrics.jsonl")
+        if not ck or not rows:
+            continue
+        model = build_model(shape, int(r["seed"]))
+        model.load_state_dict(load_checkpoint(ck[-1][1])["model"])
+        with torch.no_grad():
+            scores = composition_scores(model, shape)
+        hs = {n: subcircuit_heads(recipe, n, rows[-1]) for n in names}
+        for x in names:
+            for y in names:
+                if hs[x] is None or hs[y] is None or hs[x][0] >= hs[y][0]:
+                    continue
+                (L1, h1s), (L2, h2s) = hs[x], hs[y]
+                for kind in "kqv":
+                    vals = [scores[f"{kind}_composition/{S.head_name(f'blocks.{L1}.attn.W_O', (a,))}>"
+                                   f"{S.head_name(f'blocks.{L2}.attn.W_{kind.upper()}', (b,))}"]
+                            for a in h1s for b in h2s]
+                    per.setdefault((x, y, kind), {})[int(r["seed"])] = sum(vals) / len(vals)
+                    heads_seen.setdefault((x, y, kind), {})[int(r["seed"])] = [list(h1s), list(h2s)]
+    return [{"from": x, "to": y, "kind": kind, "per_seed": v, "median": statistics.median(v.values()),
+             "baseline": base[f"{kind}_composition"], "heads": heads_seen[(x, y, kind)]}
+            for (x, y, kind), v in per.items()]

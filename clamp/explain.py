@@ -1,0 +1,238 @@
+"""Explain and predict from the subcircuit graph (the last analysis stage, before report/CLI).
+
+All numbers come from the graph's behaviour times and effect edges (graph.py), which come from
+runs. Definitions:
+
+- target: a variant whose phase change is explained (e.g. the single-head baseline).
+- mechanism of a target: the subcircuits that some variant of the same condition clamps on top of
+  the target's own interventions.
+- isolation of X: the variant of the condition that adds exactly (mechanism − {X}) to the target:
+  everything but X clamped, so its phase change is X's own formation time.
+- bottleneck: the subcircuit with the latest isolated formation time.
+- compare(T_a, T_b): for each subcircuit, its isolated time in T_b's condition over that in
+  T_a's (the variants adding the same clamps), paired by seed; the behaviour's ratio likewise;
+  each subcircuit's share of the shift is log(ratio_X) / log(ratio_behaviour).
+- a run whose phase change never happened counts as its length (censored, a lower bound), as in
+  suites; the text marks how many seeds never changed.
+- predict(T, variants): effects taken as independent and multiplicative: per seed,
+  t(T + all their clamps) = t(T) · Π t(V_i) / t(T). When a variant with that signature exists,
+  its measured times give the prediction's error.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+
+from .errors import InputError, did_you_mean, show
+from .phases import paired
+
+
+def _vinfo(graph, key):
+    return graph.g.graph["variants"][key]
+
+
+def resolve_variant(graph, name: str) -> str:
+    vs = graph.g.graph["variants"]
+    if name in vs:
+        return name
+    hits = [k for k in vs if k.split("/", 1)[1] == name]
+    if len(hits) == 1:
+        return hits[0]
+    names = sorted({k.split("/", 1)[1] for k in vs})
+    raise InputError("explain", "", show(name), "a variant of these suites: " + ", ".join(names),
+                     did_you_mean(name, names))
+
+
+def times(graph, key: str, behaviour: str | None = None) -> dict:
+    b = behaviour or graph.g.graph["primary"]
+    return graph.g.nodes[b]["times"][key]
+
+
+def _seeds(t: dict) -> dict[int, float]:
+    """seed → phase-change step; a run that never changed counts as its length (censored)."""
+    return {int(s): v for s, v in t["bound_per_seed"].items() if v is not None}
+
+
+def _sig(graph, key):
+    return {tuple(x) for x in _vinfo(graph, key)["signature"]}
+
+
+def isolations(graph, target: str) -> dict[str, dict]:
+    """subcircuit → {'variant', 'times'} of its isolation experiment for `target`."""
+    info = graph.g.graph["variants"]
+    t = info[target]
+    tsig = _sig(graph, target)
+    same = [k for k, v in info.items() if v["condition"] == t["condition"] and _sig(graph, k) >= tsig]
+    added = {k: _sig(graph, k) - tsig for k in same}
+    mech = {x[0] for k in same for x in added[k] if x[1] == "clamp"}
+    out = {}
+    for x in sorted(mech):
+        for k in same:
+            if {a[0] for a in added[k]} == mech - {x} and all(a[1] == "clamp" for a in added[k]):
+                out[x] = {"variant": k, "times": times(graph, k), "adds": sorted(map(list, added[k]))}
+                break
+    return out
+
+
+def explain_condition(graph, target: str | None = None) -> dict:
+    target = resolve_variant(graph, target) if target else graph.g.graph["target"]
+    t = times(graph, target)
+    iso = isolations(graph, target)
+    order = sorted(((x, d["times"]["median_bound"]) for x, d in iso.items()
+                    if d["times"].get("median_bound") is not None), key=lambda p: -p[1])
+    bottleneck = order[0][0] if order else None
+    out = {"target": target, "condition": _vinfo(graph, target)["condition"], "behaviour": graph.g.graph["primary"],
+           "phase_change": t, "subcircuits": {x: {"variant": d["variant"], **d["times"]} for x, d in iso.items()},
+           "bottleneck": bottleneck}
+    if bottleneck and t.get("median_bound"):
+        out["phase_change_over_bottleneck"] = t["median_bound"] / dict(order)[bottleneck]
+    mech_all = set(graph.g.graph["variants"][target]["clamped"])
+    out["not_isolated"] = sorted({x for k, v in graph.g.graph["variants"].items()
+                                  if v["condition"] == out["condition"] for x in v["clamped"]} - set(iso) - mech_all)
+    return out
+
+
+def compare_conditions(graph, a: str, b: str) -> dict:
+    a, b = resolve_variant(graph, a), resolve_variant(graph, b)
+    info = graph.g.graph["variants"]
+    beh = paired(_seeds(times(graph, b)), _seeds(times(graph, a)), "ratio")
+    iso_a = isolations(graph, a)
+    out = {"a": a, "b": b, "condition_a": info[a]["condition"], "condition_b": info[b]["condition"],
+           "behaviour": graph.g.graph["primary"], "phase_change_ratio": beh, "subcircuits": {}}
+    tsig_b = _sig(graph, b)
+    for x, d in iso_a.items():
+        want = tsig_b | {tuple(y) for y in d["adds"]}
+        match = [k for k, v in info.items() if v["condition"] == info[b]["condition"] and _sig(graph, k) == want]
+        if not match:
+            out["subcircuits"][x] = {"missing": f"no variant in {info[b]['condition']} adds {d['adds']}"}
+            continue
+        st = paired(_seeds(times(graph, match[0])), _seeds(d["times"]), "ratio")
+        share = (math.log(st["median"]) / math.log(beh["median"])
+                 if st.get("median") and beh.get("median") and abs(math.log(beh["median"])) > 1e-9 else None)
+        out["subcircuits"][x] = {"variant_a": d["variant"], "variant_b": match[0], **st, "share": share}
+    moved = {x: d for x, d in out["subcircuits"].items() if d.get("median")}
+    if moved:
+        out["mainly"] = max(moved, key=lambda x: abs(math.log(moved[x]["median"])))
+    return out
+
+
+def predict_time(graph, variants: list[str], target: str | None = None) -> dict:
+    """Phase-change time of the target with the clamps of several variants combined."""
+    target = resolve_variant(graph, target) if target else graph.g.graph["target"]
+    info = graph.g.graph["variants"]
+    tsig = _sig(graph, target)
+    t0 = _seeds(times(graph, target))
+    ratios, sig = [], set(tsig)
+    for v in variants:
+        k = resolve_variant(graph, v)
+        if info[k]["condition"] != info[target]["condition"] or not _sig(graph, k) > tsig:
+            raise InputError("--predict", "", show(v), f"a variant that adds clamps to {target.split('/', 1)[1]} "
+                             "in the same condition")
+        ratios.append(paired(_seeds(times(graph, k)), t0, "ratio")["per_seed"])
+        sig |= _sig(graph, k)
+    pred = {s: t0[s] * math.prod(r.get(s, float("nan")) for r in ratios) for s in t0}
+    pred = {s: p for s, p in pred.items() if p == p}
+    out = {"target": target, "combining": [resolve_variant(graph, v) for v in variants],
+           "signature": sorted(map(list, sig)), "predicted": {"per_seed": pred,
+                                                               "median": statistics.median(pred.values())}}
+    actual = [k for k, v in info.items() if v["condition"] == info[target]["condition"] and _sig(graph, k) == sig]
+    if actual:
+        act = _seeds(times(graph, actual[0]))
+        err = paired(pred, act, "ratio")
+        out["actual"] = {"variant": actual[0], "per_seed": act, "median": statistics.median(act.values())}
+        out["error"] = {"predicted_over_actual": err["per_seed"], "median": err["median"],
+                        "median_abs_log_error": statistics.median(abs(math.log(x)) for x in err["per_seed"].values())}
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Text
+
+
+def _t(d) -> str:
+    if not d or d.get("median") is None:
+        return "never" if d and d.get("never") else "-"
+    rng = f" ({d['min']:.0f}–{d['max']:.0f})" if d.get("min") is not None else ""
+    never = f", {d['never']} never" if d.get("never") else ""
+    return f"{d['median']:.0f}{rng}{never}"
+
+
+def explain_text(e: dict) -> str:
+    short = lambda k: k.split("/", 1)[1]  # noqa: E731
+    lines = [f"{short(e['target'])} ({e['condition']}): {e['behaviour']} at step {_t(e['phase_change'])} "
+             "(median, range over seeds)"]
+    for x, d in sorted(e["subcircuits"].items(), key=lambda p: -(p[1].get("median") or 0)):
+        lines.append(f"  {x:<12} forms at {_t(d)} when everything else is clamped ({short(d['variant'])})")
+    if e.get("not_isolated"):
+        lines.append(f"  no isolation experiment for: {', '.join(e['not_isolated'])}")
+    if e["bottleneck"]:
+        lines.append(f"  bottleneck: {e['bottleneck']} (the latest to form alone); the phase change comes "
+                     f"{e.get('phase_change_over_bottleneck', float('nan')):.1f}x after it: the subcircuits "
+                     "form faster alone than together")
+    return "\n".join(lines)
+
+
+def compare_text(c: dict) -> str:
+    short = lambda k: k.split("/", 1)[1]  # noqa: E731
+    b = c["phase_change_ratio"]
+    lines = [f"{short(c['b'])} ({c['condition_b']}) vs {short(c['a'])} ({c['condition_a']}):",
+             f"  phase change x{b['median']:.2f} (per seed {b['min']:.2f}–{b['max']:.2f}, 95% CI of the median "
+             f"{b['ci'][0]:.2f}–{b['ci'][1]:.2f}, Wilcoxon p {b.get('wilcoxon_p') or float('nan'):.3g}, n {b['n']})"]
+    for x, d in c["subcircuits"].items():
+        if "missing" in d:
+            lines.append(f"  {x:<12} {d['missing']}")
+            continue
+        share = f", {100 * d['share']:.0f}% of the shift" if d.get("share") is not None else ""
+        lines.append(f"  {x:<12} isolated formation x{d['median']:.2f} ({d['min']:.2f}–{d['max']:.2f}, CI "
+                     f"{d['ci'][0]:.2f}–{d['ci'][1]:.2f}, Wilcoxon p {d.get('wilcoxon_p') or float('nan'):.3g})"
+                     f"{share}   [{short(d['variant_a'])} -> {short(d['variant_b'])}]")
+    if c.get("mainly"):
+        lines.append(f"  the shift is mainly {c['mainly']}'s")
+    return "\n".join(lines)
+
+
+def predict_text(p: dict) -> str:
+    short = lambda k: k.split("/", 1)[1]  # noqa: E731
+    lines = [f"predicted {short(p['target'])} + " + " + ".join(short(v) for v in p["combining"])
+             + f": phase change at ~{p['predicted']['median']:.0f} steps (median over seeds; effects multiplied)"]
+    if "actual" in p:
+        e = p["error"]
+        lines.append(f"  measured ({short(p['actual']['variant'])}): {p['actual']['median']:.0f}; predicted/actual "
+                     f"median {e['median']:.2f}, median |log error| {e['median_abs_log_error']:.2f}")
+    else:
+        lines.append("  (no run of that combination in these suites yet)")
+    return "\n".join(lines)
+
+
+def cli_graph(args) -> int:
+    from .graph import Graph
+    g = Graph.from_runs(args.dir)
+    out = args.out or args.dir[0]
+    paths = g.save(out)
+    subs = [n for n, d in g.g.nodes(data=True) if d["kind"] == "subcircuit"]
+    print(f"{g.g.number_of_nodes()} nodes ({len(subs)} subcircuits), {g.g.number_of_edges()} edges")
+    for a, b, d in g.g.edges(data=True):
+        if d["kind"] == "effect" and d.get("condition") == "reference":
+            w = f" with {', '.join(d['with'])}" if d["with"] else ""
+            print(f"  {a}{w} -> {b}: x{d['median']:.2f} ({d['min']:.2f}–{d['max']:.2f}) "
+                  f"[{d['variant'].split('/', 1)[1]} vs {d['parent'].split('/', 1)[1]}]")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def cli_explain(args) -> int:
+    from .graph import Graph
+    g = Graph.from_runs(args.dir)
+    if args.compare:
+        res = g.compare(*args.compare)
+        text = compare_text(res)
+    elif args.predict:
+        res = g.predict(args.predict.split(","), args.target)
+        text = predict_text(res)
+    else:
+        res = g.explain(args.target)
+        text = explain_text(res)
+    print(json.dumps(res, indent=1, default=str) if args.json else text)
+    return 0

@@ -1,0 +1,388 @@
+"""Runs → the subcircuit graph: what forms when, what moves what, measured.
+
+Flow position: suite dirs (results, run dirs) ─graph→ graph files ─explain→ text/JSON.
+Nothing here is asserted by hand; every node attribute and edge comes from runs:
+
+- A *variant* is one recipe run over seeds. Its *condition* is what it trains on (model, task,
+  optimizer, lr, batch); its *signature* is the set of interventions it applies, each named by
+  the subcircuit it acts on (the intervention's `name:`, else its target).
+- *Behaviour* nodes are phase changes (`phase:<column>:<rule>` of the recipes' phase rules);
+  they hold the per-seed times of every variant (with the logistic fit's interval where the
+  recipe asked for one).
+- *Subcircuit* nodes are the names in signatures. A subcircuit's *formation time* in a condition
+  comes from its isolation experiment: the variant of that condition whose signature clamps every
+  other subcircuit of the condition's mechanism but not this one (the mechanism: the subcircuits
+  clamped by any variant of the condition, less those clamped in every variant).
+- *Effect* edges X → behaviour compare a variant with its parent (the variant of the same
+  condition whose signature is the largest proper subset of its own), seed by seed: the ratio of
+  phase-change times, its interval, sign and Wilcoxon tests; `with` names the other subcircuits
+  added alongside X. A run that never changes counts as censored at its length (`prevents` when
+  most seeds never change).
+- *Composition* edges X → Y join subcircuits whose sites name heads in different layers: K/Q/V
+  composition of their heads in the final checkpoints of the condition's root variant, against
+  the init baseline.
+- *Condition* edges compare the same signature across two conditions (e.g. 5 vs 15 labels).
+
+`explain` reads the graph: each subcircuit's formation time and the bottleneck; for two
+conditions, which subcircuits' times moved and how much of the behaviour's shift each accounts
+for. `predict` estimates the phase change of an unrun combination of clamps by multiplying the
+measured effect ratios (effects taken as independent; their joint edges show where not).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+
+from .errors import InputError, did_you_mean, show
+from .phases import paired
+from .spec import Recipe, recipe_to_dict
+
+
+@dataclass
+class Variant:
+    key: str                       # '<suite>/<variant>[grid]'
+    suite: str
+    name: str
+    recipe: Recipe
+    condition: str                 # canonical text of what it trains on
+    signature: frozenset           # of (subcircuit, kind, source)
+    rows: list                     # results rows (one per seed)
+    dir: Path
+
+    @property
+    def labels(self) -> frozenset:
+        return frozenset(s[0] for s in self.signature)
+
+    def times(self, behaviour: str) -> dict[int, tuple[float, bool]]:
+        """seed → (phase-change step, censored); never-changed runs count as their length."""
+        col = "crossing:" + behaviour.removeprefix("phase:")
+        out = {}
+        for r in self.rows:
+            if r.get("status") != "ok":
+                continue
+            v = r.get(col)
+            out[int(r["seed"])] = (float(r.get("steps") or 0), True) if v in (None, "") else (float(v), False)
+        return out
+
+
+def condition_key(r: Recipe) -> str:
+    d = recipe_to_dict(r)
+    t = d["train"]
+    return json.dumps({"model": d["model"], "task": d["task"],
+                       "train": {k: t[k] for k in ("optimizer", "lr", "batch", "betas", "weight_decay")}},
+                      sort_keys=True)
+
+
+def condition_name(key: str, ref: str) -> str:
+    """What differs from the reference condition, as key.path=value (or 'reference')."""
+    a, b = json.loads(key), json.loads(ref)
+    diffs = []
+    for sec in a:
+        for k, v in a[sec].items():
+            if b.get(sec, {}).get(k) != v:
+                diffs.append(f"{sec}.{k}={v}")
+    return ",".join(diffs) or "reference"
+
+
+def signature(r: Recipe) -> frozenset:
+    return frozenset((iv.name or iv.target, iv.kind, iv.source or "") for iv in r.interventions)
+
+
+def load_variants(dirs: list[str | os.PathLike]) -> list[Variant]:
+    from .bench import load_results
+    out = []
+    for d in dirs:
+        res = load_results(d)
+        for (vname, point), recipe in res.suite.recipes.items():
+            grid = ",".join(f"{k}={v}" for k, v in point)
+            rows = [r for r in res.rows if r["variant"] == vname and r["grid"] == grid]
+            label = vname + (f"[{grid}]" if grid else "")
+            rid = rows[0]["run"] if rows else vname
+            out.append(Variant(f"{res.suite.name}/{label}", res.suite.name, label, recipe, condition_key(recipe),
+                               signature(recipe), rows, Path(d) / "runs" / rid))
+    return out
+
+
+def _stat(times_a: dict, times_b: dict) -> dict:
+    a = {s: t for s, (t, _) in times_a.items()}
+    b = {s: t for s, (t, _) in times_b.items()}
+    st = paired(a, b, "ratio")
+    st["censored"] = sum(times_a[s][1] or times_b[s][1] for s in st["per_seed"])
+    st["never_a"] = sum(c for _, c in times_a.values())
+    st["never_b"] = sum(c for _, c in times_b.values())
+    return st
+
+
+def _summary(times: dict) -> dict:
+    xs = [t for t, c in times.values() if not c]
+    allx = [t for t, _ in times.values()]
+    return {"per_seed": {s: (None if c else t) for s, (t, c) in times.items()},
+            "median": statistics.median(xs) if xs else None, "min": min(xs) if xs else None,
+            "max": max(xs) if xs else None, "never": sum(c for _, c in times.values()), "n": len(times),
+            # never-changed runs counted at their length (a lower bound), as suites do
+            "bound_per_seed": {s: t for s, (t, _) in times.items()},
+            "median_bound": statistics.median(allx) if allx else None}
+
+
+class Graph:
+    """A networkx MultiDiGraph of subcircuits and behaviours, with explain and predict."""
+
+    def __init__(self, g: nx.MultiDiGraph):
+        self.g = g
+
+    # -- building ------------------------------------------------------------------------
+
+    @classmethod
+    def from_runs(cls, dirs: list[str | os.PathLike]) -> "Graph":
+        variants = load_variants([Path(d) for d in dirs])
+        if not variants:
+            raise InputError(str(dirs[0]), "", "no suite results", "directories written by `clamp bench`")
+        g = nx.MultiDiGraph(dirs=[str(d) for d in dirs])
+        ref = variants[0]
+        g.graph["reference_condition"] = ref.condition
+        behaviours = [f"phase:{col}:{rule}" for col, rules in ref.recipe.phases.items() for rule in rules
+                      if rule in ("below", "above")]
+        g.graph["primary"] = behaviours[0]
+        conds: dict[str, list[Variant]] = {}
+        for v in variants:
+            conds.setdefault(v.condition, []).append(v)
+        g.graph["conditions"] = {condition_name(c, ref.condition): [v.key for v in vs] for c, vs in conds.items()}
+        g.graph["variants"] = {v.key: {"condition": condition_name(v.condition, ref.condition),
+                                       "labels": sorted(v.labels),
+                                       "signature": sorted([list(x) for x in v.signature]),
+                                       "clamped": sorted({x[0] for x in v.signature if x[1] == "clamp"}),
+                                       "recipe": v.recipe.name, "seeds": [int(r["seed"]) for r in v.rows]}
+                               for v in variants}
+        g.graph["target"] = ref.key
+        for b in behaviours:
+            g.add_node(b, kind="behaviour", times={v.key: _summary(v.times(b)) for v in variants},
+                       fits={v.key: _fits(v, b) for v in variants})
+        for v in variants:
+            for lab in v.labels:
+                if lab not in g:
+                    g.add_node(lab, kind="subcircuit", **_sites(lab, v.recipe))
+        for c, vs in conds.items():
+            cname = condition_name(c, ref.condition)
+            _effects(g, vs, behaviours, cname)
+            _composition(g, vs, cname)
+        _condition_edges(g, conds, behaviours, ref.condition)
+        for n in [n for n, d in g.nodes(data=True) if d["kind"] == "subcircuit" and g.degree(n) == 0]:
+            g.remove_node(n)
+        graph = cls(g)
+        from .explain import isolations
+        for x, iso in isolations(graph, ref.key).items():         # formation times, reference target
+            if x in g:
+                g.nodes[x]["formation"] = {"reference": {"variant": iso["variant"], **iso["times"]}}
+        return graph
+
+    # -- files ---------------------------------------------------------------------------
+
+    def save(self, out: str | os.PathLike) -> dict[str, Path]:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        data = nx.node_link_data(self.g, edges="edges")
+        paths = {"json": out / "graph.json", "graphml": out / "graph.graphml", "png": out / "graph.png"}
+        paths["json"].write_text(json.dumps(data, indent=1, default=_jsonable), encoding="utf-8")
+        flat = nx.MultiDiGraph()
+        flat.graph.update({k: json.dumps(v, default=_jsonable) for k, v in self.g.graph.items()})
+        for n, d in self.g.nodes(data=True):
+            flat.add_node(n, **{k: v if isinstance(v, (str, int, float, bool)) else json.dumps(v, default=_jsonable)
+                                for k, v in d.items()})
+        for a, b, k, d in self.g.edges(keys=True, data=True):
+            flat.add_edge(a, b, key=k, **{kk: v if isinstance(v, (str, int, float, bool)) else
+                                          json.dumps(v, default=_jsonable) for kk, v in d.items() if v is not None})
+        nx.write_graphml(flat, paths["graphml"])
+        self.draw(paths["png"])
+        return paths
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Graph":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(nx.node_link_graph(data, directed=True, multigraph=True, edges="edges"))
+
+    def draw(self, png: str | os.PathLike, condition: str = "reference") -> Path:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        g = self.g
+        subs = [n for n, d in g.nodes(data=True) if d["kind"] == "subcircuit"]
+        behs = [n for n, d in g.nodes(data=True) if d["kind"] == "behaviour"]
+        pos = {n: (0.0, -i) for i, n in enumerate(subs)}
+        pos.update({n: (2.2, -i * max(1, len(subs) - 1) / max(1, len(behs) - 1)) for i, n in enumerate(behs)})
+        fig, ax = plt.subplots(figsize=(11, 1.2 + 1.1 * max(len(subs), len(behs))))
+        for n in subs:
+            d = g.nodes[n]
+            form = d.get("formation", {}).get(condition)
+            extra = f"\nforms ~{form['median']:.0f} steps (isolated)" if form and form.get("median") else ""
+            ax.text(*pos[n], n + extra, ha="center", va="center", fontsize=9,
+                    bbox=dict(boxstyle="round", fc="#dbe9f6", ec="#4a7fb5"))
+        for n in behs:
+            t = g.nodes[n]["times"]
+            ax.text(*pos[n], n.replace("phase:", "phase change\n"), ha="center", va="center", fontsize=8,
+                    bbox=dict(boxstyle="round", fc="#fde2cf", ec="#c96b28"))
+        drawn = set()
+        for a, b, d in g.edges(data=True):
+            if d.get("condition") not in (condition, None) or (a, b, d["kind"]) in drawn:
+                continue
+            drawn.add((a, b, d["kind"]))
+            (x0, y0), (x1, y1) = pos[a], pos[b]
+            if d["kind"] == "effect":
+                med = d.get("median")
+                lab = f"clamp ideal: ×{1 / med:.1f} earlier" if med and med < 1 else \
+                    (f"prevents" if d.get("prevents") else f"×{med:.2f}" if med else "")
+                colour = "#2e7d32" if med and med < 1 else "#c62828"
+            elif d["kind"].endswith("composition"):
+                lab = f"{d['kind']} {d.get('median', 0):.2f} (init {d.get('baseline', 0):.2f})"
+                colour = "#6a1b9a"
+                x1 = x1 - 0.15
+            else:
+                continue
+            ax.annotate("", (x1 - 0.35 if d["kind"] == "effect" else x1, y1), (x0 + 0.35, y0),
+                        arrowprops=dict(arrowstyle="->", color=colour, lw=1.2,
+                                        connectionstyle="arc3,rad=0.12"))
+            ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.12, lab, fontsize=7, color=colour, ha="center")
+        ax.set_xlim(-1, 3.2)
+        ax.set_ylim(min(p[1] for p in pos.values()) - 0.8, 0.8)
+        ax.axis("off")
+        ax.set_title(f"subcircuit graph ({condition}): effects of clamping each subcircuit to its ideal, "
+                     "and composition", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(png, dpi=110)
+        plt.close(fig)
+        return Path(png)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def conditions(self) -> dict[str, list[str]]:
+        return self.g.graph["conditions"]
+
+    def variant_condition(self, variant: str) -> str:
+        for c, vs in self.conditions().items():
+            if variant in vs or any(v.split("/", 1)[1] == variant for v in vs):
+                return c
+        names = [v.split("/", 1)[1] for vs in self.conditions().values() for v in vs]
+        raise InputError("--compare", "", show(variant), "a variant of these suites: " + ", ".join(names),
+                         did_you_mean(variant, names))
+
+    def explain(self, condition: str = "reference") -> dict:
+        """Each subcircuit's isolated formation time in a condition, and the bottleneck."""
+        from .explain import explain_condition
+        return explain_condition(self, condition)
+
+    def compare(self, a: str, b: str) -> dict:
+        from .explain import compare_conditions
+        return compare_conditions(self, a, b)
+
+    def predict(self, clamps: list[str], condition: str = "reference") -> dict:
+        from .explain import predict_time
+        return predict_time(self, clamps, condition)
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _jsonable(o):
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def _sites(label: str, r: Recipe) -> dict:
+    sc = r.subcircuits.get(label)
+    if sc is None:
+        return {"sites": []}
+    d = {"sites": list(sc.sites), "params": list(sc.params)}
+    if sc.select is not None:
+        d["select"] = sc.select.describe()
+    return d
+
+
+def _fits(v: Variant, behaviour: str) -> dict:
+    """Per seed: the logistic fit's midpoint and interval for the behaviour's column, if computed."""
+    from .train import read_json
+    col = behaviour.split(":")[1]
+    out = {}
+    for r in v.rows:
+        sm = read_json(v.dir.parent / r["run"] / f"seed_{r['seed']}" / "summary.json") or {}
+        fit = sm.get("phases", {}).get(col, {}).get("logistic")
+        if fit and fit.get("step") is not None:
+            out[int(r["seed"])] = {"t0": fit["t0"], "ci": fit.get("ci")}
+    return out
+
+
+def _parents(v: Variant, vs: list[Variant]) -> list[Variant]:
+    subs = [w for w in vs if w.signature < v.signature]
+    best = [w for w in subs if not any(w.signature < x.signature for x in subs)]
+    return best
+
+
+def _effects(g: nx.MultiDiGraph, vs: list[Variant], behaviours: list[str], cname: str) -> None:
+    for v in vs:
+        for p in _parents(v, vs):
+            added = v.signature - p.signature
+            labels = sorted({s[0] for s in added})
+            for b in behaviours:
+                st = _stat(v.times(b), p.times(b))
+                if not st["per_seed"]:
+                    continue
+                prevents = st["never_a"] > st["n"] / 2 and st["never_b"] < st["n"] / 2
+                how = sorted({f"{s[1]} to {s[2]}" if s[1] == "clamp" else f"{s[1]} ({s[2]})" if s[2] else s[1]
+                              for s in added})
+                for lab in labels:
+                    g.add_edge(lab, b, kind="effect", condition=cname, variant=v.key, parent=p.key,
+                               interventions=how, **{"with": [x for x in labels if x != lab]},
+                               prevents=prevents, **{k: st.get(k) for k in
+                                                     ("median", "min", "max", "ci", "n", "censored",
+                                                      "sign_p", "wilcoxon_p")},
+                               per_seed=st["per_seed"])
+
+
+def _composition(g: nx.MultiDiGraph, vs: list[Variant], cname: str) -> None:
+    """K/Q/V composition between per-head subcircuits of different layers, in the root variant."""
+    roots = [v for v in vs if not _parents(v, vs)]
+    if not roots:
+        return
+    root = min(roots, key=lambda v: len(v.signature))
+    from .composition import subcircuit_composition, subcircuit_heads
+    names = [n for n, sc in root.recipe.subcircuits.items()
+             if sc.select is not None or subcircuit_heads(root.recipe, n, None) is not None]
+    if len(names) < 2:
+        return
+    for res in subcircuit_composition(root, names):
+        for n in (res["from"], res["to"]):
+            if n not in g:
+                g.add_node(n, kind="subcircuit", **_sites(n, root.recipe))
+        g.add_edge(res["from"], res["to"], kind=f"{res['kind']}_composition", condition=cname, variant=root.key,
+                   median=res["median"], per_seed=res["per_seed"], baseline=res["baseline"],
+                   heads=res["heads"])
+
+
+def _condition_edges(g: nx.MultiDiGraph, conds: dict, behaviours: list[str], ref: str) -> None:
+    if ref not in conds:
+        return
+    base = {v.signature: v for v in conds[ref]}
+    for c, vs in conds.items():
+        if c == ref:
+            continue
+        cname = condition_name(c, ref)
+        node = f"condition:{cname}"
+        for v in vs:
+            w = base.get(v.signature)
+            if w is None:
+                continue
+            g.add_node(node, kind="condition")
+            for b in behaviours:
+                st = _stat(v.times(b), w.times(b))
+                if st["per_seed"]:
+                    g.add_edge(node, b, kind="condition", condition=cname, variant=v.key, parent=w.key,
+                               signature=sorted(lab for lab in v.labels),
+                               **{k: st.get(k) for k in ("median", "min", "max", "ci", "n", "censored",
+                                                         "sign_p", "wilcoxon_p")}, per_seed=st["per_seed"])
