@@ -8,7 +8,9 @@ from .errors import InputError, RunError
 from .spec import Recipe, load_recipe, recipe_from_data, dump_recipe, with_overrides
 from .compile import Plan, compile_plan
 from .runs import Run, run
+from .bench import bench, load_suite
+from .graph import Graph
 
 __all__ = ["InputError", "RunError", "Recipe", "load_recipe", "recipe_from_data", "dump_recipe",
-           "with_overrides", "Plan", "compile_plan", "Run", "run"]
+           "with_overrides", "Plan", "compile_plan", "Run", "run", "bench", "load_suite", "Graph"]
 __version__ = "0.1.0"

@@ -31,6 +31,7 @@ class Edit:
     preserve: tuple[str, ...] = ()  # on a clamp/ablate: later sites taken from a reference pass
     origin: tuple = ()              # key path of the intervention, e.g. ('interventions', 2)
     note: str = ""                  # how heads were chosen, for the plan
+    name: str = ""                  # the intervention's name (the subcircuit it acts on)
 
     def active(self, step: int) -> bool:
         return any(a <= step < b for a, b in self.windows)
@@ -41,6 +42,8 @@ class Edit:
         if self.preserve:
             what += f", preserving later {' and '.join(self.preserve)}"
         via = f"  (via {self.label})" if self.label != str(self.site) else ""
+        if self.name and self.name != self.label:
+            via += f"  as {self.name}"
         note = f"  [{self.note}]" if self.note else ""
         return f"{what:<34} {self.site}{via}{note}"
 
@@ -132,7 +135,7 @@ def _resolve(path: tuple, iv: Intervention, recipe: Recipe, shape: S.ModelShape,
                 merged.setdefault(s.name, set()).update(s.heads)
     return [Edit(path[-1], iv.kind, iv.target,
                  S.Site(name, None if hs is None else tuple(sorted(hs)), infos[name]),
-                 source, iv.windows, iv.preserve, path, note) for name, hs in merged.items()]
+                 source, iv.windows, iv.preserve, path, note, iv.name) for name, hs in merged.items()]
 
 
 def _preserved(e: Edit, shape: S.ModelShape) -> list[Edit]:
