@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import torch
 
 import clamp
 from clamp.bench import run_suite, suite_from_data
 from clamp.schema import load_yaml, opt, positive
-from clamp.tasks import Batch, Task, TaskIO, register_task, rng_for
-from clamp.values import NoOptions, ValueSource, register_value
+from clamp.tasks import TASKS, Batch, Task, TaskIO, register_task, rng_for
+from clamp.values import VALUES, NoOptions, ValueSource, register_value
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,6 @@ class CountOptions:
     length: int = opt(6, check=positive)
 
 
-@register_task
 class LastEqualsFirst(Task):
     """A toy task: predict the first token at the last position."""
     name = "last_equals_first"
@@ -49,7 +49,6 @@ class LastEqualsFirst(Task):
         return {"train": self._make(rng_for(self.seed, 11), size)}
 
 
-@register_value
 class AttendFirst(ValueSource):
     """Every row attends to position 0."""
     name, Options, sites = "attend_first", NoOptions, ("hook_pattern",)
@@ -58,6 +57,17 @@ class AttendFirst(ValueSource):
         v = torch.zeros_like(x)
         v[..., 0] = 1.0
         return v, None
+
+
+@pytest.fixture(autouse=True)
+def registered():
+    """Register the user's task and value source for these tests only (the registries are global:
+    other tests' messages list the built-in names)."""
+    register_task(LastEqualsFirst)
+    register_value(AttendFirst)
+    yield
+    TASKS.pop(LastEqualsFirst.name)
+    VALUES.pop(AttendFirst.name)
 
 
 RECIPE = """
