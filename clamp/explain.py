@@ -14,9 +14,12 @@ runs. Definitions:
   each subcircuit's share of the shift is log(ratio_X) / log(ratio_behaviour).
 - a run whose phase change never happened counts as its length (censored, a lower bound), as in
   suites; the text marks how many seeds never changed.
-- predict(T, variants): effects taken as independent and multiplicative: per seed,
-  t(T + all their clamps) = t(T) · Π t(V_i) / t(T). When a variant with that signature exists,
-  its measured times give the prediction's error.
+- predict(T, variants), two models, per seed:
+  multiplicative: the clamps' effects are independent, t(T + all their clamps) = t(T) · Π t(V_i) / t(T);
+  bottleneck: the phase change waits for the slowest subcircuit left unclamped, so
+  t = max over the mechanism's subcircuits X that none of the variants clamps of X's isolated
+  formation time (a lower bound when more than one is left: they form faster alone than together).
+  When a variant with the combined signature exists, its measured times give each model's error.
 """
 from __future__ import annotations
 
@@ -137,14 +140,35 @@ def predict_time(graph, variants: list[str], target: str | None = None) -> dict:
     out = {"target": target, "combining": [resolve_variant(graph, v) for v in variants],
            "signature": sorted(map(list, sig)), "predicted": {"per_seed": pred,
                                                                "median": statistics.median(pred.values())}}
+    clamped = {x[0] for x in sig - tsig if x[1] == "clamp"}
+    iso = isolations(graph, target)
+    mech = set(iso) | {x for k in info if info[k]["condition"] == info[target]["condition"]
+                       and _sig(graph, k) >= tsig for x in info[k]["clamped"]}
+    left = sorted(mech - clamped)
+    if left and all(x in iso for x in left) and not any(_sig(graph, iso[x]["variant"]) == sig for x in left):
+        per = [_seeds(iso[x]["times"]) for x in left]
+        bn = {s: max(p[s] for p in per) for s in t0 if all(s in p for p in per)}
+        if bn:
+            out["bottleneck"] = {"left": left, "from": [iso[x]["variant"] for x in left], "per_seed": bn,
+                                 "median": statistics.median(bn.values()), "lower_bound": len(left) > 1}
+    else:
+        out["bottleneck_unavailable"] = ("every subcircuit is clamped" if not left else
+                                         f"no isolation experiment (everything else clamped) for: "
+                                         f"{', '.join(x for x in left if x not in iso) or 'the combination itself'}")
     actual = [k for k, v in info.items() if v["condition"] == info[target]["condition"] and _sig(graph, k) == sig]
     if actual:
         act = _seeds(times(graph, actual[0]))
-        err = paired(pred, act, "ratio")
         out["actual"] = {"variant": actual[0], "per_seed": act, "median": statistics.median(act.values())}
-        out["error"] = {"predicted_over_actual": err["per_seed"], "median": err["median"],
-                        "median_abs_log_error": statistics.median(abs(math.log(x)) for x in err["per_seed"].values())}
+        out["error"] = _error(pred, act)
+        if "bottleneck" in out:
+            out["bottleneck"]["error"] = _error(out["bottleneck"]["per_seed"], act)
     return out
+
+
+def _error(pred: dict, act: dict) -> dict:
+    err = paired(pred, act, "ratio")
+    return {"predicted_over_actual": err["per_seed"], "median": err["median"],
+            "median_abs_log_error": statistics.median(abs(math.log(x)) for x in err["per_seed"].values())}
 
 
 # ---------------------------------------------------------------------------------------
@@ -195,12 +219,19 @@ def compare_text(c: dict) -> str:
 
 def predict_text(p: dict) -> str:
     short = lambda k: k.split("/", 1)[1]  # noqa: E731
-    lines = [f"predicted {short(p['target'])} + " + " + ".join(short(v) for v in p["combining"])
-             + f": phase change at ~{p['predicted']['median']:.0f} steps (median over seeds; effects multiplied)"]
+    err = lambda e: (f"; predicted/measured {e['median']:.2f} (median over seeds), "  # noqa: E731
+                     f"median |log error| {e['median_abs_log_error']:.2f}") if e else ""
+    lines = [f"predicted phase change of {short(p['target'])} + " + " + ".join(short(v) for v in p["combining"])
+             + " (median over seeds):",
+             f"  multiplicative (independent effects): ~{p['predicted']['median']:.0f} steps{err(p.get('error'))}"]
+    b = p.get("bottleneck")
+    if b:
+        lines.append(f"  bottleneck (slowest unclamped subcircuit: {', '.join(b['left'])}): "
+                     f"{'>= ' if b['lower_bound'] else '~'}{b['median']:.0f} steps{err(b.get('error'))}")
+    else:
+        lines.append(f"  bottleneck: not available ({p.get('bottleneck_unavailable')})")
     if "actual" in p:
-        e = p["error"]
-        lines.append(f"  measured ({short(p['actual']['variant'])}): {p['actual']['median']:.0f}; predicted/actual "
-                     f"median {e['median']:.2f}, median |log error| {e['median_abs_log_error']:.2f}")
+        lines.append(f"  measured ({short(p['actual']['variant'])}): {p['actual']['median']:.0f} steps")
     else:
         lines.append("  (no run of that combination in these suites yet)")
     return "\n".join(lines)

@@ -218,7 +218,13 @@ def paired(a: dict, b: dict, kind: str = "ratio", level: float = 0.95, bootstrap
     out: dict = {"kind": kind, "per_seed": per, "n": len(xs)}
     if len(xs) == 0:
         return {**out, "median": None}
-    eff = np.log(xs) if kind == "ratio" else xs
+    if kind == "ratio":
+        pos = xs > 0
+        eff = np.log(np.where(pos, xs, 1.0))
+        # a ratio of 0 (a time of 0 against a positive one) is the largest downward effect: rank it so
+        eff[~pos] = -(np.abs(eff[pos]).max() + 1.0 if pos.any() else 1.0)
+    else:
+        eff = xs
     rng = np.random.default_rng(seed)
     meds = np.median(rng.choice(xs, size=(bootstrap, len(xs)), replace=True), axis=1)
     a_ = (1 - level) / 2

@@ -136,6 +136,20 @@ def test_predict_multiplies_effects_and_measures_its_error(suite_dir):
     assert p["error"]["median"] == pytest.approx(statistics.median(errs))
 
 
+def test_predict_bottleneck_is_the_slowest_isolated_subcircuit_left(suite_dir):
+    g = Graph.from_runs([suite_dir])
+    t = crossings(suite_dir)
+    p = g.predict(["ideal"], "baseline")              # A clamped: B and C are left to form
+    b = p["bottleneck"]
+    assert b["left"] == ["copy", "match"] and b["lower_bound"]
+    per = [max(t["ideal_copy", s], t["ideal_match", s]) for s in range(3)]  # B alone, C alone
+    assert b["median"] == pytest.approx(statistics.median(per))
+    assert b["error"]["median"] == pytest.approx(statistics.median(per[s] / t["ideal", s] for s in range(3)))
+    # A and C clamped leaves B, whose isolation is that very run: no prediction, and it says why
+    q = g.predict(["ideal", "copy"], "baseline")
+    assert "bottleneck" not in q and "combination itself" in q["bottleneck_unavailable"]
+
+
 def test_graph_files_round_trip(suite_dir, tmp_path):
     g = Graph.from_runs([suite_dir])
     paths = g.save(tmp_path)
