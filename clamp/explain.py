@@ -118,6 +118,7 @@ def compare_conditions(graph, a: str, b: str) -> dict:
     moved = {x: d for x, d in out["subcircuits"].items() if d.get("median")}
     if moved:
         out["mainly"] = max(moved, key=lambda x: abs(math.log(moved[x]["median"])))
+    out["not_measured"] = sorted(x for x, d in out["subcircuits"].items() if "missing" in d)
     return out
 
 
@@ -213,7 +214,9 @@ def compare_text(c: dict) -> str:
                      f"{d['ci'][0]:.2f}–{d['ci'][1]:.2f}, Wilcoxon p {d.get('wilcoxon_p') or float('nan'):.3g})"
                      f"{share}   [{short(d['variant_a'])} -> {short(d['variant_b'])}]")
     if c.get("mainly"):
-        lines.append(f"  the shift is mainly {c['mainly']}'s")
+        caveat = (f" (of those measured; no isolation in {c['condition_b']} for: {', '.join(c['not_measured'])})"
+                  if c.get("not_measured") else "")
+        lines.append(f"  the shift is mainly {c['mainly']}'s{caveat}")
     return "\n".join(lines)
 
 

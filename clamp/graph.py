@@ -91,7 +91,18 @@ def condition_name(key: str, ref: str) -> str:
 
 
 def signature(r: Recipe) -> frozenset:
-    return frozenset((iv.name or iv.target, iv.kind, iv.source or "") for iv in r.interventions)
+    """(subcircuit, kind, source) per intervention; the source carries its options where it has any
+    and its windows where they are not the whole run, so a windowed clamp or another strength is a
+    different intervention."""
+    from .schema import unbuild
+
+    def source(iv) -> str:
+        opts = unbuild(iv.options) if iv.options is not None else {}
+        text = (iv.source or "") + (f"({', '.join(f'{k}={v}' for k, v in sorted(opts.items()))})" if opts else "")
+        if tuple(map(tuple, iv.windows)) != ((0, r.train.steps),):
+            text += "@" + ",".join(f"[{a},{b})" for a, b in iv.windows)
+        return text
+    return frozenset((iv.name or iv.target, iv.kind, source(iv)) for iv in r.interventions)
 
 
 def load_variants(dirs: list[str | os.PathLike]) -> list[Variant]:

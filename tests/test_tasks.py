@@ -104,3 +104,24 @@ def test_repeat_tokens_structure():
     assert len(starts) > 5                       # the copy is not at a fixed place
     p = t.probe(4)
     assert torch.equal(p.tokens[:, :12], p.tokens[:, 12:])
+
+
+@pytest.mark.parametrize("min_gap", [1, 3, 6])
+def test_repeat_tokens_gaps(min_gap):
+    """The copy starts `gap` >= min_gap after the original (b - gap); below the segment length the
+    spans overlap and the copy, written token by token, is periodic."""
+    t = TASKS["repeat_tokens"](RepeatTokensOptions(vocab=30, length=24, segment=6, min_gap=min_gap), 0)
+    b = t.train_batch(0, 300)
+    gaps = []
+    for i in range(300):
+        copy = b.roles["copy"][i].nonzero().flatten().tolist()
+        first = copy[0]
+        nearest = b.induction_keys[i, first].nonzero().flatten().max().item()
+        gap = first - nearest + 1
+        gaps.append(gap)
+        for row in copy:
+            assert b.tokens[i, row] == b.tokens[i, row - gap]                    # a copy at that gap
+            keys = b.induction_keys[i, row].nonzero().flatten().tolist()
+            assert keys[-1] == row - gap + 1 and all((row - k + 1) % gap == 0 for k in keys)
+    assert min(gaps) >= min_gap and len(set(gaps)) > 3
+    assert (min(gaps) < 6) == (min_gap < 6)                                    # overlaps only below the segment

@@ -1,13 +1,21 @@
 """Repeated random tokens (Olsson et al. 2022; Elhage et al. 2021; REFERENCE.md §2).
 
-Uniform random tokens of length `length`; a `segment`-token span starting at a random
-place is copied to a random later place (never overlapping it), so position alone cannot
-solve the task. Next-token loss is counted only inside the copy, where an induction head
-can predict: rows b .. b+segment-2 of a copy starting at b.
+Uniform random tokens of length `length`; a `segment`-token span starting at a random place a
+is copied to start a random gap g >= `min_gap` later (b = a + g), so position alone cannot solve
+the task. Where g < segment the copy overlaps the original and the span a .. b+segment-1 is
+periodic with period g (the copy is written token by token, as a loop would). Next-token loss is
+counted only inside the copy, where an induction head can predict: rows b .. b+segment-2.
 
-`induction_keys`: from each copied row i, the key just after the earlier occurrence of
-token i. The probe set (for the prefix-matching induction score) is a random segment
-repeated `probe_repeats` times.
+Why the gap may be short: when every gap is at least L, a layer-0 head attending a fixed lag L
+(instead of the previous token) composes with layer 1 into an "induction head at lag L", which
+solves the task without the previous-token mechanism and is invisible to the induction score
+(measured: with min_gap = segment = 20, layer-0 heads attended lag 19-20 and ablating their
+previous-token attention changed nothing). Gaps down to 1 leave lag 1 as the only one that
+always works.
+
+`induction_keys`: from each copied row i, the keys just after every earlier occurrence of
+token i inside the span (i-g+1, i-2g+1, ...). The probe set (for the prefix-matching induction
+score) is a random segment repeated `probe_repeats` times.
 """
 from __future__ import annotations
 
@@ -25,13 +33,15 @@ class RepeatTokensOptions:
     vocab: int = opt(64, check=positive, doc="vocabulary size V")
     length: int = opt(64, check=positive, doc="sequence length")
     segment: int = opt(20, check=positive, doc="length of the repeated segment")
+    min_gap: int = opt(1, check=positive, doc="least distance from the original's start to the copy's "
+                       "(below `segment` they overlap; equal to it, they never do)")
     probe_repeats: int = opt(2, check=positive, doc="repeats of a segment in the induction-score probe")
 
     def validate(self):
-        if 2 * self.segment > self.length:
-            return ("segment", f"at most length/2 ({self.length // 2}) so the copy fits after the original")
         if self.segment < 2:
             return ("segment", "at least 2 tokens (the first token of a copy is unpredictable)")
+        if self.segment + self.min_gap > self.length:
+            return ("min_gap", f"at most length - segment ({self.length - self.segment}) so the copy fits")
         return None
 
 
@@ -54,19 +64,22 @@ class RepeatTokens(Task):
         o = self.options
         T, S = o.length, o.segment
         tokens = torch.randint(o.vocab, (B, T), generator=g)
-        a = (torch.rand(B, generator=g) * (T - 2 * S + 1)).long()                 # source start
-        b = a + S + (torch.rand(B, generator=g) * (T - S - (a + S) + 1)).long()  # copy start
+        a = (torch.rand(B, generator=g) * (T - S - o.min_gap + 1)).long()            # original's start
+        gap = o.min_gap + (torch.rand(B, generator=g) * (T - S - a - o.min_gap + 1)).long()
+        b = a + gap                                                               # copy's start
+        rows = torch.arange(B)
+        for r in range(S):                       # token by token: an overlapping copy is periodic
+            tokens[rows, b + r] = tokens[rows, b + r - gap]
         pos = torch.arange(T)
         rel = pos[None, :] - b[:, None]                                           # [B, T] offset in copy
         in_copy = (rel >= 0) & (rel < S)
-        src = (a[:, None] + rel).clamp(0, T - 1)
-        tokens = torch.where(in_copy, tokens.gather(1, src), tokens)
         nxt = torch.cat([tokens[:, 1:], tokens[:, :1]], dim=1)
         predictable = (rel >= 0) & (rel < S - 1)
         targets = torch.where(predictable, nxt, torch.full_like(tokens, -100))
-        keys = torch.zeros(B, T, T, dtype=torch.bool)
-        rows = in_copy.nonzero()                                                  # [n, 2] (batch, row)
-        keys[rows[:, 0], rows[:, 1], src[rows[:, 0], rows[:, 1]] + 1] = True
+        # earlier occurrences of row i's token inside the span: i - m*gap >= a, m >= 1
+        back = pos[None, :, None] - pos[None, None, :] + 1                         # [1, T(query), T(key)] = i-k+1
+        m_ok = (back > 0) & (back % gap[:, None, None] == 0)                       # k = i - m*gap + 1
+        keys = in_copy[:, :, None] & m_ok & (pos[None, None, :] - 1 >= a[:, None, None])
         return Batch(tokens, targets, roles={"copy": in_copy}, induction_keys=keys,
                      induction_others=torch.zeros_like(keys))
 
