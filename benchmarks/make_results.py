@@ -77,7 +77,7 @@ def table(res) -> str:
         if cens:
             meas += f", {cens} censored"
         lines.append(f"| {v['name']} | {paper} | {sub} | {meas} | {v['n']} | "
-                     f"{'-' if v.get('p') is None else f'{v['p']:.3g}'} | **{v['verdict']}** |")
+                     f"{'-' if v.get('p') is None else format(v['p'], '.3g')} | **{v['verdict']}** |")
     return "\n".join(lines)
 
 
