@@ -218,51 +218,69 @@ class Graph:
         return cls(nx.node_link_graph(data, directed=True, multigraph=True, edges="edges"))
 
     def draw(self, png: str | os.PathLike, condition: str = "reference") -> Path:
+        """Subcircuits (left) → behaviours (right): one arrow per (subcircuit, behaviour), the effect of
+        clamping it with the fewest other clamps on; composition scores listed underneath."""
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         g = self.g
         subs = [n for n, d in g.nodes(data=True) if d["kind"] == "subcircuit"]
         behs = [n for n, d in g.nodes(data=True) if d["kind"] == "behaviour"]
-        pos = {n: (0.0, -i) for i, n in enumerate(subs)}
-        pos.update({n: (2.2, -i * max(1, len(subs) - 1) / max(1, len(behs) - 1)) for i, n in enumerate(behs)})
-        fig, ax = plt.subplots(figsize=(11, 1.2 + 1.1 * max(len(subs), len(behs))))
-        for n in subs:
-            d = g.nodes[n]
-            form = d.get("formation", {}).get(condition)
-            extra = f"\nforms ~{form['median']:.0f} steps (isolated)" if form and form.get("median") else ""
-            ax.text(*pos[n], n + extra, ha="center", va="center", fontsize=9,
-                    bbox=dict(boxstyle="round", fc="#dbe9f6", ec="#4a7fb5"))
-        for n in behs:
-            t = g.nodes[n]["times"]
-            ax.text(*pos[n], n.replace("phase:", "phase change\n"), ha="center", va="center", fontsize=8,
-                    bbox=dict(boxstyle="round", fc="#fde2cf", ec="#c96b28"))
-        drawn = set()
+        effects: dict = {}
         for a, b, d in g.edges(data=True):
-            if d.get("condition") not in (condition, None) or (a, b, d["kind"]) in drawn:
+            if d["kind"] == "effect" and d.get("condition") in (condition, None) and d.get("median") is not None:
+                best = effects.get((a, b))
+                rank = lambda e: (len(e.get("with") or ()), e["median"])  # noqa: E731  fewest others, strongest
+                if best is None or rank(d) < rank(best):
+                    effects[(a, b)] = d
+        shown = [n for n in subs if any(a == n for a, _ in effects)] or subs
+        strongest: dict = {}
+        for a, b, d in g.edges(data=True):
+            if d["kind"].endswith("composition") and d.get("median") is not None:
+                gain = d["median"] - (d.get("baseline") or 0)
+                if (d["kind"], a, b) not in strongest or gain > strongest[d["kind"], a, b][0]:
+                    strongest[d["kind"], a, b] = (gain, d)
+        comp = [(a, b, d) for (_, a, b), (_, d) in sorted(strongest.items(), key=lambda e: -e[1][0])][:8]
+        n = max(len(shown), len(behs), 2)
+        fig, ax = plt.subplots(figsize=(12, 1.6 + 1.0 * n + 0.22 * len(comp)))
+        ys = lambda k, i: -i * (n - 1) / max(1, k - 1)  # noqa: E731
+        box = {}
+        for i, name in enumerate(shown):
+            form = g.nodes[name].get("formation", {}).get(condition)
+            extra = f"\nforms alone at ~{form['median']:.0f} steps" if form and form.get("median") else ""
+            box[name] = ax.text(0.0, ys(len(shown), i), name + extra, ha="center", va="center", fontsize=9,
+                                bbox=dict(boxstyle="round", fc="#dbe9f6", ec="#4a7fb5"))
+        for i, name in enumerate(behs):
+            box[name] = ax.text(3.0, ys(len(behs), i), name.replace("phase:", "phase change of\n"), ha="center",
+                                va="center", fontsize=8, bbox=dict(boxstyle="round", fc="#fde2cf", ec="#c96b28"))
+        for k, ((a, b), d) in enumerate(sorted(effects.items())):
+            if a not in box or b not in box:
                 continue
-            drawn.add((a, b, d["kind"]))
-            (x0, y0), (x1, y1) = pos[a], pos[b]
-            if d["kind"] == "effect":
-                med = d.get("median")
-                lab = f"clamp ideal: ×{1 / med:.1f} earlier" if med and med < 1 else \
-                    (f"prevents" if d.get("prevents") else f"×{med:.2f}" if med else "")
-                colour = "#2e7d32" if med and med < 1 else "#c62828"
-            elif d["kind"].endswith("composition"):
-                lab = f"{d['kind']} {d.get('median', 0):.2f} (init {d.get('baseline', 0):.2f})"
-                colour = "#6a1b9a"
-                x1 = x1 - 0.15
-            else:
-                continue
-            ax.annotate("", (x1 - 0.35 if d["kind"] == "effect" else x1, y1), (x0 + 0.35, y0),
-                        arrowprops=dict(arrowstyle="->", color=colour, lw=1.2,
-                                        connectionstyle="arc3,rad=0.12"))
-            ax.text((x0 + x1) / 2, (y0 + y1) / 2 + 0.12, lab, fontsize=7, color=colour, ha="center")
-        ax.set_xlim(-1, 3.2)
-        ax.set_ylim(min(p[1] for p in pos.values()) - 0.8, 0.8)
+            med = d["median"]
+            earlier = med < 1
+            lab = (f"×{1 / med:.1f} earlier" if earlier and med > 0 else "at once" if earlier else
+                   "prevents" if d.get("prevents") else f"×{med:.2f} later")
+            lab += f"  [{d['variant'].split('/', 1)[1]}]"
+            colour = "#2e7d32" if earlier else "#c62828"
+            (x0, y0), (x1, y1) = box[a].get_position(), box[b].get_position()
+            ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(
+                arrowstyle="-|>", color=colour, lw=1.1, shrinkA=2, shrinkB=2,
+                patchA=box[a].get_bbox_patch(), patchB=box[b].get_bbox_patch()))
+            t = 0.3 + 0.4 * ((k * 3) % 5) / 4                 # spread the labels along the arrows
+            ax.text(x0 + t * (x1 - x0), y0 + t * (y1 - y0), lab, fontsize=7, color=colour, ha="center",
+                    va="center", bbox=dict(fc="white", ec="none", alpha=0.8, pad=0.5))
+        bottom = -(n - 1) - 0.9
+        if comp:
+            lines = ["composition at the end of training (init in brackets), strongest increases:"] + [
+                f"  {d['kind'].replace('_', '-')}: {a} → {b}  {d['median']:.2f} ({d.get('baseline') or 0:.2f})"
+                for a, b, d in comp]
+            ax.text(-0.6, bottom, "\n".join(lines), fontsize=7.5, va="top", ha="left", color="#6a1b9a",
+                    family="monospace")
+        ax.set_xlim(-0.8, 3.8)
+        ax.set_ylim(bottom - 0.25 * (len(comp) + 1) - 0.2, 0.8)
         ax.axis("off")
-        ax.set_title(f"subcircuit graph ({condition}): effects of clamping each subcircuit to its ideal, "
-                     "and composition", fontsize=10)
+        ax.set_title(f"subcircuit graph ({condition}): effect of clamping each subcircuit to its ideal on "
+                     "each phase change (green: earlier, red: later; [the clamped run])", fontsize=10)
         fig.tight_layout()
         fig.savefig(png, dpi=110)
         plt.close(fig)
