@@ -142,7 +142,7 @@ def main():
         t = time_blocks(step, a.steps, a.repeats)
         rows.append((f"clamp: {name}", t, t / t_plain))
     t_eval = time_blocks(lambda: ref.evaluate(probes=False), 5, a.repeats)
-    print(f"torch {torch.__version__}, {a.threads} thread(s), batch 32, few-shot T=5, 2 layers x 8 heads, d_model 64")
+    print(f"torch {torch.__version__}, {a.threads} thread(s), batch 32, few-shot task defaults (8 pairs + query = 17 positions), 2 layers x 8 heads, d_model 64")
     print(f"{'condition':<34} {'ms/step':>8} {'ratio':>6}")
     for name, t, ratio in rows:
         print(f"{name:<34} {t:8.3f} {ratio:6.2f}")
