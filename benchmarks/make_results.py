@@ -42,6 +42,15 @@ QUOTES = {
     "case 7: ablating": ("change < 0.5 points", "not measured"),
     "case 8: previous-token": ("acc 0.70 vs 0.9985", "not measured"),
     "case 8: the other": ("acc 0.993 vs 0.34", "not measured"),
+    # repeated tokens: the "paper" column is REFERENCE.md §2's statement of the case
+    "case 9: 1-layer copy loss": ("stays near ln V", "3.0 (ln 64 = 4.16)"),
+    "case 9: 1-layer model": ("no induction", "score 0.08 at 4000 steps"),
+    "case 9: 2-layer copy loss": ("plateau, then a sharp drop", "≈0.2 by 2000 steps"),
+    "case 9: 2-layer: a layer-1": ("→ ~1", "> 0.5 by ≈500 steps"),
+    "case 10: previous-token": ("earlier", ""),
+    "case 10: disallowing": ("no induction within the budget", ""),
+    "case 10: ablating": ("no induction within the budget", ""),
+    "case 11:": ("an induction head still forms", ""),
 }
 
 
