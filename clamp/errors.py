@@ -29,7 +29,9 @@ def format_path(path: Sequence[str | int]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            part = str(part)
+            plain = part.replace("_", "a").replace("-", "a").replace("*", "a").isalnum()
+            out += ("." if out else "") + (part if plain else repr(part))
     return out or "(top level)"
 
 
@@ -65,7 +67,9 @@ class InputError(Exception):
         head = f"{self.where}: " if self.where else ""
         path = f"{self.path}: " if self.path else ""
         hint = f"; {self.hint}" if self.hint else ""
-        return f"{head}{path}found {self.found}; expected {self.expected}{hint}"
+        text = f"{head}{path}found {self.found}; expected {self.expected}{hint}"
+        # one line, whatever the input held (a key or value with a newline or a control character)
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
     def at(self, where: str) -> "InputError":
         """The same error, located at `where` if it was not located yet."""

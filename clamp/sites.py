@@ -18,6 +18,7 @@ sorted tuple); `catalogue` lists everything a model has.
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import re
 from dataclasses import dataclass, field
 from typing import Iterator, Union
@@ -158,7 +159,7 @@ class Site:
 def catalogue(shape: ModelShape) -> list[SiteInfo]:
     """Every activation site and parameter of a model of this shape, in forward order."""
     out: list[SiteInfo] = []
-    order = iter(range(1, 10_000))
+    order = itertools.count(1)
 
     def act(name: str, layout: str, layer: int | None = None, head_axis: int | None = None):
         out.append(SiteInfo(name, "activation", layer, head_axis is not None, head_axis,

@@ -372,6 +372,8 @@ def _task(value, src) -> TaskSpec:
     if not isinstance(value, dict):
         raise src.error(path, show(value), "a mapping with a task name and its options")
     name = value.get("name", "fewshot")
+    if not isinstance(name, str):
+        raise src.error(path + ("name",), show(name), "a task name: one of " + ", ".join(sorted(TASKS)))
     try:
         cls = get_task(name)
     except InputError as e:
@@ -492,7 +494,13 @@ def _intervention(item, path, src, shape, subcircuits, steps) -> Intervention:
                             + ", ".join(sorted(VALUES)))
         if isinstance(source, dict) and len(source) == 1:     # to: {previous_token: {strength: 0.9}}
             (source, inline), = source.items()
+            if inline is not None and not isinstance(inline, dict):
+                raise src.error(path + (source_key, str(source)), show(inline),
+                                f"the options of {str(source)!r} as a mapping, e.g. {{strength: 0.9}}")
             item = {**item, **(inline or {}), source_key: source}
+        if not isinstance(source, str):
+            raise src.error(path + (source_key,), show(source), "a value source name, one of "
+                            + ", ".join(sorted(n for n, c in VALUES.items() if c.ablation or kind != "ablate")))
         try:
             cls = get_value(str(source), ablation=(kind == "ablate"))
         except InputError as e:
