@@ -177,7 +177,10 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
                 apply_override(d, o, s)
             d["name"] = f"{name}/{vname}" + "".join(f"[{k}={v}]" for k, v in point)
             recipes[(str(vname), tuple(point))] = parse_recipe(d, s, name)
-    expect = tuple(_expectation(e, ("expect", i), src, variants) for i, e in enumerate(data.get("expect") or []))
+    exp = data.get("expect") or []
+    if not isinstance(exp, list):
+        raise src.error(("expect",), show(exp), "a list of expectations, each like {ratio: [A, B], below: 0.2}")
+    expect = tuple(_expectation(e, ("expect", i), src, variants) for i, e in enumerate(exp))
     raw = {**copy.deepcopy(data), "name": name, "base": copy.deepcopy(base_data), "seeds": list(seeds),
            "variants": copy.deepcopy(inlined)}
     if overrides:
@@ -206,7 +209,7 @@ def _base(value, src: Source, path: tuple = ("base",)) -> tuple[dict, Source]:
 def _merge(data: dict, overrides: dict, where: tuple, suite_src: Source, run_src: Source) -> None:
     """Apply overrides (nested mappings merge, key.path keys address inside) to recipe data."""
     for key, value in overrides.items():
-        path = [int(p) if p.isdigit() else p for p in str(key).split(".")]
+        path = [int(p) if p.isdecimal() else p for p in str(key).split(".")]
         node = data
         for p in path[:-1]:
             if isinstance(node, dict):
@@ -233,7 +236,7 @@ def _quantity(q, path, src) -> str:
     ok = (q == "crossing" or parts[0] == "crossing" and len(parts) == 3
           or parts[0] == "phase" and len(parts) in (3, 4)
           or parts[0] == "final" and len(parts) == 2
-          or parts[0] == "at" and len(parts) == 3 and parts[1].isdigit())
+          or parts[0] == "at" and len(parts) == 3 and parts[1].isdecimal())
     if not ok:
         raise src.error(path, show(q), QUANTITY_HELP)
     return q
@@ -247,7 +250,7 @@ def _operand(v, of, path, src, variants) -> Operand:
         name, of = v["variant"], _quantity(v.get("of", of), path + ("of",), src)
     else:
         name = v
-    if name not in variants:
+    if not isinstance(name, str) or name not in variants:
         raise src.error(path + (("variant",) if isinstance(v, dict) else ()), show(name),
                         "a variant of this suite: " + ", ".join(variants), did_you_mean(str(name), variants))
     return Operand(str(name), of)

@@ -262,7 +262,7 @@ def parse_override(text: str) -> tuple[list, Any]:
         raise InputError("--set", "", show(text), "key.path=value, e.g. --set train.lr=1e-3")
     parts: list = []
     for p in key.strip().split("."):
-        parts.append(int(p) if p.isdigit() else p)
+        parts.append(int(p) if p.isdecimal() else p)
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:

@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from clamp.bench import load_results, load_suite, run_suite, suite_from_data
 from clamp.errors import InputError
-from clamp.schema import load_yaml
+from clamp.schema import dump_yaml, load_yaml
+from fuzzing import mutate
 from clamp.train import read_metrics
 
 SUITE = """\
@@ -189,3 +191,17 @@ def test_grid_runs_every_variant_at_every_point(tmp_path):
         ("baseline", (("task.labels", 3),)), ("baseline", (("task.labels", 4),)),
         ("match", (("task.labels", 3),)), ("match", (("task.labels", 4),))]
     assert {r.recipe.task.options.labels for r in runs} == {3, 4}
+
+
+@settings(max_examples=int(os.environ.get("CLAMP_FUZZ_EXAMPLES", 150)), deadline=None)
+@given(data=st.data())
+def test_suite_loader_fuzz_gives_a_suite_or_one_input_error(data):
+    """Any value anywhere in a valid suite file (or an extra key) either loads, with every run's
+    recipe built, or gives an InputError naming the file and a line, never another exception."""
+    doc, _ = load_yaml(SUITE, "suite.yaml")
+    text = dump_yaml(mutate(doc, data))
+    try:
+        data_, src = load_yaml(text, "suite.yaml")
+        suite_from_data(data_, src).runs()
+    except InputError as e:
+        assert str(e).startswith("suite.yaml:") and "\n" not in str(e), str(e)

@@ -12,6 +12,7 @@ from clamp.compile import compile_plan
 from clamp.errors import InputError
 from clamp.schema import dump_yaml, load_yaml
 from clamp.spec import recipe_from_data, recipe_to_dict
+from fuzzing import mutate
 
 HEAD = """\
 name: t
@@ -216,38 +217,13 @@ interventions:
 phases: {loss: {below: 0.2773}}
 """
 
-junk = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-10, 10_000), st.floats(allow_nan=True),
-                              st.text(max_size=12), st.sampled_from(["end", "zero", "prev_token", "blocks.0.attn.hook_z[9]",
-                                                                     "blocks.*.attn.hook_pattern", "fewshot"])),
-                    lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=8), c, max_size=3)),
-                    max_leaves=6)
-
-
-def _paths(node, prefix=()):
-    yield prefix
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield from _paths(v, prefix + (k,))
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield from _paths(v, prefix + (i,))
-
-
 @settings(max_examples=int(os.environ.get("CLAMP_FUZZ_EXAMPLES", 150)), deadline=None)
 @given(data=st.data())
 def test_loader_fuzz_gives_a_recipe_or_one_input_error(data):
     """Any value anywhere in a valid recipe (or an extra key) either loads and compiles or gives an
     InputError naming the file and a line, never another exception."""
     base, _ = load_yaml(VALID, "t.yaml")
-    paths = [p for p in _paths(base) if p]
-    path = data.draw(st.sampled_from(paths))
-    node = base
-    for k in path[:-1]:
-        node = node[k]
-    if data.draw(st.booleans()) and isinstance(node, dict):
-        node[data.draw(st.text(min_size=1, max_size=8))] = data.draw(junk)
-    else:
-        node[path[-1]] = data.draw(junk)
+    mutate(base, data)
     text = dump_yaml(base)
     try:
         load(text)
