@@ -9,13 +9,12 @@ substrate columns are quoted from REFERENCE.md.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clamp.bench import load_results, value_of  # noqa: E402
+from clamp.bench import load_results  # noqa: E402
 
 # expectation name prefix → (paper, substrate) as REFERENCE.md states them
 QUOTES = {

@@ -55,7 +55,7 @@ class Plain(torch.nn.Module):
         P = {n: p.detach().clone() for n, p in src.named_parameters()}
         self.p = torch.nn.ParameterDict({n.replace(".", "__"): torch.nn.Parameter(v) for n, v in P.items()})
         self.L, self.H = src.shape.layers, src.shape.heads
-        d, e, T = src.shape.d_model, src.shape.d_head, src.shape.n_ctx
+        e, T = src.shape.d_head, src.shape.n_ctx
         inv = 10000.0 ** (-torch.arange(0, e, 2).float() / e)
         ang = torch.arange(T).float()[:, None] * inv[None]
         self.cos, self.sin = ang.cos().repeat_interleave(2, -1), ang.sin().repeat_interleave(2, -1)

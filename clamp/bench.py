@@ -27,9 +27,7 @@ import copy
 import csv
 import io
 import itertools
-import json
 import os
-import re
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,7 +36,7 @@ from typing import Any, Callable, Sequence
 from .errors import InputError, did_you_mean, show
 from .phases import column_value
 from .pool import Job, Outcome, available_cores, run_jobs
-from .schema import Source, build, dump_yaml, load_yaml
+from .schema import Source, build, dump_yaml, load_yaml, load_yaml_file
 from .spec import Recipe, apply_override, dump_recipe, parse_recipe, resolve_extends
 from .train import atomic_write, check_dir, train_seed
 
@@ -121,11 +119,7 @@ def _slug(v) -> str:
 
 def load_suite(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Suite:
     path = os.fspath(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise InputError(path, "", "no readable file", "a suite file (YAML)", e.strerror or "") from None
-    data, src = load_yaml(text, path)
+    data, src = load_yaml_file(path, "a suite file")
     return suite_from_data(data, src, overrides, os.path.splitext(os.path.basename(path))[0])
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import statistics
-import sys
 
 from .errors import InputError, did_you_mean, show
 from .phases import paired

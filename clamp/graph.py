@@ -31,10 +31,9 @@ measured effect ratios (effects taken as independent; their joint edges show whe
 from __future__ import annotations
 
 import json
-import math
 import os
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import networkx as nx

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 from typing import Callable
 
 from .errors import InputError, did_you_mean, show
 from .runs import Run
-from .schema import Source, load_yaml
+from .schema import Source, load_yaml_file
 from .spec import Recipe, load_recipe, recipe_from_data, recipe_to_dict
 from .train import Trainer, atomic_write, list_checkpoints, load_checkpoint
 
@@ -26,11 +25,7 @@ PROBE_KEYS = ("subcircuits", "probes")
 def with_probes(recipe: Recipe, probes_path: str | os.PathLike) -> Recipe:
     """The run's recipe with the subcircuits and probes of a probes file added."""
     path = os.fspath(probes_path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise InputError(path, "", "no readable file", "a probes file (YAML)", e.strerror or "") from None
-    data, src = load_yaml(text, path)
+    data, src = load_yaml_file(path, "a probes file")
     if not isinstance(data, dict) or "probes" not in data:
         raise src.error((), show(data), "a mapping with probes: {name: [interventions]} (and optional subcircuits)")
     for k in data:

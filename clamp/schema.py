@@ -12,6 +12,8 @@ Field metadata understood by `build`:
 from __future__ import annotations
 
 import dataclasses
+import os
+import pathlib
 import re
 import types
 import typing
@@ -86,6 +88,17 @@ def quote_site_names(text: str) -> str:
             i += 1
         out.append("".join(buf))
     return "\n".join(out)
+
+
+def load_yaml_file(path: str | os.PathLike, what: str) -> tuple[Any, Source]:
+    """Read and parse a YAML file; a missing or unreadable one is an InputError naming `what`
+    ('a recipe file', 'a suite file', ...)."""
+    path = os.fspath(path)
+    try:
+        text = pathlib.Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise InputError(path, "", "no readable file", f"{what} (YAML)", e.strerror or "") from None
+    return load_yaml(text, path)
 
 
 def load_yaml(text: str, file: str = "") -> tuple[Any, Source]:

@@ -15,7 +15,7 @@ Register new sources with `@register_value`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -81,7 +81,7 @@ def register_value(cls: type[ValueSource]) -> type[ValueSource]:
 
 def get_value(name: str, *, ablation: bool = False) -> type[ValueSource]:
     pool = {k: v for k, v in VALUES.items() if v.ablation or not ablation}
-    if name not in pool:
+    if not isinstance(name, str) or name not in pool:
         what = "an ablation" if ablation else "a value source"
         raise InputError("", "", show(name), f"{what}: one of " + ", ".join(sorted(pool)),
                          did_you_mean(str(name), pool))

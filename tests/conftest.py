@@ -1,8 +1,6 @@
 """Shared helpers: tiny recipes that train in a fraction of a second."""
 from __future__ import annotations
 
-import os
-import sys
 
 import pytest
 import torch

@@ -146,7 +146,7 @@ interventions:
 
 @pytest.mark.parametrize("optimizer, wd", [("adam", 0.0), ("adam", 0.1), ("adamw", 0.1), ("sgd", 0.0)])
 def test_freeze_holds_bit_for_bit_then_learns_again(optimizer, wd):
-    r = tiny(f"""
+    r = tiny("""
 interventions:
   - freeze: blocks.0.attn.W_Q[2]
     steps: [5, 15]

@@ -105,11 +105,10 @@ def register_task(cls: type[Task]) -> type[Task]:
 
 
 def get_task(name: str) -> type[Task]:
-    try:
+    if isinstance(name, str) and name in TASKS:
         return TASKS[name]
-    except KeyError:
-        raise InputError("", "", show(name), "a task: one of " + ", ".join(sorted(TASKS)),
-                         did_you_mean(name, TASKS)) from None
+    raise InputError("", "", show(name), "a task: one of " + ", ".join(sorted(TASKS)),
+                     did_you_mean(str(name), TASKS))
 
 
 from . import fewshot, repeat_tokens  # noqa: E402,F401  (register the built-in tasks)
