@@ -32,13 +32,15 @@ class Edit:
     origin: tuple = ()              # key path of the intervention, e.g. ('interventions', 2)
     note: str = ""                  # how heads were chosen, for the plan
     name: str = ""                  # the intervention's name (the subcircuit it acts on)
+    state: str = ""                 # freezes: what happens to the optimizer state (hold | accumulate)
 
     def active(self, step: int) -> bool:
         return any(a <= step < b for a, b in self.windows)
 
     def describe(self) -> str:
         what = {"clamp": f"clamp to {self.source!r}", "ablate": f"ablate ({self.source!r})",
-                "freeze": "freeze", "preserve": "preserve (reference pass)"}[self.kind]
+                "freeze": f"freeze ({self.state} optimizer state)",
+                "preserve": "preserve (reference pass)"}[self.kind]
         if self.preserve:
             what += f", preserving later {' and '.join(self.preserve)}"
         via = f"  (via {self.label})" if self.label != str(self.site) else ""
@@ -135,7 +137,8 @@ def _resolve(path: tuple, iv: Intervention, recipe: Recipe, shape: S.ModelShape,
                 merged.setdefault(s.name, set()).update(s.heads)
     return [Edit(path[-1], iv.kind, iv.target,
                  S.Site(name, None if hs is None else tuple(sorted(hs)), infos[name]),
-                 source, iv.windows, iv.preserve, path, note, iv.name) for name, hs in merged.items()]
+                 source, iv.windows, iv.preserve, path, note, iv.name,
+                 iv.options.optimizer_state if iv.kind == "freeze" else "") for name, hs in merged.items()]
 
 
 def _preserved(e: Edit, shape: S.ModelShape) -> list[Edit]:
@@ -207,24 +210,31 @@ def _overlap(w1, w2) -> tuple[int, int] | None:
 
 def _check_conflicts(edits: list[Edit], recipe: Recipe) -> None:
     writers = [e for e in edits if e.kind not in ("freeze", "preserve")]
-    for j, b in enumerate(writers):
-        for a in writers[:j]:
-            if a.site.name != b.site.name or a.origin == b.origin:
-                continue
-            ha = set(a.site.heads) if a.site.heads is not None else None
-            hb = set(b.site.heads) if b.site.heads is not None else None
-            common = (ha & hb) if ha is not None and hb is not None else (ha or hb or {None})
-            if not common:
-                continue
-            when = _overlap(a.windows, b.windows)
-            if when is None:
-                continue
-            heads = sorted(h for h in common if h is not None)
-            where = S.head_name(a.site.name, tuple(heads) if heads else None)
+    freezes = [e for e in edits if e.kind == "freeze"]
+    pairs = [(a, b) for j, b in enumerate(writers) for a in writers[:j]]
+    pairs += [(a, b) for j, b in enumerate(freezes) for a in freezes[:j] if a.state != b.state]
+    for a, b in pairs:
+        if a.site.name != b.site.name or a.origin == b.origin:
+            continue
+        ha = set(a.site.heads) if a.site.heads is not None else None
+        hb = set(b.site.heads) if b.site.heads is not None else None
+        common = (ha & hb) if ha is not None and hb is not None else (ha or hb or {None})
+        if not common:
+            continue
+        when = _overlap(a.windows, b.windows)
+        if when is None:
+            continue
+        heads = sorted(h for h in common if h is not None)
+        where = S.head_name(a.site.name, tuple(heads) if heads else None)
+        if b.kind == "freeze":
             raise recipe.source.error(
-                b.origin, f"a second write to {where} during steps [{when[0]}, {when[1]})",
-                "at most one clamp or ablation per site and head at any step",
-                f"{format_path(a.origin)} already writes it there; give them disjoint steps or heads")
+                b.origin, f"a freeze of {where} with optimizer_state {b.state} during steps [{when[0]}, {when[1]})",
+                "one optimizer_state per parameter slice at any step",
+                f"{format_path(a.origin)} freezes it there with optimizer_state {a.state}")
+        raise recipe.source.error(
+            b.origin, f"a second write to {where} during steps [{when[0]}, {when[1]})",
+            "at most one clamp or ablation per site and head at any step",
+            f"{format_path(a.origin)} already writes it there; give them disjoint steps or heads")
 
 
 def _check_needs(edits: list[Edit], recipe: Recipe, shape: S.ModelShape) -> None:

@@ -11,12 +11,14 @@ two-pass affair, as in Singh et al.'s code: a reference pass with every active e
 the preserving ones records the later layers' patterns/values, and the real pass takes those
 sites from it (other clamps at those sites still win). Gradients flow through both passes.
 
-Freezes hold bit for bit under Adam/AdamW (moments and weight decay included): when a
-window opens, the slice and its optimizer state (exp_avg, exp_avg_sq, ...) are
-snapshotted; after every optimizer step inside the window both are written back. When
-the window closes the slice learns again from that state. (Adam's step counter is one
-per tensor, so a slice frozen from step 0 starts its bias correction at the tensor's
-count, not at 1.)
+Freezes hold values bit for bit under Adam/AdamW/SGD (weight decay included): when a
+window opens the slice's value is snapshotted and written back after every optimizer step
+inside the window. What happens to its optimizer state is the freeze's `optimizer_state`:
+`hold` (default) snapshots and restores the slice's moments and its own step count too
+(optim.py splits the tensor's count per element), so at release the slice continues as
+an optimizer that never saw the window (a fresh start if frozen from step 0);
+`accumulate` lets moments and count advance from the slice's gradients while its values
+are restored, so it is released with that history.
 
 Several Interveners may share one model (training plan, probe plans): the one used last
 must `attach()` before its forward passes; `forward` does that itself.
@@ -31,31 +33,32 @@ import torch
 from torch import Tensor, nn
 
 from .compile import Edit, Plan
+from .optim import STATE_KEYS
 from .tasks import Batch
 from .values import Context
 
-_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
 
 
 class _Frozen:
-    """One frozen slice: its parameter, head index, and snapshots of value and optimizer state."""
+    """One frozen slice: its parameter, head index, and snapshots of its value and (held) optimizer state."""
 
-    def __init__(self, p: nn.Parameter, heads: tuple[int, ...] | None, opt: torch.optim.Optimizer):
+    def __init__(self, p: nn.Parameter, heads: tuple[int, ...] | None, opt: torch.optim.Optimizer, hold: bool):
         self.p = p
         self.idx = slice(None) if heads is None else torch.tensor(heads)
         self.value = p.detach()[self.idx].clone()
-        st = opt.state.get(p, {})
-        self.state = {k: st[k][self.idx].clone() for k in _STATE_KEYS
-                      if isinstance(st.get(k), Tensor) and st[k].shape == p.shape}
+        self.state: dict[str, Tensor] = {}
+        if hold:
+            opt.split_step(p)                      # the slice keeps its own step count from here on
+            st = opt.state.get(p, {})
+            self.state = {k: st[k][self.idx].clone() for k in STATE_KEYS
+                          if isinstance(st.get(k), Tensor) and st[k].shape == p.shape}
 
     @torch.no_grad()
     def restore(self, opt: torch.optim.Optimizer) -> None:
         self.p[self.idx] = self.value
         st = opt.state.get(self.p, {})
-        for k in _STATE_KEYS:
-            t = st.get(k)
-            if isinstance(t, Tensor) and t.shape == self.p.shape:
-                t[self.idx] = self.state[k] if k in self.state else 0
+        for k, v in self.state.items():
+            st[k][self.idx] = v
 
 
 def _head_mask(e: Edit, n_heads: int) -> Tensor | None:
@@ -113,7 +116,8 @@ class Intervener:
                 del self._frozen[e]
         for e in want:
             if e not in self._frozen:
-                self._frozen[e] = _Frozen(self.model.get_parameter(e.site.name), e.site.heads, self.optimizer)
+                self._frozen[e] = _Frozen(self.model.get_parameter(e.site.name), e.site.heads, self.optimizer,
+                                          hold=e.state != "accumulate")
 
     def _build(self) -> None:
         active = self._active or ()

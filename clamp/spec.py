@@ -135,6 +135,14 @@ class Subcircuit:
 
 
 @dataclass(frozen=True)
+class FreezeOptions:
+    optimizer_state: Literal["hold", "accumulate"] = opt(
+        "hold", doc="hold: the slice's optimizer moments and step count are held with its values, so at release it "
+        "continues as if the window never happened (from step 0: a fresh start); accumulate: they advance from the "
+        "slice's gradients while its values are restored")
+
+
+@dataclass(frozen=True)
 class Intervention:
     kind: str                                  # clamp | ablate | freeze
     target: str                                # a subcircuit name or a site / parameter name
@@ -498,10 +506,8 @@ def _intervention(item, path, src, shape, subcircuits, steps) -> Intervention:
         opt_keys = {k: v for k, v in item.items() if k not in common}
         options = _source_options(cls, opt_keys, path, src, kind)
     else:
-        extra = [k for k in item if k not in common]
-        if extra:
-            raise src.error(path + (extra[0],), f"unknown key {extra[0]!r}", "freeze takes only freeze, steps, name",
-                            did_you_mean(str(extra[0]), ["steps", "name"]))
+        options = _source_options(FreezeOptions, {k: v for k, v in item.items() if k not in common}, path, src,
+                                  kind)
     _check_target(target, kind, cls(options) if source_key else None, path, src, shape, subcircuits)
     windows = _windows(item.get("steps"), path + ("steps",), src, steps)
     name = build(str, item.get("name", ""), path + ("name",), src)
@@ -514,15 +520,19 @@ def _intervention(item, path, src, shape, subcircuits, steps) -> Intervention:
 
 
 def _source_options(cls, keys: dict, path, src, kind):
+    """The options of a value source (`cls.Options`) or of a freeze (`cls` is FreezeOptions)."""
     import dataclasses
-    known = {f.name for f in dataclasses.fields(cls.Options)}
+    opts_cls = cls if cls is FreezeOptions else cls.Options
+    known = {f.name for f in dataclasses.fields(opts_cls)}
     for k in keys:
         if k not in known:
-            allowed = sorted(known | {"steps", "name", "to" if kind == "clamp" else "how"})
+            extra = {"steps", "name"} | ({"to" if kind == "clamp" else "how", "preserve"} if kind != "freeze" else set())
+            allowed = sorted(known | extra)
+            whose = "freeze" if cls is FreezeOptions else cls.name
             raise src.error(path + (k,), f"unknown key {k!r}",
-                            f"one of {', '.join(allowed)} (options of {cls.name}: {', '.join(sorted(known)) or 'none'})",
+                            f"one of {', '.join(allowed)} (options of {whose}: {', '.join(sorted(known)) or 'none'})",
                             did_you_mean(str(k), allowed))
-    return build_dataclass(cls.Options, keys, path, src)
+    return build_dataclass(opts_cls, keys, path, src)
 
 
 def _check_target(target, kind, source, ipath, src, shape, subcircuits) -> None:

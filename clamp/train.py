@@ -29,6 +29,7 @@ from typing import Callable
 
 import torch
 
+from . import optim
 from .compile import Plan, compile_plan
 from .errors import InputError, RunError
 from .hooks import Intervener
@@ -72,12 +73,7 @@ def read_metrics(path: Path) -> list[dict]:
 
 def make_optimizer(recipe: Recipe, model: Transformer) -> torch.optim.Optimizer:
     t = recipe.train
-    params = list(model.parameters())
-    if t.optimizer == "adam":
-        return torch.optim.Adam(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, fused=True)
-    if t.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=t.lr, betas=t.betas, weight_decay=t.weight_decay, fused=True)
-    return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
+    return optim.make_optimizer(t.optimizer, model.parameters(), t.lr, t.betas, t.weight_decay)
 
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

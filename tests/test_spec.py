@@ -50,7 +50,7 @@ BAD = [
      "t.yaml:8: interventions[0].clamp: found 'blocks.1.attn.hook_z[3]'; expected a site previous_token applies "
      "to (*.hook_pattern)"),
     ("interventions:\n  - clamp: prev_token\n    to: previous_token\n    strenght: 0.9\n",
-     "t.yaml:10: interventions[0].strenght: found unknown key 'strenght'; expected one of name, rows, steps, "
+     "t.yaml:10: interventions[0].strenght: found unknown key 'strenght'; expected one of name, preserve, rows, steps, "
      "strength, to (options of previous_token: rows, strength); did you mean 'strength'?"),
     ("interventions:\n  - clamp: prev_token\n    to: previous_token\n    strength: 1.5\n",
      "t.yaml:10: interventions[0].strength: found 1.5; expected a number in [0.0, 1.0]"),
