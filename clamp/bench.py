@@ -36,9 +36,11 @@ from typing import Any, Callable, Sequence
 from .errors import InputError, did_you_mean, show
 from .phases import column_value
 from .pool import Job, Outcome, available_cores, run_jobs
-from .schema import Source, build, dump_yaml, load_yaml, load_yaml_file
+from .schema import Source, build, dump_yaml, load_yaml, load_yaml_file, parse_key_path, read_text
 from .spec import Recipe, apply_override, dump_recipe, parse_recipe, resolve_extends
-from .train import atomic_write, check_dir, train_seed
+from . import budget, store
+from .store import atomic_write, read_json, read_metrics, write_json
+from .train import check_dir, train_seed
 
 SUITE_KEYS = ("name", "base", "seeds", "variants", "grid", "set", "expect")
 EXPECT_KEYS = ("name", "ratio", "difference", "value", "of", "below", "above", "between", "abs", "require")
@@ -186,24 +188,26 @@ def _base(value, src: Source, path: tuple = ("base",)) -> tuple[dict, Source]:
     if isinstance(value, str):
         p = Path(src.file).parent / value if src.file else Path(value)
         try:
-            text = p.read_text(encoding="utf-8")
-        except OSError:
-            raise src.error(path, show(value), "a recipe path relative to the suite file",
-                            f"no file at {p}") from None
+            text = read_text(p, "a recipe file")
+        except InputError as e:
+            raise src.error(path, show(value), f"{e.expected} (relative to the suite file)",
+                            f"{e.where}: {e.found}") from None
         data, bsrc = load_yaml(text, str(p))
+        if data is not None and not isinstance(data, dict):
+            raise bsrc.error((), show(data), "a recipe: a mapping of recipe keys")
         data, bsrc = resolve_extends(data or {}, bsrc, str(p))
         return data, bsrc
     if isinstance(value, dict):
         n = len(path)
         lines = {k[n:]: v for k, v in src.lines.items() if k[:n] == path}
         return copy.deepcopy(value), Source(src.file, lines)
-    raise src.error(("base",), show(value), "a recipe path or an inline recipe mapping")
+    raise src.error(path, show(value), "a recipe path or an inline recipe mapping")
 
 
 def _merge(data: dict, overrides: dict, where: tuple, suite_src: Source, run_src: Source) -> None:
     """Apply overrides (nested mappings merge, key.path keys address inside) to recipe data."""
     for key, value in overrides.items():
-        path = [int(p) if p.isdecimal() else p for p in str(key).split(".")]
+        path = parse_key_path(str(key), suite_src.where(where + (key,)))
         node = data
         for p in path[:-1]:
             if isinstance(node, dict):
@@ -336,13 +340,29 @@ class SuiteResult:
 
 
 def run_suite(suite: Suite, out: str | os.PathLike, *, workers: int | None = None, backend: str = "local",
-              address: str | None = None, progress: Callable[[dict], None] | None = None) -> SuiteResult:
+              address: str | None = None, progress: Callable[[dict], None] | None = None,
+              fresh: bool = False, max_memory: float | None = None) -> SuiteResult:
+    """Run every variant × grid point × seed of a suite into `out` (resuming what is there).
+
+    Refused before anything is written (InputError) when a run's memory estimate is above
+    `max_memory`, when `out` is another process's or not clamp's, or when a run directory holds a
+    different recipe; `fresh` first deletes `out`'s contents (only if clamp made it)."""
     out = Path(out)
     runs = suite.runs()
+    for recipe in suite.recipes.values():
+        budget.check(recipe, max_memory)
     dirs = {(r.id, r.seed): out / "runs" / r.id / f"seed_{r.seed}" for r in runs}
-    for r in runs:                                     # refuse before anything is written
-        check_dir(dirs[r.id, r.seed], dump_recipe(replace(r.recipe, seeds=(r.seed,))))
-    out.mkdir(parents=True, exist_ok=True)
+    emit = progress or (lambda ev: None)
+    with store.writer(out, "suite", fresh=fresh) as held:
+        if held["deleted"]:
+            emit({"event": "deleted", "dir": str(out), "files": held["deleted"]})
+        for r in runs:                                     # refuse before anything is written
+            check_dir(dirs[r.id, r.seed], dump_recipe(replace(r.recipe, seeds=(r.seed,))))
+        return _run_suite(suite, out, runs, dirs, workers, backend, address, progress)
+
+
+def _run_suite(suite: Suite, out: Path, runs: list[RunSpec], dirs: dict, workers, backend, address,
+               progress) -> SuiteResult:
     atomic_write(out / "suite.yaml", dump_yaml(suite.data))
     jobs = [Job((r.id, r.seed), _train_job, (r.recipe, r.seed, str(dirs[r.id, r.seed]), f"{r.id}/seed_{r.seed}",
                                              extensions_for(r.recipe)),
@@ -361,16 +381,27 @@ def run_suite(suite: Suite, out: str | os.PathLike, *, workers: int | None = Non
         run_jobs_ray(jobs, address=address, on_event=progress, on_done=finished)
     else:
         run_jobs(jobs, workers or available_cores(), on_event=progress, on_done=finished)
-    return write_results(suite, out, runs, done)
+    for r in runs:                                     # a run whose worker died still has a summary
+        o = done.get((r.id, r.seed))
+        d = dirs[r.id, r.seed]
+        if o is not None and o.error is not None and d.is_dir() and (read_json(d / "summary.json") or {}).get(
+                "status") in (None, "ok"):
+            write_json(d / "summary.json", {"name": r.recipe.name, "seed": r.seed, "status": "failed",
+                                            "error": o.error})
+    res = write_results(suite, out, runs, done)
+    from .report import plot_curves, suite_curves
+    curves = suite_curves(res)
+    if any(curves.values()):
+        plot_curves(curves, out / "loss_curves.png", title=f"suite {suite.name}")
+    return res
 
 
 def load_results(path: str | os.PathLike) -> SuiteResult:
     """Re-read a suite directory (suite.yaml + each run's summary.json) without running anything."""
-    from .train import read_json
     d = Path(path)
     if not (d / "suite.yaml").exists():
         raise InputError(str(d), "", "no suite.yaml", "a directory written by `clamp bench`")
-    data, src = load_yaml((d / "suite.yaml").read_text(encoding="utf-8"), str(d / "suite.yaml"))
+    data, src = load_yaml_file(d / "suite.yaml", "a suite file")
     suite = suite_from_data(data, src)
     runs = suite.runs()
     done = {}
@@ -388,7 +419,6 @@ def _at_columns(suite: Suite) -> set[str]:
 
 
 def result_rows(runs: list[RunSpec], done: dict, at: set[str] = frozenset(), base: Path | None = None) -> list[dict]:
-    from .train import read_metrics
     rows = []
     for r in runs:
         o = done.get((r.id, r.seed))

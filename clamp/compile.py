@@ -170,7 +170,7 @@ def select_heads(sel: Selection, shape: S.ModelShape, seed: int, measured: dict 
         row = measured
         origin = f"measured at step {row.get('step')}"
     else:
-        from .train import read_metrics
+        from .store import read_metrics
         run = Path(sel.run.replace("{seed}", str(seed)))
         rows = read_metrics(run / "metrics.jsonl")
         if not rows:

@@ -39,7 +39,7 @@ def subcircuit_heads(recipe, name: str, last_row: dict | None) -> tuple[int, tup
 
 def subcircuit_composition(variant, names: list[str]) -> list[dict]:
     from .model import build_model
-    from .train import list_checkpoints, load_checkpoint, read_metrics
+    from .store import list_checkpoints, load_checkpoint, read_metrics
     recipe = variant.recipe
     shape = recipe.shape()
     base = composition_baseline(shape)

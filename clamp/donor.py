@@ -31,7 +31,7 @@ def load_donor(run_dir: str, step: int = -1) -> Donor:
     from .hooks import Intervener
     from .model import build_model
     from .spec import load_recipe
-    from .train import list_checkpoints, load_checkpoint
+    from .store import list_checkpoints, load_checkpoint
     d = Path(run_dir)
     if not (d / "recipe.yaml").exists():
         raise InputError(str(d), "", "no recipe.yaml", "a run directory written by `clamp run` (for graft)")

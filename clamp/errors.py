@@ -64,18 +64,38 @@ class InputError(Exception):
     hint: str = ""      # a did-you-mean or a fix
 
     def __str__(self) -> str:
-        head = f"{self.where}: " if self.where else ""
-        path = f"{self.path}: " if self.path else ""
-        hint = f"; {self.hint}" if self.hint else ""
-        text = f"{head}{path}found {self.found}; expected {self.expected}{hint}"
-        # one line, whatever the input held (a key or value with a newline or a control character)
-        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        # one line of bounded length, whatever the input held (newlines, control characters, a
+        # 10,000-character key): each part is shortened in the middle until the whole fits
+        parts = [_printable(x) for x in (self.where, self.path, self.found, self.expected, self.hint)]
+        caps = [(0, 80), (1, 60), (2, 70), (4, 80), (3, 120), (0, 50), (1, 40), (4, 40), (2, 50), (3, 90)]
+        for i, cap in caps:
+            if len(_join(parts)) <= MAX_MESSAGE:
+                break
+            parts[i] = _middle(parts[i], cap)
+        return _join(parts)
 
     def at(self, where: str) -> "InputError":
         """The same error, located at `where` if it was not located yet."""
         if not self.where:
             self.where = where
         return self
+
+
+MAX_MESSAGE = 300          # characters in one error line
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def _middle(text: str, cap: int) -> str:
+    return text if len(text) <= cap else text[:cap * 2 // 3 - 2] + "..." + text[-(cap - cap * 2 // 3 - 1):]
+
+
+def _join(parts: list[str]) -> str:
+    where, path, found, expected, hint = parts
+    return ((f"{where}: " if where else "") + (f"{path}: " if path else "") + f"found {found}; expected {expected}"
+            + (f"; {hint}" if hint else ""))
 
 
 def did_you_mean(found: str, candidates: Iterable[str]) -> str:

@@ -194,11 +194,18 @@ class Graph:
     # -- files ---------------------------------------------------------------------------
 
     def save(self, out: str | os.PathLike) -> dict[str, Path]:
+        """graph.json (node-link), graph.graphml and graph.png in `out`, each written atomically
+        while holding `out` (one writer per directory)."""
+        from .store import writer
         out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        with writer(out, "graph", what=str(out)):
+            return self._save(out)
+
+    def _save(self, out: Path) -> dict[str, Path]:
+        from .store import atomic_save, atomic_write
         data = nx.node_link_data(self.g, edges="edges")
         paths = {"json": out / "graph.json", "graphml": out / "graph.graphml", "png": out / "graph.png"}
-        paths["json"].write_text(json.dumps(data, indent=1, default=_jsonable), encoding="utf-8")
+        atomic_write(paths["json"], json.dumps(data, indent=1, default=_jsonable))
         flat = nx.MultiDiGraph()
         flat.graph.update({k: json.dumps(v, default=_jsonable) for k, v in self.g.graph.items()})
         for n, d in self.g.nodes(data=True):
@@ -207,7 +214,7 @@ class Graph:
         for a, b, k, d in self.g.edges(keys=True, data=True):
             flat.add_edge(a, b, key=k, **{kk: v if isinstance(v, (str, int, float, bool)) else
                                           json.dumps(v, default=_jsonable) for kk, v in d.items() if v is not None})
-        nx.write_graphml(flat, paths["graphml"])
+        atomic_save(paths["graphml"], lambda tmp: nx.write_graphml(flat, tmp))
         self.draw(paths["png"])
         return paths
 
@@ -281,7 +288,8 @@ class Graph:
         ax.set_title(f"subcircuit graph ({condition}): effect of clamping each subcircuit to its ideal on "
                      "each phase change (green: earlier, red: later; [the clamped run])", fontsize=10)
         fig.tight_layout()
-        fig.savefig(png, dpi=110)
+        from .store import atomic_save
+        atomic_save(png, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
         plt.close(fig)
         return Path(png)
 
@@ -335,7 +343,7 @@ def _sites(label: str, r: Recipe) -> dict:
 
 def _fits(v: Variant, behaviour: str) -> dict:
     """Per seed: the logistic fit's midpoint and interval for the behaviour's column, if computed."""
-    from .train import read_json
+    from .store import read_json
     col = behaviour.split(":")[1]
     out = {}
     for r in v.rows:

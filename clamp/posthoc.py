@@ -9,7 +9,6 @@ run's own interventions active at that step, then each probe on top), so a probe
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Callable
 
@@ -17,7 +16,8 @@ from .errors import InputError, did_you_mean, show
 from .runs import Run
 from .schema import Source, load_yaml_file
 from .spec import Recipe, load_recipe, recipe_from_data, recipe_to_dict
-from .train import Trainer, atomic_write, list_checkpoints, load_checkpoint
+from .store import atomic_write, dumps, list_checkpoints, load_checkpoint, writer
+from .train import Trainer
 
 PROBE_KEYS = ("subcircuits", "probes")
 
@@ -63,6 +63,7 @@ def probe_run(run_dir: str | os.PathLike, probes_path: str | os.PathLike,
             rows.append(trainer.evaluate(probes=True))
             if progress:
                 progress({"event": "eval", "seed": seed, "step": step, "steps": ckpts[-1][0]})
-        atomic_write(sr.dir / "probes.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        with writer(sr.dir, "seed run", what=str(sr.dir)):
+            atomic_write(sr.dir / "probes.jsonl", "".join(dumps(r) + "\n" for r in rows))
         out[seed] = rows
     return out

@@ -116,7 +116,7 @@ def suite_text(res) -> str:
 
 def suite_curves(res, column: str = "loss") -> dict[str, dict[int, tuple[list, list]]]:
     """variant[grid] → seed → (steps, values) read from each run's metrics.jsonl."""
-    from .train import read_metrics
+    from .store import read_metrics
     out: dict = {}
     for r in res.rows:
         rows = read_metrics(Path(res.dir) / "runs" / r["run"] / f"seed_{r['seed']}" / "metrics.jsonl")
@@ -166,27 +166,33 @@ def plot_curves(curves: dict, path: Path, title: str = "", ylabel: str = "train 
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    from .store import atomic_save
+    try:
+        atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
+    return Path(path)
 
 
 def cli_report(args) -> int:
     """`clamp report DIR`: re-render a suite's report.md and curves, or summarise a run directory."""
     from .bench import load_results
     from .runs import Run
+    from .errors import InputError
+    from .store import atomic_write, writer
     d = Path(args.dir)
+    if not d.is_dir():
+        raise InputError(str(d), "", "no such directory", "a directory written by `clamp run` or `clamp bench`")
     if (d / "results.csv").exists():
         res = load_results(d)
-        (d / "report.md").write_text(suite_markdown(res), encoding="utf-8")
-        png = plot_curves(suite_curves(res), d / "loss_curves.png", title=res.suite.name)
+        with writer(d, "suite", what=str(d)):
+            atomic_write(d / "report.md", suite_markdown(res))
+            png = plot_curves(suite_curves(res), d / "loss_curves.png", title=res.suite.name)
         print(suite_text(res))
         print(f"wrote {d / 'report.md'} and {png}")
         return 0
     run = Run.load(d)
     if not run.seeds:
-        from .errors import InputError
         raise InputError(str(d), "", "no run or suite here (no summary.json, no results.csv)",
                          "a directory written by `clamp run` or `clamp bench`")
     curves = {run.name: {s: ([r["step"] for r in sr.metrics], [r["loss"] for r in sr.metrics])
@@ -198,6 +204,7 @@ def cli_report(args) -> int:
                  if isinstance(v, dict)]
         rows.append([s, sr.status, sr.summary.get("final", {}).get("loss"), "; ".join(cells)])
     print(table(["seed", "status", "final loss", "phase changes"], rows))
-    png = plot_curves(curves, d / "loss_curves.png", title=run.name)
+    with writer(d, "run", what=str(d)):
+        png = plot_curves(curves, d / "loss_curves.png", title=run.name)
     print(f"wrote {png}")
     return 0

@@ -7,18 +7,18 @@ sub-directory `seed_<s>/` per seed. `Run.load(DIR)` reads any such directory bac
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+from . import budget, store
 from .compile import compile_plan
 from .pool import Job, available_cores, run_jobs
 from .spec import Recipe, dump_recipe, load_recipe
-from .train import atomic_write, check_dir, read_json, read_metrics, train_seed
+from .store import atomic_write, read_json, read_metrics, write_json
+from .train import check_dir, train_seed
 
 
 @dataclass
@@ -73,7 +73,8 @@ def seed_dir(out: Path, recipe: Recipe, seed: int) -> Path:
 
 
 def aggregate(recipe: Recipe, summaries: dict[int, dict]) -> dict:
-    """The recipe-level summary: per-seed phase steps and their median and range."""
+    """The recipe-level summary: per-seed phase steps and their median and range; status 'ok'
+    only when there is at least one seed and every seed finished."""
     phases: dict = {}
     for col, rules in recipe.phases.items():
         for rule in rules:
@@ -85,41 +86,55 @@ def aggregate(recipe: Recipe, summaries: dict[int, dict]) -> dict:
                 "median": statistics.median(got) if got else None,
                 "min": min(got) if got else None, "max": max(got) if got else None,
                 "n_changed": len(got), "n": len(steps)}
-    status = "ok" if all(sm.get("status") == "ok" for sm in summaries.values()) else "failed"
-    return {"name": recipe.name, "status": status, "seeds": {str(s): sm for s, sm in summaries.items()},
-            "phases": phases}
+    ok = bool(summaries) and all(sm.get("status") == "ok" for sm in summaries.values())
+    failed = sorted(s for s, sm in summaries.items() if sm.get("status") != "ok")
+    return {"name": recipe.name, "status": "ok" if ok else "failed",
+            **({"error": f"seed(s) {', '.join(map(str, failed))} failed: see seed_<s>/summary.json"}
+               if failed else {}),
+            "seeds": {str(s): sm for s, sm in summaries.items()}, "phases": phases}
 
 
 def run(recipe: Recipe | str | os.PathLike, out: str | os.PathLike | None = None, *,
         workers: int | None = None, progress: Callable[[dict], None] | None = None,
-        fresh: bool = False) -> Run:
-    """Train every seed of `recipe` into `out` (default runs/<name>); resumes what is there."""
+        fresh: bool = False, max_memory: float | None = None) -> Run:
+    """Train every seed of `recipe` into `out` (default runs/<name>); resumes what is there.
+
+    Refused (InputError, nothing written) when the recipe's plan has conflicts, when its memory
+    estimate is above `max_memory` bytes (default: half this machine's memory; math.inf lifts it),
+    or when `out` is not a directory clamp may write (another process's, or one clamp did not
+    make). A seed that fails still has its summary.json (status 'failed', the reason, error.log)."""
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     out = Path(out) if out is not None else Path("runs") / recipe.name
     compile_plan(recipe)                                   # reject conflicts before touching disk
-    if fresh and out.exists():
-        shutil.rmtree(out)
-    for seed in recipe.seeds:
-        check_dir(seed_dir(out, recipe, seed), dump_recipe(replace(recipe, seeds=(seed,))))
-    if len(recipe.seeds) > 1:
-        check_dir(out, dump_recipe(recipe))
-    out.mkdir(parents=True, exist_ok=True)
-    if len(recipe.seeds) > 1:
-        atomic_write(out / "recipe.yaml", dump_recipe(recipe))
-        atomic_write(out / "plan.txt", compile_plan(recipe).text() + "\n")
-    jobs = [Job(seed, train_seed, (recipe, seed, seed_dir(out, recipe, seed)), recipe.train.threads)
-            for seed in recipe.seeds]
-    workers = workers or min(available_cores(), len(jobs))
-    outcomes = run_jobs(jobs, workers, on_event=progress)
-    summaries = {}
-    for o in outcomes:
-        if o.error is not None:
-            summaries[o.key] = {"seed": o.key, "status": "failed", "error": o.error}
-            if progress:
-                progress({"event": "done", "seed": o.key, "status": "failed", "error": o.error})
-        else:
-            summaries[o.key] = o.value
-    if len(recipe.seeds) > 1:
-        atomic_write(out / "summary.json", json.dumps(aggregate(recipe, summaries), indent=1) + "\n")
+    budget.check(recipe, max_memory)
+    emit = progress or (lambda ev: None)
+    with store.writer(out, "run", fresh=fresh) as held:
+        if held["deleted"]:
+            emit({"event": "deleted", "dir": str(out), "files": held["deleted"]})
+        for seed in recipe.seeds:
+            check_dir(seed_dir(out, recipe, seed), dump_recipe(replace(recipe, seeds=(seed,))))
+        if len(recipe.seeds) > 1:
+            check_dir(out, dump_recipe(recipe))
+            atomic_write(out / "recipe.yaml", dump_recipe(recipe))
+            atomic_write(out / "plan.txt", compile_plan(recipe).text() + "\n")
+        jobs = [Job(seed, train_seed, (recipe, seed, seed_dir(out, recipe, seed)), recipe.train.threads)
+                for seed in recipe.seeds]
+        workers = workers or min(available_cores(), len(jobs))
+        outcomes = run_jobs(jobs, workers, on_event=progress)
+        summaries = {}
+        for o in outcomes:
+            if o.error is None:
+                summaries[o.key] = o.value
+                continue
+            d = seed_dir(out, recipe, o.key)                # the worker died: its summary says so
+            sm = read_json(d / "summary.json")
+            if not sm or sm.get("status") == "ok" or sm.get("name") is None:
+                sm = {"name": recipe.name, "seed": o.key, "status": "failed", "error": o.error}
+                if d.is_dir():
+                    write_json(d / "summary.json", sm)
+            summaries[o.key] = sm
+            emit({"event": "done", "seed": o.key, "status": "failed", "error": o.error})
+        if len(recipe.seeds) > 1:
+            write_json(out / "summary.json", aggregate(recipe, summaries))
     return Run.load(out)

@@ -15,6 +15,7 @@ import dataclasses
 import os
 import pathlib
 import re
+import stat
 import types
 import typing
 from dataclasses import dataclass, field
@@ -90,21 +91,82 @@ def quote_site_names(text: str) -> str:
     return "\n".join(out)
 
 
-def load_yaml_file(path: str | os.PathLike, what: str) -> tuple[Any, Source]:
-    """Read and parse a YAML file; a missing or unreadable one is an InputError naming `what`
-    ('a recipe file', 'a suite file', ...)."""
+# Bounds on what is read: every input file, whatever it holds, is read in bounded time and memory.
+MAX_FILE_BYTES = 1 << 20          # 1 MiB; recipes and suites are a few kB
+MAX_DEPTH = 64                    # nested mappings/lists
+MAX_VALUES = 100_000              # values after YAML aliases are expanded ("billion laughs")
+MAX_INT_DIGITS = 20               # integers beyond int64 mean nothing in a recipe
+_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+
+
+def read_text(path: str | os.PathLike, what: str) -> str:
+    """The text of a regular UTF-8 file of at most MAX_FILE_BYTES; InputError (located at the file)
+    otherwise. Never blocks: FIFOs, devices and directories are refused before they are read."""
     path = os.fspath(path)
+    shown = path if len(path) <= 120 else path[:55] + "..." + path[-55:]
+    if "\x00" in path:
+        raise InputError(repr(shown)[1:-1], "", "a path with a NUL byte", f"{what} path")
     try:
-        text = pathlib.Path(path).read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except (OSError, ValueError) as e:
+        raise InputError(shown, "", "no readable file", f"{what} (YAML)", getattr(e, "strerror", "") or "") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(shown, "", _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file"),
+                             f"{what}: a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise InputError(shown, "", f"a file of {st.st_size:,} bytes",
+                             f"{what} of at most {MAX_FILE_BYTES:,} bytes")
+        chunks, size = [], 0
+        while size <= MAX_FILE_BYTES:
+            b = os.read(fd, MAX_FILE_BYTES + 1 - size)
+            if not b:
+                break
+            chunks.append(b)
+            size += len(b)
+        data = b"".join(chunks)
     except OSError as e:
-        raise InputError(path, "", "no readable file", f"{what} (YAML)", e.strerror or "") from None
-    return load_yaml(text, path)
+        raise InputError(shown, "", "a file that cannot be read", f"{what} (YAML)", e.strerror or "") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_FILE_BYTES:
+        raise InputError(shown, "", f"a file of more than {MAX_FILE_BYTES:,} bytes",
+                         f"{what} of at most {MAX_FILE_BYTES:,} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise InputError(f"{shown}:{line}", "", f"a byte that is not UTF-8 (0x{data[e.start]:02x} at column {col})",
+                         f"{what} in UTF-8 text") from None
+
+
+def load_yaml_file(path: str | os.PathLike, what: str) -> tuple[Any, Source]:
+    """Read and parse a YAML file; a missing, unreadable, oversized or non-regular one is an
+    InputError naming `what` ('a recipe file', 'a suite file', ...)."""
+    return load_yaml(read_text(path, what), os.fspath(path))
 
 
 def load_yaml(text: str, file: str = "") -> tuple[Any, Source]:
-    """Parse YAML into plain Python data and a Source of line numbers; InputError on bad YAML."""
+    """Parse YAML into plain Python data and a Source of line numbers; InputError on bad YAML.
+
+    Plain YAML only: tags (`!!python/...`, `!foo`, `!!binary`) are refused where they stand; merge
+    keys (`<<: *base`) merge; dates stay the strings they were written as. Nesting, alias
+    expansion and integer size are bounded (MAX_DEPTH, MAX_VALUES, MAX_INT_DIGITS)."""
+    text = quote_site_names(text)
     try:
-        node = yaml.compose(quote_site_names(text), Loader=yaml.SafeLoader)
+        depth = 0
+        for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_DEPTH:
+                    raise InputError(f"{file}:{ev.start_mark.line + 1}", "", f"nesting deeper than {MAX_DEPTH} levels",
+                                     f"at most {MAX_DEPTH} nested mappings and lists")
+            elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -114,29 +176,101 @@ def load_yaml(text: str, file: str = "") -> tuple[Any, Source]:
     src = Source(file=file)
     if node is None:
         return None, src
-    return _convert(node, (), src), src
+    return _Converter(src).convert(node, (), 0), src
 
 
-def _convert(node: yaml.Node, path: Path, src: Source, loader: yaml.SafeLoader | None = None) -> Any:
-    loader = loader or yaml.SafeLoader("")
-    src.lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
+_STD = "tag:yaml.org,2002:"
+_SCALAR_TAGS = {_STD + t for t in ("str", "int", "float", "bool", "null")}
+
+
+class _Converter:
+    """YAML nodes → plain data, with every key path's line, within the bounds above."""
+
+    def __init__(self, src: Source):
+        self.src = src
+        self.loader = yaml.SafeLoader("")
+        self.values = 0
+
+    def error(self, node: yaml.Node, path: Path, found: str, expected: str, hint: str = "") -> InputError:
+        return InputError(f"{self.src.file}:{node.start_mark.line + 1}", format_path(path), found, expected, hint)
+
+    def convert(self, node: yaml.Node, path: Path, depth: int) -> Any:
+        self.values += 1
+        if self.values > MAX_VALUES:
+            raise self.error(node, path, f"aliases that expand to more than {MAX_VALUES:,} values",
+                             "a document of ordinary size", "write the values out, or alias less")
+        if depth > MAX_DEPTH:
+            raise self.error(node, path, f"nesting deeper than {MAX_DEPTH} levels (through aliases)",
+                             f"at most {MAX_DEPTH} nested mappings and lists")
+        self.src.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            self._tag(node, path, _STD + "map")
+            return self._mapping(node, path, depth)
+        if isinstance(node, yaml.SequenceNode):
+            self._tag(node, path, _STD + "seq")
+            return [self.convert(v, path + (i,), depth + 1) for i, v in enumerate(node.value)]
+        if node.tag == _STD + "timestamp":
+            return node.value                          # a date is kept as the text written
+        self._tag(node, path, *_SCALAR_TAGS)
+        if node.tag == _STD + "int" and sum(c.isdigit() for c in node.value) > MAX_INT_DIGITS:
+            raise self.error(node, path, f"an integer of {sum(c.isdigit() for c in node.value):,} digits",
+                             f"a number of at most {MAX_INT_DIGITS} digits")
+        return self.loader.construct_object(node)
+
+    def _tag(self, node: yaml.Node, path: Path, *allowed: str) -> None:
+        if node.tag not in allowed:
+            tag = node.tag.replace(_STD, "!!")
+            raise self.error(node, path, f"the tag {tag[:60]!r}", "plain YAML (no tags)",
+                             "remove the tag; clamp never constructs objects from YAML")
+
+    def _mapping(self, node: yaml.MappingNode, path: Path, depth: int) -> dict:
         out: dict = {}
+        merges = []
         for knode, vnode in node.value:
-            key = _convert(knode, path, src, loader)
-            if isinstance(key, (list, dict)) or key is None:
-                raise InputError(f"{src.file}:{knode.start_mark.line + 1}", format_path(path),
-                                 "a key that is not a plain name", "keys that are names")
+            if knode.tag == _STD + "merge":
+                merges.append(vnode)
+                continue
+            if not isinstance(knode, yaml.ScalarNode):
+                raise self.error(knode, path, "a key that is not a plain name", "keys that are names")
+            key = self.convert(knode, path, depth + 1)
+            if key is None:
+                raise self.error(knode, path, "a key that is not a plain name", "keys that are names")
             key = key if isinstance(key, (int, bool)) else str(key)
             if key in out:
-                raise InputError(f"{src.file}:{knode.start_mark.line + 1}", format_path(path + (key,)),
-                                 f"the key {key!r} a second time", "each key once")
-            src.lines[path + (key,)] = knode.start_mark.line + 1
-            out[key] = _convert(vnode, path + (key,), src, loader)
+                raise self.error(knode, path + (key,), f"the key {key!r} a second time", "each key once")
+            self.src.lines[path + (key,)] = knode.start_mark.line + 1
+            out[key] = self.convert(vnode, path + (key,), depth + 1)
+        for vnode in merges:                           # `<<: *base` or `<<: [*a, *b]`: explicit keys win
+            sources = vnode.value if isinstance(vnode, yaml.SequenceNode) else [vnode]
+            for m in sources:
+                if not isinstance(m, yaml.MappingNode):
+                    raise self.error(m, path, "a merge key (<<) whose value is not a mapping",
+                                     "<<: *anchor of a mapping (or a list of them)")
+                real, self.src = self.src, Source(self.src.file)      # lines of keys that win only
+                try:
+                    merged = self._mapping(m, path, depth + 1)
+                finally:
+                    scratch, self.src = self.src, real
+                for k, v in merged.items():
+                    if k not in out:
+                        out[k] = v
+                        n = len(path) + 1
+                        for p, line in scratch.lines.items():
+                            if len(p) >= n and p[:n] == path + (k,):
+                                self.src.lines[p] = line
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_convert(v, path + (i,), src, loader) for i, v in enumerate(node.value)]
-    return loader.construct_object(node)
+
+
+def parse_key_path(text: str, where: str) -> list[str | int]:
+    """'interventions.0.steps' → ['interventions', 0, 'steps']: ASCII digits (at most 9) are list
+    indices, anything else a key. InputError (at `where`) for an empty part."""
+    parts: list[str | int] = []
+    for p in str(text).split("."):
+        if not p:
+            raise InputError(where, "", show(text), "a key path like train.lr or interventions.0.steps",
+                             "no empty parts between dots")
+        parts.append(int(p) if p.isascii() and p.isdigit() and len(p) <= 9 else p)
+    return parts
 
 
 def dump_yaml(data: Any) -> str:

@@ -17,22 +17,25 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
-import yaml
-
 from . import sites as S
 from .errors import InputError, did_you_mean, format_path, show
 from .schema import (Source, build, build_dataclass, dump_yaml, load_yaml, load_yaml_file, non_negative, opt,
-                     positive, unbuild)
+                     parse_key_path, positive, read_text, unbuild)
 from .tasks import TASKS, TaskIO, get_task
 from .values import VALUES, get_value
 
 KINDS = ("clamp", "ablate", "freeze")
+# Bounds that keep checking a recipe fast whatever it says (sizes are bounded by budget.py's
+# memory estimate, which a flag can lift; these no flag lifts).
+MAX_LAYERS, MAX_HEADS, MAX_STEPS = 1024, 1024, 10 ** 9
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    layers: int = opt(2, check=positive, doc="transformer blocks")
-    heads: int = opt(8, check=positive, doc="attention heads per block")
+    layers: int = opt(2, check=lambda v: None if 0 < v <= MAX_LAYERS else f"a number in 1..{MAX_LAYERS}",
+                      doc="transformer blocks")
+    heads: int = opt(8, check=lambda v: None if 0 < v <= MAX_HEADS else f"a number in 1..{MAX_HEADS}",
+                     doc="attention heads per block")
     d_model: int = opt(64, check=positive, doc="residual stream width")
     d_head: int = opt(0, check=non_negative, doc="per-head width (0: d_model / heads)")
     attn_only: bool = opt(True, doc="no MLPs")
@@ -57,7 +60,8 @@ EvalEvery = int | tuple[tuple[int, int], ...]
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = opt(2000, check=positive, doc="optimizer steps")
+    steps: int = opt(2000, check=lambda v: None if 0 < v <= MAX_STEPS else f"a number in 1..{MAX_STEPS:,}",
+                     doc="optimizer steps")
     batch: int = opt(32, check=positive, doc="sequences per step")
     optimizer: Literal["adam", "adamw", "sgd"] = opt("adam", doc="optimizer")
     lr: float = opt(1e-3, check=positive, doc="learning rate (constant)")
@@ -84,14 +88,16 @@ class TrainConfig:
             return ("eval_every", "[[0, every], [from_step, every], ...] with rising from_steps and every > 0")
         return None
 
-    def eval_steps(self) -> list[int]:
-        """Steps (0..steps) at which the model is evaluated; always includes 0 and steps."""
+    def is_eval_step(self, step: int) -> bool:
+        """Whether the model is evaluated after `step` updates: 0, the last step, and the schedule's."""
+        if step == 0 or step == self.steps:
+            return True
         ee = self.eval_every if not isinstance(self.eval_every, int) else ((0, self.eval_every),)
-        out: set[int] = {0, self.steps}
         for i, (a, every) in enumerate(ee):
             b = ee[i + 1][0] if i + 1 < len(ee) else self.steps
-            out.update(range(a, min(b, self.steps), every))
-        return sorted(out)
+            if a <= step < b:
+                return (step - a) % every == 0
+        return False
 
 
 HEAD_MEASURES = ("prev_token_score", "label_prev_token_score", "induction_strength", "induction_score")
@@ -219,11 +225,13 @@ def resolve_extends(data: Any, src: Source, path: str, seen: tuple = ()) -> tupl
     if base_path in seen or base_path == os.path.normpath(path):
         raise src.error(("extends",), show(rel), "a recipe that does not extend itself")
     try:
-        with open(base_path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError:
-        raise src.error(("extends",), show(rel), "an existing recipe file", f"no file at {base_path}") from None
+        text = read_text(base_path, "a recipe file")
+    except InputError as e:
+        raise src.error(("extends",), show(rel), f"{e.expected} (relative to this file)",
+                        f"{e.where}: {e.found}") from None
     base, bsrc = load_yaml(text, base_path)
+    if base is not None and not isinstance(base, dict):
+        raise bsrc.error((), show(base), "a recipe (a mapping of recipe keys) to extend")
     base, bsrc = resolve_extends(base or {}, bsrc, base_path, seen + (os.path.normpath(path),))
     merged = Source(src.file, dict(src.lines), dict(src.overrides))
     for p, line in bsrc.lines.items():
@@ -258,16 +266,19 @@ def recipe_from_data(data: Any, src: Source | None = None, overrides: Sequence[s
 
 
 def parse_override(text: str) -> tuple[list, Any]:
-    """'train.lr=1e-3' → (['train', 'lr'], 0.001); the value is read as YAML."""
+    """'train.lr=1e-3' → (['train', 'lr'], 0.001); the value is read as YAML (plain YAML only:
+    tags and oversized values are refused as in files; text that is not YAML is a string)."""
     key, eq, raw = text.partition("=")
     if not eq or not key.strip():
         raise InputError("--set", "", show(text), "key.path=value, e.g. --set train.lr=1e-3")
-    parts: list = []
-    for p in key.strip().split("."):
-        parts.append(int(p) if p.isdecimal() else p)
+    parts = parse_key_path(key.strip(), f"--set {text}")
+    if not raw.strip():
+        return parts, None
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value, _ = load_yaml(raw, f"--set {text}")
+    except InputError as e:
+        if e.found != "text that is not valid YAML":
+            raise
         value = raw
     return parts, value
 

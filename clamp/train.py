@@ -19,17 +19,17 @@ at step s (at the final step: those of the last step).
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
+import traceback
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from . import optim
+from . import optim, store
 from .compile import Plan, compile_plan
 from .errors import InputError, RunError
 from .hooks import Intervener
@@ -37,38 +37,11 @@ from .measures import composition_baseline, composition_scores, evaluate
 from .model import Transformer, build_model
 from .phases import column_value, phase_times
 from .spec import Recipe, dump_recipe
+from .store import (atomic_write, list_checkpoints, load_checkpoint, read_json, read_metrics, save_checkpoint,
+                    write_json)
 from .tasks import TASKS, Task
 
 Progress = Callable[[dict], None]
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def read_metrics(path: Path) -> list[dict]:
-    rows = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        rows.append(json.loads(line))
-                    except ValueError:
-                        break          # a line cut by a kill: the rest is not trusted
-    except OSError:
-        pass
-    return rows
 
 
 def make_optimizer(recipe: Recipe, model: Transformer) -> torch.optim.Optimizer:
@@ -180,33 +153,6 @@ def stop_now(row: dict, rules: dict) -> bool:
     return True
 
 
-def checkpoint_path(run_dir: Path, step: int) -> Path:
-    return run_dir / "checkpoints" / f"step_{step:07d}.pt"
-
-
-def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    d = Path(run_dir) / "checkpoints"
-    out = []
-    for p in d.glob("step_*.pt") if d.is_dir() else ():
-        try:
-            out.append((int(p.stem.split("_")[1]), p))
-        except (IndexError, ValueError):
-            continue
-    return sorted(out)
-
-
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _save_checkpoint(run_dir: Path, trainer: Trainer) -> None:
-    path = checkpoint_path(run_dir, trainer.step)
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(trainer.state(), tmp)
-    os.replace(tmp, path)
-
-
 def check_dir(run_dir: Path, resolved: str) -> None:
     """InputError unless `run_dir` is empty, missing, or holds a run of this same recipe."""
     old = Path(run_dir) / "recipe.yaml"
@@ -219,86 +165,134 @@ def check_dir(run_dir: Path, resolved: str) -> None:
 def prepare_dir(run_dir: Path, resolved: str) -> dict | None:
     """Check a directory can hold this run; returns its finished summary if there is one."""
     check_dir(run_dir, resolved)
-    run_dir.mkdir(parents=True, exist_ok=True)
     summary = read_json(run_dir / "summary.json")
     if summary and summary.get("status") == "ok":
         return summary
     return None
 
 
+def one_line(e: BaseException) -> str:
+    """A failure as one line: the message, and where in clamp (or torch) it was raised."""
+    if isinstance(e, (InputError, RunError)):
+        return str(e)
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" ({tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
+    text = " ".join(str(e).split()) or "(no message)"
+    return f"{type(e).__name__}: {text[:240]}{where}"
+
+
 def train_seed(recipe: Recipe, seed: int, run_dir: str | os.PathLike, progress: Progress | None = None) -> dict:
-    """Train one seed into `run_dir` (resuming if it holds a partial run); returns summary.json's dict."""
+    """Train one seed into `run_dir` (resuming if it holds a partial run); returns summary.json's dict.
+
+    A run that does not finish, for any reason, still writes summary.json: status 'failed', a
+    one-line reason, the step it reached, and the full traceback in error.log beside it."""
     run_dir = Path(run_dir)
     one = replace(recipe, seeds=(seed,))
     resolved = dump_recipe(one)
-    done = prepare_dir(run_dir, resolved)
-    if done is not None:
-        return done
-    plan = compile_plan(one, seed)
-    atomic_write(run_dir / "recipe.yaml", resolved)
-    atomic_write(run_dir / "plan.txt", plan.text() + "\n")
-    (run_dir / "summary.json").unlink(missing_ok=True)
+    check_dir(run_dir, resolved)                       # bad input: refused before anything is written
+    with store.writer(run_dir, "seed run", what=str(run_dir)):
+        done = prepare_dir(run_dir, resolved)
+        if done is not None:
+            return done
+        (run_dir / "summary.json").unlink(missing_ok=True)
+        (run_dir / ERROR_LOG).unlink(missing_ok=True)
+        atomic_write(run_dir / "recipe.yaml", resolved)
+        state = _Progress()
+        t0 = time.perf_counter()
+        emit = progress or (lambda ev: None)
+        try:
+            _train(one, seed, run_dir, emit, state)
+            status, error = "ok", None
+        except KeyboardInterrupt:
+            _finish(one, seed, run_dir, state, t0, "interrupted", "interrupted (run the same command to resume)")
+            raise
+        except BaseException as e:  # noqa: BLE001 - every failure is recorded, none looks like success
+            status, error = "failed", one_line(e)
+            atomic_write(run_dir / ERROR_LOG, "".join(traceback.format_exception(e)))
+        summary = _finish(one, seed, run_dir, state, t0, status, error)
+    emit({"event": "done", "seed": seed, "status": status, "error": error, "dir": str(run_dir)})
+    return summary
 
+
+ERROR_LOG = "error.log"
+
+
+class _Progress:
+    """What a run reached, for its summary however it ended."""
+
+    def __init__(self):
+        self.step = 0
+        self.resumed_from = 0
+        self.rows: list[dict] = []
+        self.train_s = self.eval_s = 0.0
+        self.n_steps = 0
+        self.stopped = False
+        self.plan: Plan | None = None
+
+
+def _train(recipe: Recipe, seed: int, run_dir: Path, emit: Progress, st: _Progress) -> None:
     t = recipe.train
-    trainer = Trainer(one, seed, plan)
+    plan = st.plan = compile_plan(recipe, seed)
+    atomic_write(run_dir / "plan.txt", plan.text() + "\n")
+    trainer = Trainer(recipe, seed, plan)
     ckpts = list_checkpoints(run_dir)
     if ckpts:
         trainer.load_state(load_checkpoint(ckpts[-1][1]))
-    resumed_from = trainer.step
-    rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("step", -1) < trainer.step]
-    atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    eval_steps = set(t.eval_steps())
-    ckpt_every = t.checkpoint_every
-    emit = progress or (lambda ev: None)
+    st.step = st.resumed_from = trainer.step
+    st.rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("step", -1) < trainer.step]
+    atomic_write(run_dir / "metrics.jsonl", "".join(store.dumps(r) + "\n" for r in st.rows))
     emit({"event": "start", "seed": seed, "step": trainer.step, "steps": t.steps, "dir": str(run_dir)})
-    t0 = time.perf_counter()
-    train_s = eval_s = 0.0
-    n_steps = 0
-    status, error = "ok", None
-    n_eval = len(rows)
-    stopped = False
-    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as mf:
-        try:
+    n_eval = len(st.rows)
+    try:
+        with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as mf:
             while True:
-                if trainer.step in eval_steps:
+                if t.is_eval_step(trainer.step):
                     e0 = time.perf_counter()
                     last = trainer.step >= t.steps
                     every = t.probe_every
                     row = trainer.evaluate(probes=last or (every > 0 and n_eval % every == 0))
-                    stopped = not last and stop_now(row, t.stop)
-                    if stopped and recipe.probes and not any("@" in k for k in row):
+                    st.stopped = not last and stop_now(row, t.stop)
+                    if st.stopped and recipe.probes and not any("@" in k for k in row):
                         trainer.evaluate_probes(row)
                     n_eval += 1
-                    eval_s += time.perf_counter() - e0
-                    mf.write(json.dumps(row) + "\n")
+                    st.eval_s += time.perf_counter() - e0
+                    mf.write(store.dumps(row) + "\n")
                     mf.flush()
-                    rows.append(row)
+                    st.rows.append(row)
                     emit({"event": "eval", "seed": seed, "step": trainer.step, "steps": t.steps,
                           "loss": row.get("loss")})
-                if trainer.step >= t.steps or stopped:
+                if trainer.step >= t.steps or st.stopped:
                     break
-                if ckpt_every and trainer.step % ckpt_every == 0 and trainer.step > 0:
-                    _save_checkpoint(run_dir, trainer)
+                if t.checkpoint_every and trainer.step % t.checkpoint_every == 0 and trainer.step > 0:
+                    save_checkpoint(run_dir, trainer.step, trainer.state())
                 s0 = time.perf_counter()
                 trainer.train_step()
-                train_s += time.perf_counter() - s0
-                n_steps += 1
-            _save_checkpoint(run_dir, trainer)
-        except RunError as e:
-            status, error = "failed", str(e)
-    trainer.intervener.detach()
+                st.step = trainer.step
+                st.train_s += time.perf_counter() - s0
+                st.n_steps += 1
+        save_checkpoint(run_dir, trainer.step, trainer.state())
+    finally:
+        trainer.intervener.detach()
+
+
+def _finish(recipe: Recipe, seed: int, run_dir: Path, st: _Progress, t0: float, status: str,
+            error: str | None) -> dict:
+    t = recipe.train
     summary = {
         "name": recipe.name, "seed": seed, "status": status, "error": error,
-        "steps": trainer.step, "sequences": trainer.step * t.batch, "resumed_from": resumed_from,
-        "stopped_early": stopped,
-        "final": {k: v for k, v in rows[-1].items() if k not in ("step", "sequences", "seed")} if rows else {},
-        "phases": phase_times(rows, recipe.phases, t.batch),
+        "steps": st.step, "sequences": st.step * t.batch, "resumed_from": st.resumed_from,
+        "stopped_early": st.stopped,
+        "final": {k: v for k, v in st.rows[-1].items() if k not in ("step", "sequences", "seed")} if st.rows else {},
+        "phases": phase_times(st.rows, recipe.phases, t.batch),
         "wall_s": round(time.perf_counter() - t0, 3),
-        "train_ms_per_step": round(1e3 * train_s / max(n_steps, 1), 4),
-        "eval_ms_per_eval": round(1e3 * eval_s / max(len(rows), 1), 3),
+        "train_ms_per_step": round(1e3 * st.train_s / max(st.n_steps, 1), 4),
+        "eval_ms_per_eval": round(1e3 * st.eval_s / max(len(st.rows), 1), 3),
     }
-    if "composition" in recipe.measure:
-        summary["composition_baseline"] = composition_baseline(plan.shape)
-    atomic_write(run_dir / "summary.json", json.dumps(summary, indent=1) + "\n")
-    emit({"event": "done", "seed": seed, "status": status, "error": error, "dir": str(run_dir)})
+    if status != "ok":
+        summary["error_step"] = st.step
+        if (run_dir / ERROR_LOG).exists():
+            summary["error_log"] = ERROR_LOG
+    if "composition" in recipe.measure and st.plan is not None:
+        summary["composition_baseline"] = composition_baseline(st.plan.shape)
+    write_json(run_dir / "summary.json", summary)
     return summary

@@ -84,6 +84,16 @@ class Task:
         """Phase rules used when a recipe names none: {measure column: {below|above|relative: x}}."""
         return {}
 
+    @classmethod
+    def data_bytes(cls, options, batch: int, eval_size: int) -> int:
+        """An upper estimate of the memory this task's data takes: the fixed evaluation sets and one
+        training batch (tokens, targets, vectors, roles, induction masks), plus whatever the task
+        keeps besides (override to add it). Used to refuse a recipe before anything is allocated."""
+        io = cls.io(options)
+        T = io.n_ctx
+        per_seq = T * (8 + 8 + 4 * io.vector_dim + 4 + 2 * T)              # tokens, targets, vectors, roles, masks
+        return per_seq * (len(cls.evaluator_names) * eval_size + batch)
+
     def train_batch(self, step: int, size: int) -> Batch:
         raise NotImplementedError
 

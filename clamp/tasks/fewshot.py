@@ -82,6 +82,14 @@ class Fewshot(Task):
         # the paper's learning time: first evaluation with train loss < 0.4·ln 2
         return {"loss": {"below": 0.4 * math.log(2), "relative": 0.5}}
 
+    @classmethod
+    def data_bytes(cls, o: FewshotOptions, batch: int, eval_size: int) -> int:
+        k = 1 + o.n_distractors()
+        protos = 4 * o.dim * (o.classes * (1 + o.heldout_exemplars) + o.heldout_classes)
+        label_sets = 3 * 8 * k * math.comb(o.labels, k)                   # every label set, enumerated
+        sampling = 4 * max(o.classes, o.heldout_classes) * max(batch, eval_size)   # multinomial over classes
+        return super().data_bytes(o, batch, eval_size) + protos + label_sets + sampling
+
     def __init__(self, options: FewshotOptions, seed: int):
         super().__init__(options, seed)
         o = options
