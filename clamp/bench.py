@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 from .errors import InputError, did_you_mean, show
 from .phases import column_value
 from .pool import Job, Outcome, available_cores, run_jobs
-from .schema import Source, build, dump_yaml, load_yaml, load_yaml_file, parse_key_path, read_text
+from .schema import Source, build, check_name, dump_yaml, safe_name, load_yaml, load_yaml_file, parse_key_path, read_text
 from .spec import Recipe, apply_override, dump_recipe, parse_recipe, resolve_extends
 from . import budget, store
 from .store import atomic_write, read_json, read_metrics, write_json
@@ -105,14 +105,19 @@ class Suite:
     def runs(self) -> list[RunSpec]:
         out = []
         for (variant, point), recipe in self.recipes.items():
-            rid = variant + "".join(f"__{k}={_slug(v)}" for k, v in point)
+            rid = run_id(variant, point)
             for seed in self.seeds:
                 out.append(RunSpec(rid, variant, point, seed, recipe))
         return out
 
 
+def run_id(variant: str, point: tuple) -> str:
+    """The directory name of a variant at a grid point: variant[__key=value...], a name not a path."""
+    return safe_name(variant + "".join(f"__{k}={_slug(v)}" for k, v in point))
+
+
 def _slug(v) -> str:
-    return str(v).replace("/", "_").replace(" ", "")
+    return safe_name(str(v).replace(" ", ""))
 
 
 # ---------------------------------------------------------------------------------------
@@ -134,7 +139,7 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
         if k not in SUITE_KEYS:
             raise src.error((k,), f"unknown key {k!r}", "one of " + ", ".join(SUITE_KEYS),
                             did_you_mean(str(k), SUITE_KEYS))
-    name = build(str, data.get("name", default_name), ("name",), src)
+    name = check_name(data.get("name", safe_name(default_name)), ("name",), src)
     overrides = list(build(tuple[str, ...], data.get("set", []), ("set",), src)) + list(overrides)
     base_data, base_src = _base(data.get("base"), src)
     seeds = build(tuple[int, ...], data.get("seeds", base_data.get("seeds", [0])), ("seeds",), src)
@@ -154,6 +159,7 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
     recipes: dict = {}
     inlined = {}
     for vname, ov in variants.items():
+        check_name(vname, ("variants", vname), src)
         if not isinstance(ov, dict):
             raise src.error(("variants", vname), show(ov), "a mapping of overrides (may be empty: {})")
         vdata, vsrc = base_data, base_src
@@ -171,8 +177,15 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
                 _merge(d, {k: v}, ("grid", k), src, s)
             for o in overrides:                      # the command line has the last word
                 apply_override(d, o, s)
-            d["name"] = f"{name}/{vname}" + "".join(f"[{k}={v}]" for k, v in point)
+            d["name"] = safe_name(f"{name}:{vname}" + "".join(f"[{k}={_slug(v)}]" for k, v in point))
             recipes[(str(vname), tuple(point))] = parse_recipe(d, s, name)
+    ids: dict[str, tuple] = {}
+    for (vname, point) in recipes:
+        rid = run_id(vname, point)
+        if rid in ids:
+            raise src.error(("grid",), f"two runs with the directory name {rid!r} ({ids[rid]} and {point})",
+                            "grid values that differ in more than characters a directory name cannot hold")
+        ids[rid] = point
     exp = data.get("expect") or []
     if not isinstance(exp, list):
         raise src.error(("expect",), show(exp), "a list of expectations, each like {ratio: [A, B], below: 0.2}")

@@ -52,8 +52,6 @@ class Progress:
         elif kind == "done":
             self.finished += 1
             self.state.pop(key, None)
-            if ev.get("status") != "ok" and not self.quiet:
-                self._line(f"run {key} failed: {ev.get('error')}", final=True)
         self._show()
 
     def _fraction(self) -> float:
@@ -98,14 +96,57 @@ def _clock(seconds: float) -> str:
 # ---------------------------------------------------------------------------------------
 
 
+def _out(a, default: Path) -> Path:
+    """--out as a path (default: `default`); a NUL byte or an empty string is bad input."""
+    if a.out is None:
+        return default
+    if not a.out or "\x00" in a.out:
+        raise InputError("--out", "", repr(a.out)[:60], "a directory path")
+    return Path(a.out)
+
+
+def _max_memory(a) -> float | None:
+    from .budget import parse_size
+    if a.max_memory is None:
+        return None
+    try:
+        return parse_size(a.max_memory)
+    except ValueError:
+        raise InputError("--max-memory", "", repr(a.max_memory)[:60], "a size like 16G, 512MiB or 2e9, or none") from None
+
+
+def _deleted(prog: "Progress"):
+    """Progress events, and a line on stderr for what --fresh deleted."""
+    def on(ev: dict) -> None:
+        if ev.get("event") == "deleted":
+            n = len(ev["files"])
+            sys.stderr.write(f"clamp: --fresh deleted {n} item(s) in {ev['dir']} (a directory clamp made)\n")
+        else:
+            prog(ev)
+    return on
+
+
+def _failures(runs: list[tuple[str, str, dict]]) -> int:
+    """Print one line per failed run (what, where the reason is) on stderr; exit code 1 if any or none ran."""
+    bad = [(label, d, sm) for label, d, sm in runs if sm.get("status") != "ok"]
+    for label, d, sm in bad:
+        log = f", traceback in {Path(d) / sm['error_log']}" if sm.get("error_log") else ""
+        sys.stderr.write(f"clamp: run {label} {sm.get('status', 'missing')}: {sm.get('error') or 'no summary.json'} "
+                         f"(see {Path(d) / 'summary.json'}{log})\n")
+    if not runs:
+        sys.stderr.write("clamp: no run finished (no summary.json was written)\n")
+    return 1 if bad or not runs else 0
+
+
 def cmd_run(a) -> int:
     from .runs import run
     from .spec import load_recipe
     recipe = load_recipe(a.recipe, a.set)
-    out = Path(a.out) if a.out else Path("runs") / recipe.name
+    out = _out(a, Path("runs") / recipe.name)
     prog = Progress(len(recipe.seeds), quiet=a.quiet)
     t0 = time.time()
-    result = run(recipe, out, workers=a.workers, progress=prog, fresh=a.fresh)
+    result = run(recipe, out, workers=a.workers, progress=_deleted(prog), fresh=a.fresh,
+                 max_memory=_max_memory(a))
     prog.close()
     rows = []
     cols = [(c, r) for c, rules in recipe.phases.items() for r in rules]
@@ -114,17 +155,25 @@ def cmd_run(a) -> int:
         rows.append([seed, sr.status] + [ph.get(c, {}).get(r, {}).get("step") for c, r in cols]
                     + [sr.summary.get("final", {}).get("loss"), sr.summary.get("wall_s")])
     print(table(["seed", "status"] + [f"{c} {r}" for c, r in cols] + ["final loss", "wall s"], rows))
-    print(f"wrote {out}  ({time.time() - t0:.1f} s)")
-    return 0 if all(s.status == "ok" for s in result.seeds.values()) else 1
+    code = _failures([(f"seed {s}", sr.dir, sr.summary) for s, sr in sorted(result.seeds.items())]
+                     + [(f"seed {s}", out, {"status": "missing"}) for s in recipe.seeds if s not in result.seeds])
+    n_bad = sum(sr.status != "ok" for sr in result.seeds.values()) + len(set(recipe.seeds) - set(result.seeds))
+    print(f"wrote {out}  ({time.time() - t0:.1f} s)" + (f"; {n_bad} of {len(recipe.seeds)} run(s) failed"
+                                                        if n_bad else ""))
+    return code
 
 
 def cmd_plan(a) -> int:
+    from .budget import check
     from .compile import compile_plan, probe_text
     from .spec import load_recipe
     recipe = load_recipe(a.recipe, a.set)
-    print(compile_plan(recipe).text())
+    plan = compile_plan(recipe)
+    est = check(recipe, _max_memory(a))
+    print(plan.text())
     for name in recipe.probes:
         print(probe_text(recipe, name))
+    print(f"memory estimate per run: {est.text()}")
     return 0
 
 
@@ -156,14 +205,14 @@ def cmd_demo(a) -> int:
     from .bench import load_suite, run_suite
     from .report import curve_table, plot_curves, suite_curves
     suite = load_suite(_builtin("demo_suite.yaml"))
-    out = Path(a.out)
+    out = _out(a, Path("runs/demo"))
     t = suite.base.train
     print(f"clamp demo: the few-shot task of Singh et al. 2024 (2 layers, 8 heads); plain training vs. "
           f"layer-1 head 3 clamped to the ideal induction pattern; {len(suite.seeds)} seeds each, "
           f"{t.steps} steps at lr {t.lr:g}", file=sys.stderr)
     t0 = time.time()
     prog = Progress(len(suite.runs()), quiet=a.quiet)
-    res = run_suite(suite, out, workers=a.workers, progress=prog)
+    res = run_suite(suite, out, workers=a.workers, progress=_deleted(prog))
     prog.close()
     curves = suite_curves(res)
     at = [0, 100, 250, 500, 750, 1000, 1500, 2000, t.steps]
@@ -177,28 +226,40 @@ def cmd_demo(a) -> int:
                       hlines={"ln 2": math.log(2), "0.4·ln 2": 0.4 * math.log(2)})
     print(f"wrote {out} (results.csv, report.md, {png.name}, one directory per run)  "
           f"[{time.time() - t0:.0f} s wall]")
-    return 0 if res.ok() else 1
+    return _suite_code(res)
 
 
 def cmd_bench(a) -> int:
-    import shutil
-    from .bench import load_suite
+    from .bench import load_suite, run_suite
     suite = load_suite(a.suite, a.set)
-    out = Path(a.out) if a.out else Path("runs") / suite.name
-    if a.fresh and out.exists():
-        shutil.rmtree(out)
-    return _bench_and_print(suite, out, a.workers, a.backend, a.address, a.quiet)
-
-
-def _bench_and_print(suite, out: Path, workers, backend, address, quiet) -> int:
-    from .bench import run_suite
+    out = _out(a, Path("runs") / suite.name)
+    if a.backend == "ray":
+        from .raybackend import _import_ray
+        _import_ray()                                   # missing Ray is bad input: say so before anything runs
     t0 = time.time()
-    prog = Progress(len(suite.runs()), quiet=quiet)
-    res = run_suite(suite, out, workers=workers, backend=backend, address=address, progress=prog)
+    prog = Progress(len(suite.runs()), quiet=a.quiet)
+    res = run_suite(suite, out, workers=a.workers, backend=a.backend, address=a.address,
+                    progress=_deleted(prog), fresh=a.fresh, max_memory=_max_memory(a))
     prog.close()
     print(res.text())
-    print(f"wrote {out} (results.csv, report.md, one directory per run)  [{time.time() - t0:.0f} s wall]")
-    return 0 if res.ok() else 1
+    code = _suite_code(res)
+    print(f"wrote {out} (results.csv, report.md, loss_curves.png, one directory per run)  "
+          f"[{time.time() - t0:.0f} s wall]")
+    return code
+
+
+def _suite_code(res) -> int:
+    """1 when a run failed or an expectation did not PASS (each said on stderr), else 0."""
+    code = _failures([(f"{r['run']}/seed_{r['seed']}", Path(res.dir) / "runs" / r["run"] / f"seed_{r['seed']}",
+                       {"status": r["status"], "error": r.get("error"),
+                        "error_log": "error.log" if (Path(res.dir) / "runs" / r["run"] / f"seed_{r['seed']}"
+                                                     / "error.log").exists() else None})
+                      for r in res.rows])
+    for v in res.verdicts:
+        if v["verdict"] != "PASS":
+            sys.stderr.write(f"clamp: expectation {v['name']!r}: {v['verdict']}\n")
+            code = 1
+    return code
 
 
 def cmd_probe(a) -> int:
@@ -233,9 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "and time when the induction head forms.")
     sub = p.add_subparsers(dest="verb", required=True, parser_class=_Parser)
 
-    def sets(q):
+    def sets(q, memory: bool = True):
         q.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override a recipe key, e.g. --set train.lr=1e-3 (repeatable)")
+        if memory:
+            q.add_argument("--max-memory", metavar="SIZE", help="refuse runs whose memory estimate is above SIZE "
+                           "(e.g. 16G; none: no limit; default: half this machine's memory)")
 
     q = sub.add_parser("run", help="train a recipe (every seed) into a run directory")
     q.add_argument("recipe")
@@ -253,11 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("sites", help="list every site and parameter of a recipe's model")
     q.add_argument("recipe", nargs="?")
-    sets(q)
+    sets(q, memory=False)
     q.set_defaults(fn=cmd_sites)
 
     q = sub.add_parser("demo", help="the built-in demo: baseline vs an induction clamp")
-    q.add_argument("--out", default="runs/demo")
+    q.add_argument("--out", help="suite directory (default runs/demo)")
     q.add_argument("--workers", type=int)
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(fn=cmd_demo)
@@ -298,12 +362,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):            # names from odd paths never crash a print
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):
+            pass
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except InputError as e:
         sys.stderr.write(f"clamp: error: {e}\n")
         return 2
+    except BrokenPipeError:                            # `clamp plan | head`: the reader had enough
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
     except KeyboardInterrupt:
         sys.stderr.write("\nclamp: interrupted; run the same command again to resume\n")
         return 130

@@ -238,11 +238,18 @@ def _check_conflicts(edits: list[Edit], recipe: Recipe) -> None:
 
 
 def _check_needs(edits: list[Edit], recipe: Recipe, shape: S.ModelShape) -> None:
-    """A source that reads another site must read one computed earlier in the forward pass."""
+    """A source that reads another site must read one computed earlier in the forward pass; the
+    logits may not be replaced wholesale by a value without gradient (nothing could learn)."""
     order = {i.name: i.order for i in S.catalogue(shape)}
     for e in edits:
         if e.source is None:
             continue
+        if e.site.name == "hook_logits" and e.source.detached and e.origin[0] == "interventions":
+            raise recipe.source.error(
+                e.origin, f"hook_logits replaced by {e.source!r} during training",
+                "a site upstream of the logits, or a value source with gradient (e.g. perfect_copy)",
+                "every logit would carry no gradient, so the loss could not train anything; "
+                "use it in probes: to evaluate instead")
         for need in e.source.needs(e.site, shape):
             if need not in order:
                 raise recipe.source.error(e.origin, repr(need),

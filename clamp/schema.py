@@ -261,6 +261,24 @@ class _Converter:
         return out
 
 
+NAME = re.compile(r"^\w[\w.,:=+\-\[\]]{0,119}$")
+NAME_HELP = "a name (letters, digits and _ . , : = + - [ ]; not starting with . or -; no / or spaces; <= 120)"
+
+
+def safe_name(text: str) -> str:
+    """A name made from arbitrary text (a file stem, a grid value): every other character becomes _."""
+    out = re.sub(r"[^\w.,:=+\-\[\]]", "_", str(text))[:120]
+    return out if out and (out[0].isalnum() or out[0] == "_") else ("_" + out)[:120]
+
+
+def check_name(value: Any, path: Path, src: "Source") -> str:
+    """A run, suite or variant name: it becomes a directory name, so it must be a name, not a path."""
+    if not isinstance(value, str) or not NAME.match(value):
+        raise src.error(path, show(value), NAME_HELP, f"e.g. {safe_name(value)!r}" if isinstance(value, str)
+                        else "")
+    return value
+
+
 def parse_key_path(text: str, where: str) -> list[str | int]:
     """'interventions.0.steps' → ['interventions', 0, 'steps']: ASCII digits (at most 9) are list
     indices, anything else a key. InputError (at `where`) for an empty part."""

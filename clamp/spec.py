@@ -17,9 +17,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
+from . import outputs
 from . import sites as S
 from .errors import InputError, did_you_mean, format_path, show
-from .schema import (Source, build, build_dataclass, dump_yaml, load_yaml, load_yaml_file, non_negative, opt,
+from .schema import (Source, build, build_dataclass, check_name, safe_name, dump_yaml, load_yaml, load_yaml_file, non_negative, opt,
                      parse_key_path, positive, read_text, unbuild)
 from .tasks import TASKS, TaskIO, get_task
 from .values import VALUES, get_value
@@ -77,6 +78,8 @@ class TrainConfig:
     threads: int = opt(1, check=positive, doc="torch threads per run")
 
     def validate(self):
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            return ("betas", "two numbers in [0, 1), e.g. [0.9, 0.999]")
         for col, rule in self.stop.items():
             if not rule or any(k not in ("below", "above") for k in rule):
                 return ("stop", "{column: {below: x}} or {column: {above: x}}")
@@ -314,14 +317,17 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
         if key not in TOP_KEYS:
             raise src.error((key,), f"unknown key {key!r}", "one of " + ", ".join(TOP_KEYS),
                             did_you_mean(str(key), TOP_KEYS))
-    name = build(str, data.get("name", default_name), ("name",), src)
+    name = check_name(data.get("name", safe_name(default_name)), ("name",), src)
     seeds = build(tuple[int, ...], data.get("seeds", [0]), ("seeds",), src)
     if not seeds:
         raise src.error(("seeds",), "an empty list", "at least one seed")
     if len(set(seeds)) != len(seeds):
         raise src.error(("seeds",), show(list(seeds)), "each seed once")
-    model = build_dataclass(ModelConfig, data.get("model"), ("model",), src)
     task = _task(data.get("task"), src)
+    mdata = data.get("model")
+    if mdata is None or isinstance(mdata, dict):          # the task's own model defaults (e.g. embed_std)
+        mdata = {**TASKS[task.name].default_model, **(mdata or {})}
+    model = build_dataclass(ModelConfig, mdata, ("model",), src)
     train = build_dataclass(TrainConfig, data.get("train"), ("train",), src)
     known = TASKS[task.name].evaluator_names
     for i, ev in enumerate(train.evaluators):
@@ -342,7 +348,9 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
     measure = _measures(data.get("measure"), src)
     phases = _phases(data.get("phases"), src, TASKS[task.name].default_phases(task.options))
     probes = _probes(data.get("probes"), src, shape, subcircuits, train.steps)
-    return Recipe(name, seeds, model, task, train, subcircuits, interventions, measure, phases, probes, src)
+    recipe = Recipe(name, seeds, model, task, train, subcircuits, interventions, measure, phases, probes, src)
+    outputs.check(recipe, defaults_phases=data.get("phases") is None)
+    return recipe
 
 
 def _probes(value, src, shape, subcircuits, steps) -> dict[str, tuple[Intervention, ...]]:

@@ -78,6 +78,9 @@ class Trainer:
         value = loss.item()
         if not math.isfinite(value):
             raise RunError(f"training loss became {value} at step {self.step}")
+        if not loss.requires_grad:
+            raise RunError(f"the loss has no gradient at step {self.step}: every path from a trained parameter "
+                           "to it is clamped or ablated")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -45,6 +45,7 @@ class ValueSource:
     Options: ClassVar[type]
     sites: ClassVar[tuple[str, ...]] = ("*",)
     ablation: ClassVar[bool] = False             # usable as `ablate: … how: <name>`
+    detached: ClassVar[bool] = False             # its value carries no gradient from the model
     doc: ClassVar[str] = ""
 
     def __init__(self, options):
@@ -110,6 +111,7 @@ def row_mask(batch: Batch, rows: str, T: int) -> Tensor | None:
 @register_value
 class Zero(ValueSource):
     name, Options, ablation = "zero", NoOptions, True
+    detached = True
     doc = "all zeros"
 
     def value(self, x, site, ctx):
@@ -119,6 +121,7 @@ class Zero(ValueSource):
 @register_value
 class Mean(ValueSource):
     name, Options, ablation = "mean", NoOptions, True
+    detached = True
     doc = "the batch mean at each position (detached)"
 
     def value(self, x, site, ctx):
@@ -128,6 +131,7 @@ class Mean(ValueSource):
 @register_value
 class Resample(ValueSource):
     name, Options, ablation = "resample", NoOptions, True
+    detached = True
     doc = "the activation of another sequence of the batch (rolled by one; detached)"
 
     def value(self, x, site, ctx):
@@ -142,6 +146,7 @@ class ConstantOptions:
 @register_value
 class Constant(ValueSource):
     name, Options = "constant", ConstantOptions
+    detached = True
     doc = "a constant everywhere"
 
     def value(self, x, site, ctx):

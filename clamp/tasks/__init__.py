@@ -70,6 +70,12 @@ class Task:
     name: ClassVar[str]
     Options: ClassVar[type]
     evaluator_names: ClassVar[tuple[str, ...]] = ("train",)
+    # What the task's batches carry, declared so a recipe can be checked before it runs
+    # (None: not declared; recipes using it are then checked when they run):
+    roles: ClassVar[tuple[str, ...] | None] = None      # position roles (value sources' `rows:`)
+    induction_keys: ClassVar[bool | None] = None        # batches mark where an induction head looks
+    has_probe: ClassVar[bool | None] = None             # `probe()` gives repeated segments
+    default_model: ClassVar[dict] = {}                  # model keys whose default differs for this task
 
     def __init__(self, options, seed: int):
         self.options = options
@@ -78,6 +84,11 @@ class Task:
     @classmethod
     def io(cls, options) -> TaskIO:
         raise NotImplementedError
+
+    @classmethod
+    def evaluators_of(cls, options) -> tuple[str, ...]:
+        """The evaluators this task has with these options (a subset of `evaluator_names`)."""
+        return cls.evaluator_names
 
     @classmethod
     def default_phases(cls, options) -> dict:

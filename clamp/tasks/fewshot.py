@@ -76,6 +76,13 @@ class Fewshot(Task):
     name = "fewshot"
     Options = FewshotOptions
     evaluator_names = ("train", "test_relabel", "heldout_exemplars", "heldout_classes")
+    roles = ("exemplar", "label", "query")
+    induction_keys = True
+    has_probe = False
+
+    @classmethod
+    def evaluators_of(cls, o: FewshotOptions) -> tuple[str, ...]:
+        return tuple(e for e in cls.evaluator_names if e != "test_relabel" or o.heldout_label_sets > 0)
 
     @classmethod
     def default_phases(cls, options) -> dict:

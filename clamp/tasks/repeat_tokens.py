@@ -50,6 +50,12 @@ class RepeatTokens(Task):
     name = "repeat_tokens"
     Options = RepeatTokensOptions
     evaluator_names = ("train",)
+    roles = ("copy",)
+    induction_keys = True
+    has_probe = True
+    # token embeddings N(0, 1) (nn.Embedding's init): at 0.02 the model found a shifted-key circuit
+    # without an induction head, and frozen embeddings never learnt (benchmarks/RESULTS.md)
+    default_model = {"embed_std": 1.0}
 
     @classmethod
     def io(cls, o: RepeatTokensOptions) -> TaskIO:

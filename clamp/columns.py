@@ -1,0 +1,58 @@
+"""Metric column names: the one place they are built, and what a recipe will produce.
+
+Names layer (pure, no torch). A metrics row has one key per column; the same names appear in
+phase rules, stop rules, head selections, suite expectations, results.csv, the graph and reports:
+
+    loss, accuracy                                 the 'train' evaluator
+    loss/<evaluator>, accuracy/<evaluator>         the task's other evaluators
+    <measure>/blocks.L.attn.hook_pattern[h]        per-head measures (prev_token_score, ...)
+    {k,q,v}_composition/blocks.L1.attn.W_O[h1]>blocks.L2.attn.W_{K,Q,V}[h2]
+    <column>@<probe>                               a probe's loss and accuracy columns
+
+A column in a rule may also be an aggregate over a glob of columns: `max(<glob>)`, `min(...)`,
+`mean(...)`, e.g. `max(induction_score/blocks.1.attn.hook_pattern[*])`.
+"""
+from __future__ import annotations
+
+import fnmatch
+import re
+
+from .sites import head_name
+
+HEAD_MEASURES = ("prev_token_score", "label_prev_token_score", "induction_strength", "induction_score")
+AGGREGATE = re.compile(r"^(max|min|mean)\((.+)\)$")
+
+
+def pattern_site(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+def head_column(measure: str, layer: int, head: int) -> str:
+    return f"{measure}/{head_name(pattern_site(layer), (head,))}"
+
+
+def evaluator_column(measure: str, evaluator: str) -> str:
+    """'loss' on 'train' is plain `loss`; on another evaluator `loss/<evaluator>`."""
+    return measure if evaluator == "train" else f"{measure}/{evaluator}"
+
+
+def composition_column(kind: str, l1: int, h1: int, l2: int, h2: int) -> str:
+    return (f"{kind}_composition/{head_name(f'blocks.{l1}.attn.W_O', (h1,))}>"
+            f"{head_name(f'blocks.{l2}.attn.W_{kind.upper()}', (h2,))}")
+
+
+def probe_column(column: str, probe: str) -> str:
+    return f"{column}@{probe}"
+
+
+def glob_match(pattern: str, column: str) -> bool:
+    """`*` matches anything (brackets are literal, as in column names)."""
+    return fnmatch.fnmatchcase(column, pattern.replace("[", "[[]"))
+
+
+def matching(column: str, produced: set[str]) -> list[str]:
+    """The produced columns a rule's column names: itself, or the glob of an aggregate."""
+    m = AGGREGATE.match(column)
+    if not m:
+        return [column] if column in produced else []
+    return sorted(c for c in produced if glob_match(m.group(2), c))
