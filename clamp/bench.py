@@ -190,6 +190,14 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
     if not isinstance(exp, list):
         raise src.error(("expect",), show(exp), "a list of expectations, each like {ratio: [A, B], below: 0.2}")
     expect = tuple(_expectation(e, ("expect", i), src, variants) for i, e in enumerate(exp))
+    primary = primary_crossing(base)
+    for i, e in enumerate(expect):
+        for j, op in enumerate((e.a, e.b)):
+            if op is not None:
+                where = ("expect", i, e.kind) + ((j,) if e.kind != "value" else ())
+                for (vname, point), recipe in recipes.items():
+                    if vname == op.variant:
+                        _check_quantity(op.of, primary, recipe, where, src)
     raw = {**copy.deepcopy(data), "name": name, "base": copy.deepcopy(base_data), "seeds": list(seeds),
            "variants": copy.deepcopy(inlined)}
     if overrides:
@@ -251,6 +259,26 @@ def _quantity(q, path, src) -> str:
     if not ok:
         raise src.error(path, show(q), QUANTITY_HELP)
     return q
+
+
+def _check_quantity(of: str, primary: str, recipe: Recipe, path: tuple, src: Source) -> None:
+    """The quantity names a phase rule the variant's recipe has, or a column it produces."""
+    from .columns import matching
+    from .outputs import produced
+    parts = of.split(":")
+    if of == "crossing" or parts[0] in ("crossing", "phase"):
+        _, col, rule = (primary if of == "crossing" else of).split(":")[:3]
+        if rule not in recipe.phases.get(col, {}):
+            rules = [f"{c}:{r}" for c, rs in recipe.phases.items() for r in rs]
+            raise src.error(path, f"{of!r} of a recipe without the phase rule {col}: {{{rule}: ...}}",
+                            "a phase rule of the variant's recipe: " + (", ".join(rules) or "it has none"),
+                            did_you_mean(f"{col}:{rule}", rules))
+        return
+    col = of.split(":", 1)[1] if parts[0] == "final" else of.split(":", 2)[2]
+    have = produced(recipe)
+    if not matching(col, have):
+        raise src.error(path, f"{of!r}, a column the variant's recipe does not produce",
+                        "a metric column of the variant's recipe", did_you_mean(col, have))
 
 
 def _operand(v, of, path, src, variants) -> Operand:
@@ -489,8 +517,8 @@ def rows_to_csv(rows: list[dict]) -> str:
 
 
 def value_of(row: dict, of: str, primary: str) -> tuple[float | None, bool]:
-    """(value, censored) of a quantity in a result row; a crossing that never happened counts as
-    the run length (censored: a lower bound)."""
+    """(value, censored) of a quantity in a result row. A phase change that never happened (no
+    crossing, or no plateau to leave) is censored: it counts as the run length, a lower bound."""
     if row.get("status") != "ok":
         return None, False
     parts = of.split(":")
@@ -517,8 +545,41 @@ def primary_crossing(recipe: Recipe) -> str:
     return f"crossing:{col}:{rule}"
 
 
+INF = float("inf")
+
+
+def _interval(e: Expectation, va: float, ca: bool, vb: float | None, cb: bool) -> tuple[float, float] | None:
+    """The range the per-seed statistic can lie in: a censored time is a lower bound (>= its value)."""
+    a = (va, INF if ca else va)
+    if e.kind == "value":
+        lo, hi = a
+    else:
+        b = (vb, INF if cb else vb)
+        if e.kind == "ratio":
+            if b[0] <= 0 or a[0] < 0:
+                return None if b[0] == 0 else (va / vb, va / vb) if not (ca or cb) else None
+            lo, hi = a[0] / b[1], a[1] / b[0]
+        else:
+            lo, hi = a[0] - b[1], a[1] - b[0]
+    if e.abs:
+        lo, hi = (lo, hi) if lo >= 0 else (-hi, -lo) if hi <= 0 else (0.0, max(-lo, hi))
+    return lo, hi
+
+
+def _decide(e: Expectation, lo: float, hi: float) -> bool | None:
+    """True if the rule holds for every value in [lo, hi], False if for none, None if it depends."""
+    if e.between is not None:
+        a, b = e.between
+        return True if a < lo and hi < b else False if hi <= a or lo >= b else None
+    if e.below is not None:
+        return True if hi < e.below else False if lo >= e.below else None
+    return True if lo > e.above else False if hi <= e.above else None
+
+
 def judge(e: Expectation, rows: list[dict], suite: Suite) -> dict:
-    """Per seed (and grid point): the statistic; then its median, range and a sign test."""
+    """Per seed (and grid point): the statistic, and the range it can lie in when a phase change was
+    censored; then the median, its range over seeds, a sign test, and a verdict that is PASS or FAIL
+    only if it holds whatever the censored times really are (else CENSORED)."""
     from scipy.stats import binomtest
     primary = primary_crossing(suite.base)
     index = {(r["variant"], r["grid"], r["seed"]): r for r in rows}
@@ -542,7 +603,11 @@ def judge(e: Expectation, rows: list[dict], suite: Suite) -> dict:
             else:
                 x = va
             x = abs(x) if e.abs else x
-            per.append({"grid": point, "seed": seed, "value": x, "censored": ca or cb, "a": va, "b": vb})
+            iv = _interval(e, va, ca, vb, cb)
+            if iv is None:
+                continue
+            per.append({"grid": point, "seed": seed, "value": x, "censored": ca or cb, "a": va, "b": vb,
+                        "low": iv[0], "high": iv[1], "holds": _decide(e, *iv)})
     desc = e.a.variant if e.a.of == (e.b.of if e.b else e.a.of) else f"{e.a.variant}:{e.a.of}"
     if e.b:
         desc += f" / {e.b.variant}" if e.kind == "ratio" else f" − {e.b.variant}"
@@ -552,16 +617,30 @@ def judge(e: Expectation, rows: list[dict], suite: Suite) -> dict:
         desc += f" of {e.a.of}"
     out = {"name": e.name, "kind": e.kind, "a": e.a.variant, "b": e.b.variant if e.b else None,
            "of": e.a.of, "statistic": ("|" + desc + "|") if e.abs else desc, "rule": e.rule(),
-           "per_seed": per, "n": len(per)}
+           "per_seed": per, "n": len(per), "censored": sum(p["censored"] for p in per)}
     if not per:
-        return {**out, "median": None, "min": None, "max": None, "p": None, "verdict": "NO DATA"}
+        return {**out, "median": None, "min": None, "max": None, "p": None, "verdict": "NO DATA",
+                "note": "no finished run pair to compare"}
     xs = [p["value"] for p in per]
     med = statistics.median(xs)
-    hits = sum(e.ok(x) for x in xs)
-    p = binomtest(hits, len(xs), 0.5, alternative="greater").pvalue
-    ok = e.ok(med) if e.require == "median" else hits == len(xs)
-    return {**out, "median": med, "min": min(xs), "max": max(xs), "hits": hits, "p": p,
-            "verdict": "PASS" if ok else "FAIL"}
+    med_lo = statistics.median([p["low"] for p in per])
+    med_hi = statistics.median([p["high"] for p in per])
+    decided = [p["holds"] for p in per if p["holds"] is not None]
+    hits = sum(decided)
+    p = binomtest(hits, len(decided), 0.5, alternative="greater").pvalue if decided else None
+    if e.require == "median":
+        holds = _decide(e, med_lo, med_hi)
+    else:
+        holds = False if False in [q["holds"] for q in per] else True if all(q["holds"] for q in per) else None
+    verdict = {True: "PASS", False: "FAIL", None: "CENSORED"}[holds]
+    note = ""
+    if out["censored"]:
+        note = (f"{out['censored']} of {len(per)} seed(s) had a phase change that did not happen within the run "
+                f"(counted as the run length, a lower bound); the median lies in [{med_lo:.3g}, {med_hi:.3g}]")
+        if holds is None:
+            note += ", on both sides of the rule: undecided"
+    return {**out, "median": med, "median_range": [med_lo, med_hi], "min": min(xs), "max": max(xs), "hits": hits,
+            "p": p, "verdict": verdict, "note": note}
 
 
 def bench(suite: str | os.PathLike | Suite, out: str | os.PathLike | None = None, *,

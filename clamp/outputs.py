@@ -60,7 +60,13 @@ def produced(recipe: "Recipe") -> set[str]:
     return out
 
 
-def check(recipe: "Recipe", defaults_phases: bool = False) -> None:
+def measured_phases(recipe: "Recipe") -> dict:
+    """The recipe's phase rules without those on columns it does not produce (for task defaults)."""
+    have = produced(recipe)
+    return {col: rules for col, rules in recipe.phases.items() if C.matching(col, have)}
+
+
+def check(recipe: "Recipe") -> None:
     """InputError (located in the recipe) for what a run of `recipe` could not produce or use."""
     src = recipe.source
     for i, m in enumerate(recipe.measure):
@@ -69,9 +75,9 @@ def check(recipe: "Recipe", defaults_phases: bool = False) -> None:
             raise src.error(("measure", i), show(m), f"a measure the task can produce ({why})")
     have = produced(recipe)
     for col in recipe.phases:
-        _column(recipe, have, col, ("phases", col), "phase rule", defaults_phases)
+        _column(recipe, have, col, ("phases", col), "phase rule")
     for col in recipe.train.stop:
-        _column(recipe, have, col, ("train", "stop", col), "stop rule", False)
+        _column(recipe, have, col, ("train", "stop", col), "stop rule")
     for name, sc in recipe.subcircuits.items():
         sel = sc.select
         if sel is not None and sel.run == "self":
@@ -93,7 +99,7 @@ def check(recipe: "Recipe", defaults_phases: bool = False) -> None:
                                 did_you_mean(rows, roles))
 
 
-def _column(recipe, have: set[str], col: str, path: tuple, what: str, default: bool) -> None:
+def _column(recipe, have: set[str], col: str, path: tuple, what: str) -> None:
     if C.matching(col, have):
         return
     base = C.AGGREGATE.match(col).group(2) if C.AGGREGATE.match(col) else col
@@ -106,9 +112,5 @@ def _column(recipe, have: set[str], col: str, path: tuple, what: str, default: b
     else:
         plain = sorted(c for c in have if "/blocks." not in c and "composition" not in c)
         hint = did_you_mean(col, have) or ("columns: " + ", ".join(plain[:8]) if plain else "")
-    if default:
-        raise recipe.source.error(("measure",), f"a measure list without the column {col!r} that "
-                                  f"{recipe.task.name}'s default {what} reads", "measures that include it, or "
-                                  "phases: of your own", hint)
     raise recipe.source.error(path, f"{show(col)}, a column no measure of this recipe produces",
                               f"a metric column of this recipe ({what}s read them)", hint)

@@ -64,46 +64,101 @@ def _median_smooth(v: np.ndarray, k: int = 3) -> np.ndarray:
     return np.array([np.median(p[i:i + k]) for i in range(len(v))])
 
 
-def plateau_levels(steps: Sequence[int], values: Sequence[float]) -> dict | None:
-    """{'plateau', 'final', 'plateau_index'} of a curve, or None if it never moves."""
-    s = np.asarray(steps, dtype=float)
-    v = _median_smooth(np.asarray(values, dtype=float))
+PLATEAU = {"flat": 0.1, "dwell": 0.05, "drop": 0.25, "sharp": 3.0}
+PLATEAU_DOC = {
+    "flat": "the plateau stays within ±flat of the way from its level to the final level",
+    "dwell": "for at least this fraction of the curve's steps (and 3 evaluations)",
+    "drop": "the way from the plateau to the final level is at least this fraction of the curve's range",
+    "sharp": "and is covered at least this many times faster than the curve drifts on the plateau",
+}
+
+
+def plateau_levels(steps: Sequence[int], values: Sequence[float], flat: float = PLATEAU["flat"],
+                   dwell: float = PLATEAU["dwell"], drop: float = PLATEAU["drop"],
+                   sharp: float = PLATEAU["sharp"]) -> dict:
+    """The plateau of a curve and the level it leaves for, if there is one that is really there.
+
+    On the curve (median-smoothed over 3 evaluations; non-finite points dropped): the final level f
+    is the median of the last tenth; the plateau level p is where the curve dwells longest (in
+    steps) before it first comes within 10% of f. It is a plateau only if (PLATEAU, documented in
+    the README): the longest stretch of evaluations within ±flat·|p - f| of p lasts at least
+    dwell × the curve's steps and 3 evaluations; |p - f| is at least drop × the curve's range; and
+    the curve covers 80% of the way from p to f at least `sharp` times faster than it drifts along
+    the stretch. Returns {'plateau', 'final', 'plateau_index', 'plateau_end', 'dwell', 'sharpness'}
+    or, when there is none, {'reason': ...}."""
+    pts = [(float(a), float(b)) for a, b in zip(steps, values) if b is not None and math.isfinite(float(b))]
+    if len(pts) < 6:
+        return {"reason": f"too few evaluations ({len(pts)}) to find a plateau"}
+    s = np.array([p[0] for p in pts])
+    v = _median_smooth(np.array([p[1] for p in pts]))
     n = len(v)
-    if n < 4 or not np.all(np.isfinite(v)):
-        return None
     k = max(3, n // 10)
     final = float(np.median(v[-k:]))
     span = float(np.max(np.abs(v - final)))
     if span < 1e-9:
-        return None
+        return {"reason": "the curve does not change"}
     near = int(np.argmax(np.abs(v - final) <= 0.1 * span))
     pre_v = v[:near + 1]
-    dwell = np.diff(s[:near + 2]) if near + 1 < n else np.append(np.diff(s[:near + 1]), 0)
-    dwell = dwell[:len(pre_v)]
     lo, hi = float(pre_v.min()), float(pre_v.max())
-    if hi - lo < 1e-12:
-        return {"plateau": float(pre_v[0]), "final": final, "plateau_index": 0}
-    bins = np.linspace(lo, hi, 21)
-    which = np.clip(np.digitize(pre_v, bins) - 1, 0, 19)
-    weight = np.bincount(which, weights=dwell, minlength=20)
-    b = int(np.argmax(weight))
-    members = np.nonzero(which == b)[0]
-    plateau = float(np.median(pre_v[members]))
-    return {"plateau": plateau, "final": final, "plateau_index": int(members[0])}
+    if hi - lo < 1e-12 * max(1.0, abs(hi)):
+        plateau = float(pre_v[0])
+    else:
+        dwell_w = np.diff(np.append(s[:near + 1], s[min(near + 1, n - 1)]))
+        bins = np.linspace(lo, hi, 21)
+        which = np.clip(np.digitize(pre_v, bins) - 1, 0, 19)
+        weight = np.bincount(which, weights=dwell_w, minlength=20)
+        plateau = float(np.median(pre_v[which == int(np.argmax(weight))]))
+    D = abs(plateau - final)
+    base = {"plateau": plateau, "final": final}
+    rng = float(v.max() - v.min())
+    if D < drop * rng:
+        return {**base, "reason": f"no plateau to leave: from {plateau:.4g} to the final {final:.4g} is "
+                f"{D / rng:.0%} of the curve's range (a phase change needs {drop:.0%})"}
+    inside = np.abs(v[:near + 1] - plateau) <= flat * D
+    best, a = (0, -1), None
+    for i, ok in enumerate(list(inside) + [False]):            # the longest stretch inside the band
+        if ok and a is None:
+            a = i
+        elif not ok and a is not None:
+            if i - a > best[1] - best[0] + 1 or best[1] < 0:
+                best = (a, i - 1)
+            a = None
+    i0, i1 = best
+    total = float(s[-1] - s[0]) or 1.0
+    length = float(s[i1] - s[i0]) if i1 >= 0 else 0.0
+    if i1 < 0 or i1 - i0 + 1 < 3 or length < dwell * total:
+        return {**base, "reason": f"no plateau: the curve stays near {plateau:.4g} for {length:.0f} steps "
+                f"(a plateau lasts >= {dwell:.0%} of the run's {total:.0f} steps and 3 evaluations)"}
+    target = plateau + 0.8 * (final - plateau)
+    after = np.nonzero((v[i1:] - target) * np.sign(final - plateau) >= 0)[0]
+    t_trans = float(s[i1 + after[0]] - s[i1]) if len(after) else total
+    drift = float(v[i0:i1 + 1].max() - v[i0:i1 + 1].min())
+    rate_trans = 0.8 * D / max(t_trans, 1e-9)
+    rate_plateau = drift / max(length, 1e-9)
+    sharpness = rate_trans / rate_plateau if rate_plateau > 0 else math.inf
+    if sharpness < sharp:
+        return {**base, "reason": f"no phase change: leaving {plateau:.4g} is only {sharpness:.1f}x faster than "
+                f"the drift along it (needs {sharp:g}x): a smooth change, not a plateau and a drop"}
+    return {**base, "plateau_index": int(np.searchsorted(np.asarray(steps, dtype=float), s[i0])),
+            "plateau_end": int(np.searchsorted(np.asarray(steps, dtype=float), s[i1])),
+            "dwell": length, "sharpness": sharpness if math.isfinite(sharpness) else None}
 
 
-def relative_crossing(steps: Sequence[int], values: Sequence[float], frac: float = 0.5) -> dict:
-    lv = plateau_levels(steps, values)
-    if lv is None:
-        return {"step": None, "reason": "the curve does not change"}
+def relative_crossing(steps: Sequence[int], values: Sequence[float], frac: float = 0.5, **plateau) -> dict:
+    """The first evaluation after a real plateau that has gone `frac` of the way from the plateau
+    level to the final level; step None (with the reason) where there is no plateau."""
+    lv = plateau_levels(steps, values, **plateau)
+    if "reason" in lv:
+        return {"step": None, **lv}
     p, f = lv["plateau"], lv["final"]
-    if abs(f - p) < 1e-9:
-        return {"step": None, "plateau": p, "final": f, "reason": "no change after the plateau"}
     thr = p + frac * (f - p)
-    below = f < p
-    i0 = lv["plateau_index"]
-    step = threshold_crossing(list(steps)[i0:], list(values)[i0:], thr, below=below)
-    return {"step": step, "plateau": p, "final": f, "threshold": thr}
+    i1 = lv["plateau_end"]
+    step = threshold_crossing(list(steps)[i1:], list(values)[i1:], thr, below=f < p)
+    out = {"step": step, "plateau": p, "final": f, "threshold": thr, "plateau_from": int(steps[lv["plateau_index"]]),
+           "plateau_to": int(steps[i1])}
+    if step is None:
+        out["reason"] = "the curve did not get that far after the plateau"
+    return out
 
 
 def band_stats(steps: Sequence[int], values: Sequence[float], lo: float, hi: float) -> dict:
@@ -136,8 +191,8 @@ def logistic_fit(steps: Sequence[int], values: Sequence[float], level: float = 0
     the fitted curve plus resampled residuals). Curves without a clear transition get no time."""
     from scipy.optimize import curve_fit
     lv = plateau_levels(steps, values)
-    if lv is None:
-        return {"step": None, "reason": "the curve does not change"}
+    if "reason" in lv:
+        return {"step": None, "reason": lv["reason"]}
     i0 = lv["plateau_index"]
     t = np.asarray(steps[i0:], dtype=float)
     y = np.asarray(values[i0:], dtype=float)
@@ -181,8 +236,8 @@ def max_slope(steps: Sequence[int], values: Sequence[float], smooth: float = 0.0
     resampled to a uniform grid and smoothed by a Gaussian of `smooth` steps (0: 2% of the run)."""
     from scipy.ndimage import gaussian_filter1d
     lv = plateau_levels(steps, values)
-    if lv is None:
-        return {"step": None, "reason": "the curve does not change"}
+    if "reason" in lv:
+        return {"step": None, "reason": lv["reason"]}
     s = np.asarray(steps, dtype=float)
     v = np.asarray(values, dtype=float)
     dt = max(1.0, float(np.min(np.diff(s))))
@@ -255,7 +310,9 @@ def phase_times(rows: list[dict], rules: dict[str, dict], batch: int) -> dict:
                 st = threshold_crossing(steps, vals, rule[kind], below=(kind == "below"))
                 res[kind] = {"threshold": rule[kind], "step": st}
         if "relative" in rule:
-            res["relative"] = {"frac": rule["relative"], **relative_crossing(steps, vals, rule["relative"])}
+            opts = rule["relative"] if isinstance(rule["relative"], dict) else {"frac": rule["relative"]}
+            extra = {k: v for k, v in opts.items() if k != "frac"}
+            res["relative"] = {"frac": opts["frac"], **relative_crossing(steps, vals, opts["frac"], **extra)}
         if "band" in rule:
             res["band"] = {"band": list(rule["band"]), **band_stats(steps, vals, *rule["band"])}
         if "logistic" in rule:

@@ -43,9 +43,9 @@ def phase_table(rows: list[dict]) -> tuple[list[str], list[list]]:
             if got:
                 cell = f"{statistics.median(got):g} ({min(got):g}–{max(got):g})"
             else:
-                cell = "-"
+                cell = "none"
             if never:
-                cell += f", {never} never"
+                cell += f", {never} of {len(vals)} none" if got else f" ({never} of {len(vals)} seeds: no phase change)"
             line.append(cell)
         out.append(line)
     return ["variant", "ok"] + [c.removeprefix("crossing:") + " step: median (range)" for c in cols], out
@@ -56,8 +56,12 @@ def verdict_rows(verdicts: list[dict]) -> list[list]:
     for v in verdicts:
         rng = "-" if v["median"] is None else f"{v['min']:.3g}–{v['max']:.3g}"
         cens = sum(p["censored"] for p in v["per_seed"])
+        med = v["median"]
+        if cens and med is not None:
+            lo, hi = v["median_range"]
+            med = f"{med:.4g} (in [{lo:.3g}, {'∞' if hi == float('inf') else f'{hi:.3g}'}])"
         rows.append([v["name"], v["statistic"], v["rule"],
-                     v["median"], rng, f"{v['n']}" + (f" ({cens} censored)" if cens else ""),
+                     med, rng, f"{v['n']}" + (f" ({cens} censored)" if cens else ""),
                      None if v.get("p") is None else f"{v['p']:.3g}", v["verdict"]])
     return rows
 
@@ -75,9 +79,14 @@ def suite_markdown(res) -> str:
     if res.verdicts:
         lines += ["## Expectations", "",
                   "Each statistic is computed per seed (same init and data stream) and summarised over seeds; "
-                  "a crossing that never happened counts as the run length (censored, a lower bound). "
-                  "The sign test asks whether more seeds than chance meet the rule.", "",
+                  "a phase change that never happened counts as the run length (censored: the true time is "
+                  "at least that), so a statistic that uses one is only known to lie in a range. A verdict is "
+                  "PASS or FAIL only when it holds whatever the censored times really are; otherwise it is "
+                  "CENSORED (undecided). The sign test counts the seeds that decide the rule.", "",
                   md_table(VERDICT_HEADERS, verdict_rows(res.verdicts)), ""]
+        notes = [f"- {v['name']}: {v['note']}" for v in res.verdicts if v.get("note")]
+        if notes:
+            lines += ["Censored and missing data:", ""] + notes + [""]
     h, rows = phase_table(res.rows)
     lines += ["## Phase-change times", "", md_table(h, rows), ""]
     bad = [r for r in res.rows if r["status"] not in ("ok",)]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Sequence
 
 from . import outputs
@@ -345,11 +345,13 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
                             "a subcircuit whose heads are known before training",
                             f"subcircuits.{iv.target}.select.run: self chooses heads at each evaluation, so it "
                             "can be used in probes only; name a finished run instead")
-    measure = _measures(data.get("measure"), src)
+    measure = _measures(data.get("measure"), src, task.name)
     phases = _phases(data.get("phases"), src, TASKS[task.name].default_phases(task.options))
     probes = _probes(data.get("probes"), src, shape, subcircuits, train.steps)
     recipe = Recipe(name, seeds, model, task, train, subcircuits, interventions, measure, phases, probes, src)
-    outputs.check(recipe, defaults_phases=data.get("phases") is None)
+    if data.get("phases") is None:           # the task's default rules, for the columns this recipe measures
+        recipe = replace(recipe, phases=outputs.measured_phases(recipe))
+    outputs.check(recipe)
     return recipe
 
 
@@ -587,9 +589,9 @@ def _check_target(target, kind, source, ipath, src, shape, subcircuits) -> None:
                 raise src.error(ipath + (key,), found, expected)
 
 
-def _measures(value, src) -> tuple[str, ...]:
+def _measures(value, src, task: str) -> tuple[str, ...]:
     if value is None:
-        return ("loss", "accuracy", "prev_token_score", "induction_strength")
+        return TASKS[task].default_measures
     items = build(tuple[str, ...], value, ("measure",), src)
     for i, m in enumerate(items):
         if m not in MEASURES:
@@ -617,6 +619,8 @@ def _phases(value, src, defaults: dict) -> dict[str, dict]:
                 lo, hi = build(tuple[float, float], v, path + (k,), src)
                 if lo >= hi:
                     raise src.error(path + (k,), show(v), "[low, high] with low < high")
+            elif k == "relative" and isinstance(v, dict):
+                _relative(v, path + (k,), src)
             else:
                 build(float, v, path + (k,), src)
         if "below" in rules and "above" in rules:
@@ -625,11 +629,29 @@ def _phases(value, src, defaults: dict) -> dict[str, dict]:
             raise src.error(path + ("logistic",), show(rules["logistic"]), "a confidence level in (0, 1), e.g. 0.95")
         if "max_slope" in rules and float(rules["max_slope"]) < 0:
             raise src.error(path + ("max_slope",), show(rules["max_slope"]), "a smoothing width in steps >= 0")
-        if "relative" in rules and not 0 < float(rules["relative"]) < 1:
+        if "relative" in rules and not isinstance(rules["relative"], dict) and not 0 < float(rules["relative"]) < 1:
             raise src.error(path + ("relative",), show(rules["relative"]),
                             "a fraction in (0, 1) of the way from the plateau to the final level")
-        out[str(col)] = {k: ([float(x) for x in v] if k == "band" else float(v)) for k, v in rules.items()}
+        out[str(col)] = {k: ([float(x) for x in v] if k == "band" else
+                             {kk: float(x) for kk, x in v.items()} if isinstance(v, dict) else float(v))
+                         for k, v in rules.items()}
     return out
+
+
+def _relative(v: dict, path, src) -> None:
+    """`relative: {frac: 0.5, flat: .., dwell: .., drop: .., sharp: ..}` (phases.PLATEAU's defaults)."""
+    from .phases import PLATEAU, PLATEAU_DOC
+    keys = ("frac",) + tuple(PLATEAU)
+    for k, x in v.items():
+        if k not in keys:
+            raise src.error(path + (k,), f"unknown key {k!r}", "one of " + ", ".join(keys), did_you_mean(str(k), keys))
+        x = build(float, x, path + (k,), src)
+        if k in ("frac", "flat", "dwell", "drop") and not 0 < x < 1:
+            raise src.error(path + (k,), show(v[k]), f"a fraction in (0, 1) ({PLATEAU_DOC.get(k, 'of the way from the plateau to the final level')})")
+        if k == "sharp" and not x >= 1:
+            raise src.error(path + (k,), show(v[k]), "a factor >= 1 (" + PLATEAU_DOC["sharp"] + ")")
+    if "frac" not in v:
+        raise src.error(path, "no frac", "frac: the fraction of the way from the plateau to the final level, e.g. 0.5")
 
 
 # ---------------------------------------------------------------------------------------

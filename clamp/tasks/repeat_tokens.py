@@ -56,6 +56,7 @@ class RepeatTokens(Task):
     # token embeddings N(0, 1) (nn.Embedding's init): at 0.02 the model found a shifted-key circuit
     # without an induction head, and frozen embeddings never learnt (benchmarks/RESULTS.md)
     default_model = {"embed_std": 1.0}
+    default_measures = ("loss", "accuracy", "prev_token_score", "induction_score")
 
     @classmethod
     def io(cls, o: RepeatTokensOptions) -> TaskIO:
@@ -63,8 +64,9 @@ class RepeatTokens(Task):
 
     @classmethod
     def default_phases(cls, options: RepeatTokensOptions) -> dict:
-        # half of chance-level loss on the copy
-        return {"loss": {"below": 0.5 * math.log(options.vocab), "relative": 0.5}}
+        # half of chance-level loss on the copy; an induction head in any layer
+        return {"loss": {"below": 0.5 * math.log(options.vocab), "relative": 0.5},
+                "max(induction_score/blocks.*.attn.hook_pattern[*])": {"above": 0.5}}
 
     def _sequences(self, g: torch.Generator, B: int) -> Batch:
         o = self.options
