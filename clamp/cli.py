@@ -345,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("graph", help="build the subcircuit graph of suite directories")
     q.add_argument("dir", nargs="+")
     q.add_argument("--out", help="where to write graph.json, graph.graphml, graph.png (default: the first DIR)")
+    q.add_argument("--behaviour", metavar="COLUMN:RULE", help="the phase change to use (needed to combine suites "
+                   "whose tasks or phase rules differ), e.g. loss:below")
     q.set_defaults(fn=cmd_graph)
 
     q = sub.add_parser("explain", help="explain a phase change from suite directories")
@@ -353,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two variants in different conditions")
     q.add_argument("--predict", metavar="V1,V2", help="combine these variants' clamps and predict the phase change")
     q.add_argument("--json", action="store_true")
+    q.add_argument("--behaviour", metavar="COLUMN:RULE", help="the phase change to explain (needed to combine "
+                   "suites whose tasks or phase rules differ), e.g. loss:below")
     q.set_defaults(fn=cmd_explain)
 
     q = sub.add_parser("report", help="tables and plots for a run or suite directory")

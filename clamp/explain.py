@@ -86,8 +86,10 @@ def explain_condition(graph, target: str | None = None) -> dict:
                     if d["times"].get("median_bound") is not None), key=lambda p: -p[1])
     bottleneck = order[0][0] if order else None
     out = {"target": target, "condition": _vinfo(graph, target)["condition"], "behaviour": graph.g.graph["primary"],
-           "phase_change": t, "subcircuits": {x: {"variant": d["variant"], **d["times"]} for x, d in iso.items()},
-           "bottleneck": bottleneck}
+           "phase_change": t, "bottleneck": bottleneck,
+           "subcircuits": {x: {"variant": d["variant"], "others": sorted({a[0] for a in d["adds"]}),
+                               "interventions": [f"{a[1]} {a[0]}" for a in d["adds"]], **d["times"]}
+                           for x, d in iso.items()}}
     if bottleneck and t.get("median_bound"):
         out["phase_change_over_bottleneck"] = t["median_bound"] / dict(order)[bottleneck]
     mech_all = set(graph.g.graph["variants"][target]["clamped"])
@@ -176,10 +178,11 @@ def _error(pred: dict, act: dict) -> dict:
 
 
 def _t(d) -> str:
+    """A time summary: median (range) over the seeds that changed, and how many never did."""
     if not d or d.get("median") is None:
-        return "never" if d and d.get("never") else "-"
+        return f"never (all {d['n']} seeds censored at the run length)" if d and d.get("never") else "-"
     rng = f" ({d['min']:.0f}–{d['max']:.0f})" if d.get("min") is not None else ""
-    never = f", {d['never']} never" if d.get("never") else ""
+    never = f", {d['never']} of {d['n']} never (censored)" if d.get("never") else ""
     return f"{d['median']:.0f}{rng}{never}"
 
 
@@ -188,7 +191,11 @@ def explain_text(e: dict) -> str:
     lines = [f"{short(e['target'])} ({e['condition']}): {e['behaviour']} at step {_t(e['phase_change'])} "
              "(median, range over seeds)"]
     for x, d in sorted(e["subcircuits"].items(), key=lambda p: -(p[1].get("median") or 0)):
-        lines.append(f"  {x:<12} forms at {_t(d)} when everything else is clamped ({short(d['variant'])})")
+        if d["others"]:
+            how = f"with {', '.join(d['interventions'])} ({short(d['variant'])})"
+        else:
+            how = f"in {short(d['variant'])} itself: no other subcircuit of the mechanism to intervene on"
+        lines.append(f"  {x:<12} forms at {_t(d)} {how}")
     if e.get("not_isolated"):
         lines.append(f"  no isolation experiment for: {', '.join(e['not_isolated'])}")
     if e["bottleneck"]:
@@ -239,9 +246,22 @@ def predict_text(p: dict) -> str:
     return "\n".join(lines)
 
 
+def effect_text(d: dict) -> str:
+    """One effect edge in words: the paired ratio, and what censoring makes of it."""
+    if d.get("median") is None:
+        return (f"unknown: neither run changed in {d.get('both_censored', 0)} seed(s) (both censored at the run "
+                "length)")
+    text = f"x{d['median']:.2f} ({d['min']:.2f}–{d['max']:.2f})"
+    if d.get("censored"):
+        text += f", {d['censored']} of {d['n']} seed(s) censored (a run that never changed: the ratio is a bound)"
+    if d.get("both_censored"):
+        text += f"; {d['both_censored']} seed(s) left out: neither run changed"
+    return text
+
+
 def cli_graph(args) -> int:
     from .graph import Graph
-    g = Graph.from_runs(args.dir)
+    g = Graph.from_runs(args.dir, behaviour=args.behaviour)
     out = args.out or args.dir[0]
     paths = g.save(out)
     subs = [n for n, d in g.g.nodes(data=True) if d["kind"] == "subcircuit"]
@@ -249,7 +269,8 @@ def cli_graph(args) -> int:
     for a, b, d in g.g.edges(data=True):
         if d["kind"] == "effect" and d.get("condition") == "reference":
             w = f" with {', '.join(d['with'])}" if d["with"] else ""
-            print(f"  {a}{w} -> {b}: x{d['median']:.2f} ({d['min']:.2f}–{d['max']:.2f}) "
+            how = "; ".join(d.get("interventions") or [])
+            print(f"  {a}{w} ({how}) -> {b}: {effect_text(d)} "
                   f"[{d['variant'].split('/', 1)[1]} vs {d['parent'].split('/', 1)[1]}]")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
@@ -257,7 +278,7 @@ def cli_graph(args) -> int:
 
 def cli_explain(args) -> int:
     from .graph import Graph
-    g = Graph.from_runs(args.dir)
+    g = Graph.from_runs(args.dir, behaviour=args.behaviour)
     if args.compare:
         res = g.compare(*args.compare)
         text = compare_text(res)

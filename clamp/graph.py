@@ -120,13 +120,55 @@ def load_variants(dirs: list[str | os.PathLike]) -> list[Variant]:
 
 
 def _stat(times_a: dict, times_b: dict) -> dict:
-    a = {s: t for s, (t, _) in times_a.items()}
-    b = {s: t for s, (t, _) in times_b.items()}
+    """Paired ratio a/b of phase-change times. A seed whose runs both never changed says nothing
+    about the effect (left out, counted in `both_censored`); one never changed gives a bound
+    (kept at the run length, counted in `censored`)."""
+    both = {s for s in times_a if s in times_b and times_a[s][1] and times_b[s][1]}
+    a = {s: t for s, (t, _) in times_a.items() if s not in both}
+    b = {s: t for s, (t, _) in times_b.items() if s not in both}
     st = paired(a, b, "ratio")
     st["censored"] = sum(times_a[s][1] or times_b[s][1] for s in st["per_seed"])
+    st["both_censored"] = len(both)
     st["never_a"] = sum(c for _, c in times_a.values())
     st["never_b"] = sum(c for _, c in times_b.values())
     return st
+
+
+def behaviours_of(r: Recipe) -> list[str]:
+    """The behaviours a recipe times: its threshold phase rules, as `phase:<column>:<rule>`."""
+    return [f"phase:{col}:{rule}" for col, rules in r.phases.items() for rule in rules if rule in ("below", "above")]
+
+
+def _behaviours(variants: list["Variant"], behaviour: str | None) -> list[str]:
+    """The behaviours every variant measures; refused when suites of different tasks or phase rules
+    are combined without saying which behaviour to use."""
+    sets = {v.key: behaviours_of(v.recipe) for v in variants}
+    if behaviour is not None:
+        b = behaviour if behaviour.startswith("phase:") else f"phase:{behaviour}"
+        lacking = [k for k, bs in sets.items() if b not in bs]
+        if lacking:
+            have = sorted({x for bs in sets.values() for x in bs})
+            raise InputError("--behaviour", "", f"{behaviour!r}, which {len(lacking)} variant(s) do not time "
+                             f"(e.g. {lacking[0]})", "a threshold phase rule every variant has",
+                             did_you_mean(b, have))
+        return [b]
+    tasks = sorted({v.recipe.task.name for v in variants})
+    if len(tasks) > 1:
+        by = {t: sorted({v.suite for v in variants if v.recipe.task.name == t}) for t in tasks}
+        raise InputError("graph", "", "suites of different tasks (" + "; ".join(f"{t}: {', '.join(s)}"
+                         for t, s in by.items()) + ")", "suites of one task, or --behaviour COLUMN:RULE naming "
+                         "the phase change to compare", "their phase rules time different things")
+    distinct = {tuple(bs) for bs in sets.values()}
+    if len(distinct) > 1:
+        ex = sorted(sets.items(), key=lambda kv: len(kv[1]))
+        raise InputError("graph", "", f"variants with different phase rules ({ex[0][0]}: {', '.join(ex[0][1]) or 'none'}; "
+                         f"{ex[-1][0]}: {', '.join(ex[-1][1])})", "one set of phase rules, or --behaviour COLUMN:RULE",
+                         "otherwise some runs would be judged on a column they never measured")
+    out = next(iter(distinct))
+    if not out:
+        raise InputError("graph", "", "runs without a threshold phase rule (below/above)",
+                         "phases: {COLUMN: {below: x}} in the recipes, to time a phase change")
+    return list(out)
 
 
 def _summary(times: dict) -> dict:
@@ -149,15 +191,18 @@ class Graph:
     # -- building ------------------------------------------------------------------------
 
     @classmethod
-    def from_runs(cls, dirs: list[str | os.PathLike]) -> "Graph":
+    def from_runs(cls, dirs: list[str | os.PathLike], behaviour: str | None = None) -> "Graph":
+        """The graph of one or more suite directories. Suites of different tasks or phase rules are
+        combined only when `behaviour` ('COLUMN:RULE') names the phase change every variant times."""
+        if isinstance(dirs, (str, os.PathLike)):
+            dirs = [dirs]
         variants = load_variants([Path(d) for d in dirs])
         if not variants:
             raise InputError(str(dirs[0]), "", "no suite results", "directories written by `clamp bench`")
         g = nx.MultiDiGraph(dirs=[str(d) for d in dirs])
         ref = variants[0]
         g.graph["reference_condition"] = ref.condition
-        behaviours = [f"phase:{col}:{rule}" for col, rules in ref.recipe.phases.items() for rule in rules
-                      if rule in ("below", "above")]
+        behaviours = _behaviours(variants, behaviour)
         g.graph["primary"] = behaviours[0]
         conds: dict[str, list[Variant]] = {}
         for v in variants:
@@ -266,7 +311,10 @@ class Graph:
             earlier = med < 1
             lab = (f"×{1 / med:.1f} earlier" if earlier and med > 0 else "at once" if earlier else
                    "prevents" if d.get("prevents") else f"×{med:.2f} later")
-            lab += f"  [{d['variant'].split('/', 1)[1]}]"
+            if d.get("censored"):
+                lab += f" (bound: {d['censored']}/{d['n']} censored)"
+            kinds = sorted({i.split(" ")[0] for i in d.get("interventions") or ()})
+            lab = f"{'/'.join(kinds)}: {lab}  [{d['variant'].split('/', 1)[1]}]"
             colour = "#2e7d32" if earlier else "#c62828"
             (x0, y0), (x1, y1) = box[a].get_position(), box[b].get_position()
             ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(
@@ -285,8 +333,9 @@ class Graph:
         ax.set_xlim(-0.8, 3.8)
         ax.set_ylim(bottom - 0.25 * (len(comp) + 1) - 0.2, 0.8)
         ax.axis("off")
-        ax.set_title(f"subcircuit graph ({condition}): effect of clamping each subcircuit to its ideal on "
-                     "each phase change (green: earlier, red: later; [the clamped run])", fontsize=10)
+        ax.set_title(f"subcircuit graph ({condition}): how an intervention on each subcircuit (clamp, ablate or "
+                     "freeze, as labelled) moves each phase change\n(green: earlier, red: later; [the run, "
+                     "against its parent]; censored: a run that never changed, counted at its length)", fontsize=9)
         fig.tight_layout()
         from .store import atomic_save
         atomic_save(png, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
@@ -298,26 +347,21 @@ class Graph:
     def conditions(self) -> dict[str, list[str]]:
         return self.g.graph["conditions"]
 
-    def variant_condition(self, variant: str) -> str:
-        for c, vs in self.conditions().items():
-            if variant in vs or any(v.split("/", 1)[1] == variant for v in vs):
-                return c
-        names = [v.split("/", 1)[1] for vs in self.conditions().values() for v in vs]
-        raise InputError("--compare", "", show(variant), "a variant of these suites: " + ", ".join(names),
-                         did_you_mean(variant, names))
-
-    def explain(self, condition: str = "reference") -> dict:
-        """Each subcircuit's isolated formation time in a condition, and the bottleneck."""
+    def explain(self, target: str | None = None) -> dict:
+        """Each subcircuit's isolated formation time for a target variant (default: the first suite's
+        first variant), and the bottleneck."""
         from .explain import explain_condition
-        return explain_condition(self, condition)
+        return explain_condition(self, target)
 
     def compare(self, a: str, b: str) -> dict:
+        """Which subcircuits' isolated formation times moved between variants `a` and `b`."""
         from .explain import compare_conditions
         return compare_conditions(self, a, b)
 
-    def predict(self, clamps: list[str], condition: str = "reference") -> dict:
+    def predict(self, variants: list[str], target: str | None = None) -> dict:
+        """The phase change of `target` with the interventions of `variants` combined."""
         from .explain import predict_time
-        return predict_time(self, clamps, condition)
+        return predict_time(self, variants, target)
 
 
 # ---------------------------------------------------------------------------------------
@@ -367,7 +411,7 @@ def _effects(g: nx.MultiDiGraph, vs: list[Variant], behaviours: list[str], cname
             labels = sorted({s[0] for s in added})
             for b in behaviours:
                 st = _stat(v.times(b), p.times(b))
-                if not st["per_seed"]:
+                if not st["per_seed"] and not st["both_censored"]:
                     continue
                 prevents = st["never_a"] > st["n"] / 2 and st["never_b"] < st["n"] / 2
                 how = sorted({f"{s[1]} to {s[2]}" if s[1] == "clamp" else f"{s[1]} ({s[2]})" if s[2] else s[1]
@@ -376,7 +420,7 @@ def _effects(g: nx.MultiDiGraph, vs: list[Variant], behaviours: list[str], cname
                     g.add_edge(lab, b, kind="effect", condition=cname, variant=v.key, parent=p.key,
                                interventions=how, **{"with": [x for x in labels if x != lab]},
                                prevents=prevents, **{k: st.get(k) for k in
-                                                     ("median", "min", "max", "ci", "n", "censored",
+                                                     ("median", "min", "max", "ci", "n", "censored", "both_censored",
                                                       "sign_p", "wilcoxon_p")},
                                per_seed=st["per_seed"])
 
@@ -417,8 +461,9 @@ def _condition_edges(g: nx.MultiDiGraph, conds: dict, behaviours: list[str], ref
             g.add_node(node, kind="condition")
             for b in behaviours:
                 st = _stat(v.times(b), w.times(b))
-                if st["per_seed"]:
+                if st["per_seed"] or st["both_censored"]:
                     g.add_edge(node, b, kind="condition", condition=cname, variant=v.key, parent=w.key,
                                signature=sorted(lab for lab in v.labels),
                                **{k: st.get(k) for k in ("median", "min", "max", "ci", "n", "censored",
-                                                         "sign_p", "wilcoxon_p")}, per_seed=st["per_seed"])
+                                                         "both_censored", "sign_p", "wilcoxon_p")},
+                               per_seed=st["per_seed"])
