@@ -37,7 +37,7 @@ from .errors import InputError, did_you_mean, show
 from .phases import column_value
 from .pool import Job, Outcome, available_cores, run_jobs
 from .schema import Source, build, check_name, dump_yaml, safe_name, load_yaml, load_yaml_file, parse_key_path, read_text
-from .spec import Recipe, apply_override, dump_recipe, parse_recipe, resolve_extends
+from .spec import Recipe, absolute_paths, apply_override, dump_recipe, parse_recipe, resolve_extends
 from . import budget, store
 from .store import atomic_write, read_json, read_metrics, write_json
 from .train import check_dir, train_seed
@@ -163,10 +163,10 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
         if not isinstance(ov, dict):
             raise src.error(("variants", vname), show(ov), "a mapping of overrides (may be empty: {})")
         vdata, vsrc = base_data, base_src
-        inlined[vname] = ov
+        inlined[vname] = absolute_paths(ov, src, ("variants", vname))
         if "recipe" in ov:
             vdata, vsrc = _base(ov["recipe"], src, ("variants", vname, "recipe"))
-            inlined[vname] = {**ov, "recipe": copy.deepcopy(vdata)}
+            inlined[vname] = {**inlined[vname], "recipe": absolute_paths(vdata, vsrc)}
             ov = {k: v for k, v in ov.items() if k != "recipe"}
         for point in itertools.product(*[[(k, v) for v in vals] for k, vals in grid.items()]):
             d = copy.deepcopy(vdata)
@@ -198,7 +198,7 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
                 for (vname, point), recipe in recipes.items():
                     if vname == op.variant:
                         _check_quantity(op.of, primary, recipe, where, src)
-    raw = {**copy.deepcopy(data), "name": name, "base": copy.deepcopy(base_data), "seeds": list(seeds),
+    raw = {**copy.deepcopy(data), "name": name, "base": absolute_paths(base_data, base_src), "seeds": list(seeds),
            "variants": copy.deepcopy(inlined)}
     if overrides:
         raw["set"] = overrides
@@ -394,11 +394,17 @@ def run_suite(suite: Suite, out: str | os.PathLike, *, workers: int | None = Non
         budget.check(recipe, max_memory)
     dirs = {(r.id, r.seed): out / "runs" / r.id / f"seed_{r.seed}" for r in runs}
     emit = progress or (lambda ev: None)
+
+    def check() -> None:
+        for r in runs:
+            check_dir(dirs[r.id, r.seed], dump_recipe(replace(r.recipe, seeds=(r.seed,))))
+    if not fresh:
+        store.check_writable(out)
+        check()                                            # refused before anything is touched
     with store.writer(out, "suite", fresh=fresh) as held:
         if held["deleted"]:
             emit({"event": "deleted", "dir": str(out), "files": held["deleted"]})
-        for r in runs:                                     # refuse before anything is written
-            check_dir(dirs[r.id, r.seed], dump_recipe(replace(r.recipe, seeds=(r.seed,))))
+        check()
         return _run_suite(suite, out, runs, dirs, workers, backend, address, progress)
 
 

@@ -112,5 +112,5 @@ def _column(recipe, have: set[str], col: str, path: tuple, what: str) -> None:
     else:
         plain = sorted(c for c in have if "/blocks." not in c and "composition" not in c)
         hint = did_you_mean(col, have) or ("columns: " + ", ".join(plain[:8]) if plain else "")
-    raise recipe.source.error(path, f"{show(col)}, a column no measure of this recipe produces",
+    raise recipe.source.error(path, "a column no measure of this recipe produces",
                               f"a metric column of this recipe ({what}s read them)", hint)

@@ -109,13 +109,20 @@ def run(recipe: Recipe | str | os.PathLike, out: str | os.PathLike | None = None
     compile_plan(recipe)                                   # reject conflicts before touching disk
     budget.check(recipe, max_memory)
     emit = progress or (lambda ev: None)
-    with store.writer(out, "run", fresh=fresh) as held:
-        if held["deleted"]:
-            emit({"event": "deleted", "dir": str(out), "files": held["deleted"]})
+
+    def check() -> None:
         for seed in recipe.seeds:
             check_dir(seed_dir(out, recipe, seed), dump_recipe(replace(recipe, seeds=(seed,))))
         if len(recipe.seeds) > 1:
             check_dir(out, dump_recipe(recipe))
+    if not fresh:
+        store.check_writable(out)
+        check()                                            # refused before anything is touched
+    with store.writer(out, "run", fresh=fresh) as held:
+        if held["deleted"]:
+            emit({"event": "deleted", "dir": str(out), "files": held["deleted"]})
+        check()
+        if len(recipe.seeds) > 1:
             atomic_write(out / "recipe.yaml", dump_recipe(recipe))
             atomic_write(out / "plan.txt", compile_plan(recipe).text() + "\n")
         jobs = [Job(seed, train_seed, (recipe, seed, seed_dir(out, recipe, seed)), recipe.train.threads)

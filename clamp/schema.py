@@ -12,6 +12,7 @@ Field metadata understood by `build`:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pathlib
 import re
@@ -51,6 +52,26 @@ class Source:
 
     def error(self, path: Sequence, found: str, expected: str, hint: str = "") -> InputError:
         return InputError(self.where(path), format_path(path), found, expected, hint)
+
+    def file_of(self, path: Sequence) -> str | None:
+        """The file the value at `path` was written in (None: the command line, or no file)."""
+        path = tuple(path)
+        for n in range(len(path), -1, -1):
+            if path[:n] in self.overrides:
+                label = self.overrides[path[:n]]
+                return None if label.startswith("--set") else label.rsplit(":", 1)[0]
+            if path[:n] in self.lines:
+                break
+        return self.file or None
+
+    def resolve(self, path: Sequence, value: str) -> str:
+        """A path written at key `path`, made absolute relative to the file that wrote it (the working
+        directory for --set and files-less recipes), so the resolved recipe means the same anywhere."""
+        if os.path.isabs(value):
+            return os.path.normpath(value)
+        f = self.file_of(path)
+        base = os.path.dirname(os.path.abspath(f)) if f else os.getcwd()
+        return os.path.normpath(os.path.join(base, value))
 
 
 _SITE_WITH_HEADS = re.compile(r"[A-Za-z_*][\w*]*(?:\.[\w*]+)*\[[0-9,:* ]*\]")
@@ -313,9 +334,11 @@ def between(lo: float, hi: float) -> Callable[[Any], str | None]:
     return check
 
 
-def opt(default: Any = dataclasses.MISSING, *, check=None, doc: str = "", factory=None):
-    """A dataclass field with a check and a one-line doc."""
-    meta = {"check": check, "doc": doc}
+def opt(default: Any = dataclasses.MISSING, *, check=None, doc: str = "", factory=None, path: bool = False,
+        keywords: tuple[str, ...] = ()):
+    """A dataclass field with a check and a one-line doc. `path=True`: a file or directory path, made
+    absolute relative to the file that wrote it (strings in `keywords`, e.g. 'self', are kept)."""
+    meta = {"check": check, "doc": doc, "path": path, "keywords": keywords}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -400,14 +423,20 @@ def build(tp: Any, value: Any, path: Path, src: Source) -> Any:
             return int(value)
         raise src.error(path, show(value), "an integer")
     if tp is float:
+        out = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
             try:
-                return float(value)      # YAML 1.1 reads 1e-4 (no dot) as a string
+                out = float(value)
+            except OverflowError:
+                pass
+        elif isinstance(value, str) and len(value) < 40:
+            try:
+                out = float(value)       # YAML 1.1 reads 1e-4 (no dot) as a string
             except ValueError:
                 pass
-        raise src.error(path, show(value), "a number")
+        if out is not None and math.isfinite(out):
+            return out
+        raise src.error(path, show(value), "a finite number" if out is not None else "a number")
     if tp is str:
         if isinstance(value, str):
             return value
@@ -433,6 +462,10 @@ def build_dataclass(cls: type, value: Any, path: Path, src: Source, *, skip: Seq
                 raise src.error(path, f"no key {name!r}", f"{name}: {describe(hints[name])}")
             continue
         v = build(hints[name], value[name], path + (name,), src)
+        if f.metadata.get("path") and isinstance(v, str) and v and v not in f.metadata.get("keywords", ()):
+            if "\x00" in v:
+                raise src.error(path + (name,), show(v), "a path without NUL bytes")
+            v = src.resolve(path + (name,), v)
         check = f.metadata.get("check")
         if check is not None and v is not None:
             problem = check(v)

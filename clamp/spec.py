@@ -13,6 +13,7 @@ interventions are checked by compile.py, which reports them with the same locati
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Sequence
@@ -119,7 +120,7 @@ class Selection:
     below: float | None = opt(None, doc="every head whose measure is below this")
     complement: bool = opt(False, doc="take the other heads of the layer instead")
     run: str = opt("self", doc="'self' (this run, at each evaluation; probes only) or a run directory "
-                               "({seed} becomes the seed)")
+                               "relative to the recipe file ({seed} becomes the seed)", path=True, keywords=("self",))
     at: int = opt(-1, doc="the evaluation step of that run (-1: its last)")
 
     def validate(self):
@@ -253,6 +254,47 @@ def deep_merge(base: Any, over: Any) -> Any:
             out[k] = deep_merge(base[k], v) if k in base else v
         return out
     return copy.deepcopy(over)
+
+
+def absolute_paths(data: Any, src: Source, prefix: tuple = ()) -> Any:
+    """A copy of recipe data (or of a suite's override mapping) with every path-valued option that is
+    relative (a graft's `run`, a selection's `run`) made absolute relative to the file that wrote it,
+    so the data means the same when written elsewhere (a suite directory's suite.yaml). Anything it
+    does not recognise is left for the parser to judge."""
+    data = copy.deepcopy(data)
+    if not isinstance(data, dict):
+        return data
+
+    def fix(d: dict, key: str, path: tuple, keywords=()) -> None:
+        v = d.get(key)
+        if isinstance(v, str) and v and v not in keywords and "\x00" not in v:
+            d[key] = src.resolve(path + (key,), v)
+
+    def items(lst, path):
+        for i, it in enumerate(lst if isinstance(lst, list) else []):
+            if not isinstance(it, dict):
+                continue
+            for k in ("to", "how"):
+                name = it.get(k)
+                opts, where = it, path + (i,)
+                if isinstance(name, dict) and len(name) == 1:
+                    (name, inline), = name.items()
+                    if isinstance(inline, dict):
+                        opts, where = inline, path + (i, k, name)
+                cls = VALUES.get(name) if isinstance(name, str) else None
+                for f in dataclasses.fields(cls.Options) if cls else ():
+                    if f.metadata.get("path"):
+                        fix(opts, f.name, where, f.metadata.get("keywords", ()))
+
+    items(data.get("interventions"), prefix + ("interventions",))
+    probes = data.get("probes")
+    for name, lst in (probes.items() if isinstance(probes, dict) else ()):
+        items(lst if isinstance(lst, list) else [lst], prefix + ("probes", name))
+    subs = data.get("subcircuits")
+    for name, sc in (subs.items() if isinstance(subs, dict) else ()):
+        if isinstance(sc, dict) and isinstance(sc.get("select"), dict):
+            fix(sc["select"], "run", prefix + ("subcircuits", name, "select"), ("self",))
+    return data
 
 
 def recipe_from_data(data: Any, src: Source | None = None, overrides: Sequence[str] = (),

@@ -367,7 +367,8 @@ class PreviousTokenInput(ValueSource):
 
 @dataclass(frozen=True)
 class GraftOptions:
-    run: str = opt("", doc="run directory of the donor ({seed} becomes this run's seed)")
+    run: str = opt("", doc="run directory of the donor, relative to the recipe file ({seed} becomes this run's seed)",
+                   path=True)
     step: int = opt(-1, doc="checkpoint step of the donor (-1: its last)")
 
 
@@ -387,7 +388,7 @@ class Graft(ValueSource):
         if not run:
             return ("run", "no run", "the donor's run directory")
         if "{seed}" not in run and not os.path.isdir(run):
-            return ("run", repr(run), "an existing run directory (relative to the working directory)")
+            return ("run", repr(run), "an existing run directory (relative to the recipe file)")
         return None
 
     def _donor(self, seed: int):
