@@ -3,8 +3,9 @@
     python benchmarks/make_results.py [--singh runs/singh2024] [--tokens runs/repeat_tokens] > /tmp/science.md
 
 Every number comes from the suites' own results (load_results): per-seed paired statistics,
-their median and range, and the expectation verdicts of the suite files. The paper and
-substrate columns are quoted from REFERENCE.md.
+their median and range, and the expectation verdicts of the suite files. The paper column quotes the paper (docs/science.md);
+the substrate column quotes an independent scratch re-implementation measured on this kind of
+machine before clamp existed (QUOTES below).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clamp.bench import load_results  # noqa: E402
 
-# expectation name prefix → (paper, substrate) as REFERENCE.md states them
+# expectation name prefix → (paper, substrate re-implementation)
 QUOTES = {
     "case 1: the plateau": ("plateau ≈3× the time to reach it", "in band for the whole plateau"),
     "case 1: then the loss": ("sharp drop", "drop to < 0.1"),
@@ -41,7 +42,7 @@ QUOTES = {
     "case 7: ablating": ("change < 0.5 points", "not measured"),
     "case 8: previous-token": ("acc 0.70 vs 0.9985", "not measured"),
     "case 8: the other": ("acc 0.993 vs 0.34", "not measured"),
-    # repeated tokens: the "paper" column is REFERENCE.md §2's statement of the case
+    # repeated tokens: the "paper" column is docs/science.md §2's statement of the case
     "case 9: 1-layer copy loss": ("stays near ln V", "3.0 (ln 64 = 4.16)"),
     "case 9: 1-layer model": ("no induction", "score 0.08 at 4000 steps"),
     "case 9: 2-layer copy loss": ("plateau, then a sharp drop", "≈0.2 by 2000 steps"),

@@ -9,7 +9,7 @@ clamp / plain (lower is better; 1.0 = no overhead). Conditions:
 
     no interventions       the hook points exist but every fn is None
     clamp one head         layer-1 head 3's query row clamped to the induction pattern
-    ablate 7 heads         the single-head setting of REFERENCE.md (values of 7 heads zeroed)
+    ablate 7 heads         the single-head setting of docs/science.md §1 (values of 7 heads zeroed)
     ablate + preserve      an ablation with later patterns preserved: two forward passes
     freeze one head        W_Q[2] of layer 0 frozen (snapshot restored after each Adam step)
 

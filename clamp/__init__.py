@@ -1,7 +1,7 @@
 """clamp: optogenetics for transformer training.
 
 Clamp, freeze or ablate named subcircuits during chosen steps of training and time when
-the induction head forms. The flow (DESIGN.md): recipe.yaml ─spec→ Recipe ─compile→ Plan
+the induction head forms. The flow (docs/design.md): recipe.yaml ─spec→ Recipe ─compile→ Plan
 ─train→ run dir ─phases→ phase times ─graph→ graph ─report→ report.
 """
 from .errors import InputError, RunError

@@ -1,7 +1,7 @@
 """Suites: a base recipe × named variants × grid points × seeds, with paired expectations.
 
 Flow position: suite.yaml ─bench→ many run dirs → results table (results.csv) → report.md.
-A suite file (DESIGN.md "Suite"):
+A suite file (docs/design.md; every key in the README):
 
     name: labels                      # default: file stem
     base: ../recipes/x.yaml           # a path (relative to this file) or an inline recipe

@@ -71,7 +71,10 @@ def parse_size(text: str) -> float:
     m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([kmgtp]?)(i?b?)", t)
     if not m:
         raise ValueError(text)
-    return float(m.group(1)) * 1024 ** "bkmgtp".index(m.group(2) or "b")
+    out = float(m.group(1)) * 1024 ** "bkmgtp".index(m.group(2) or "b")
+    if not math.isfinite(out):
+        raise ValueError(text)
+    return out
 
 
 def default_limit() -> float:

@@ -1,4 +1,4 @@
-"""Progress measures, computed at each evaluation (definitions: REFERENCE.md §4).
+"""Progress measures, computed at each evaluation (definitions: docs/science.md §4).
 
 Sits under train.py: `evaluate` runs every evaluator of the task through the model with
 the step's interventions applied and returns one flat row of metric columns. Column

@@ -1,7 +1,7 @@
 """Metric curves → phase-change times.
 
 Reads what train.py writes (metrics rows) and feeds summary.json, bench and graph.
-Rules (REFERENCE.md §5), each reported under its own name:
+Rules (docs/science.md §5), each reported under its own name:
 
 - below / above: the first evaluation whose value is below (above) an absolute threshold
   (the paper's learning time is `loss` below 0.4·ln 2);
@@ -19,7 +19,7 @@ Rules (REFERENCE.md §5), each reported under its own name:
   begins, on the curve smoothed by a Gaussian of `smooth` steps (0: 2% of the run).
 
 A curve that never meets a rule gets step None ("did not change"), never a forced time.
-`paired` compares two conditions seed by seed (REFERENCE.md §5).
+`paired` compares two conditions seed by seed (docs/science.md §5).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The few-shot task of Singh et al. 2024 with Gaussian class prototypes (REFERENCE.md §1).
+"""The few-shot task of Singh et al. 2024 with Gaussian class prototypes (docs/science.md §1).
 
 A sequence is `x1 y1 x2 y2 ... xq`: `pairs` exemplar–label pairs, then a query exemplar;
 the target is the query's label, with loss only at the query. `burstiness` of the pairs

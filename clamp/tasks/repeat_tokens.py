@@ -1,4 +1,4 @@
-"""Repeated random tokens (Olsson et al. 2022; Elhage et al. 2021; REFERENCE.md §2).
+"""Repeated random tokens (Olsson et al. 2022; Elhage et al. 2021; docs/science.md §2).
 
 Uniform random tokens of length `length`; a `segment`-token span starting at a random place a
 is copied to start a random gap g >= `min_gap` later (b = a + g), so position alone cannot solve
