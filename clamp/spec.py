@@ -370,7 +370,10 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
     if mdata is None or isinstance(mdata, dict):          # the task's own model defaults (e.g. embed_std)
         mdata = {**TASKS[task.name].default_model, **(mdata or {})}
     model = build_dataclass(ModelConfig, mdata, ("model",), src)
-    train = build_dataclass(TrainConfig, data.get("train"), ("train",), src)
+    tdata = data.get("train")
+    if tdata is None or isinstance(tdata, dict):          # the task's own training defaults
+        tdata = {**TASKS[task.name].default_train, **(tdata or {})}
+    train = build_dataclass(TrainConfig, tdata, ("train",), src)
     known = TASKS[task.name].evaluator_names
     for i, ev in enumerate(train.evaluators):
         if ev not in known:

@@ -437,3 +437,27 @@ def test_nothing_points_outside_the_repository():
         assert "../shared" not in text, p
         for doc in ("REFERENCE.md", "DESIGN.md"):
             assert doc not in text, (p, doc)
+
+
+def test_a_worker_that_dies_is_recorded_as_failed(tmp_path, tiny_file, capsys):
+    """A worker process killed outright (as by the OOM killer) leaves failed summaries, exit 1."""
+    from clamp.values import VALUES, NoOptions, ValueSource, register_value
+
+    class Die(ValueSource):
+        name, Options = "die_now", NoOptions
+
+        def value(self, x, site, ctx):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    register_value(Die)
+    try:
+        code, out, err = cli(["run", tiny_file, "--out", tmp_path / "o", "--quiet", "--workers", "2",
+                              "--set", "seeds=[0, 1]", "--set", "interventions=[{clamp: hook_embed, to: die_now}]"],
+                             capsys)
+    finally:
+        del VALUES["die_now"]
+    assert code == 1
+    for s in (0, 1):
+        sm = json.loads((tmp_path / "o" / f"seed_{s}" / "summary.json").read_text())
+        assert sm["status"] == "failed" and "worker process failed" in sm["error"]
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())["status"] == "failed"

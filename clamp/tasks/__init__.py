@@ -76,6 +76,7 @@ class Task:
     induction_keys: ClassVar[bool | None] = None        # batches mark where an induction head looks
     has_probe: ClassVar[bool | None] = None             # `probe()` gives repeated segments
     default_model: ClassVar[dict] = {}                  # model keys whose default differs for this task
+    default_train: ClassVar[dict] = {}                  # train keys whose default differs for this task
     default_measures: ClassVar[tuple[str, ...]] = ("loss", "accuracy", "prev_token_score", "induction_strength")
 
     def __init__(self, options, seed: int):

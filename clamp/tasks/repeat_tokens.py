@@ -57,6 +57,9 @@ class RepeatTokens(Task):
     # without an induction head, and frozen embeddings never learnt (benchmarks/RESULTS.md)
     default_model = {"embed_std": 1.0}
     default_measures = ("loss", "accuracy", "prev_token_score", "induction_score")
+    # induction forms at ~1500-1800 steps with the defaults (3 seeds): 3000 leave room; 256 sequences
+    # of 64 tokens per evaluation keep evaluation cheap
+    default_train = {"steps": 3000, "eval_every": 50, "eval_size": 256}
 
     @classmethod
     def io(cls, o: RepeatTokensOptions) -> TaskIO:
