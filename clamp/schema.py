@@ -361,12 +361,23 @@ def describe(tp: Any) -> str:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return " or ".join(describe(a) for a in args)
     if origin is tuple:
-        return f"a list of {describe(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_plural(describe(args[0]))}"
+        return f"a list of {len(args)} {_plural(describe(args[0]))}"
     if origin is dict:
         return "a mapping"
     if dataclasses.is_dataclass(tp):
         return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(tp))
     return getattr(tp, "__name__", str(tp))
+
+
+def _plural(words: str) -> str:
+    """'an integer' → 'integers', 'a list of 2 integers' → 'lists of 2 integers'."""
+    words = words.removeprefix("a ").removeprefix("an ")
+    if words.startswith("list of "):
+        return "lists" + words[4:]
+    return words if words.endswith("s") else words + "s"
 
 
 def build(tp: Any, value: Any, path: Path, src: Source) -> Any:

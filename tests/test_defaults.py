@@ -27,7 +27,8 @@ def test_the_token_task_defaults_are_the_ones_that_form_induction():
 
 def test_the_few_shot_defaults_resolve_the_plateau():
     r = only_task("fewshot")
-    assert r.model.embed_std == 0.02 and r.train.lr == 1e-4 and r.train.eval_every == 25
+    assert r.model.embed_std == 0.02 and r.train.lr == 3e-4 and r.train.eval_every == ((0, 25), (1000, 50))
+    assert r.task.options.offset == 1.0 and r.task.options.spread == 0.5
     assert r.phases == {"loss": {"below": pytest.approx(0.4 * math.log(2), abs=1e-4), "relative": 0.5}}
 
 

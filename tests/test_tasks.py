@@ -52,7 +52,7 @@ def test_fewshot_sequence_structure(kw):
 
 
 def test_label_sets_are_split_and_evaluators_use_the_right_sets():
-    t = fewshot(0)
+    t = fewshot(0, offset=0.0, spread=1.0)          # isotropic: vectors are the prototypes themselves
     train = {tuple(s) for s in t.train_sets.tolist()}
     held = {tuple(s) for s in t.heldout_sets.tolist()}
     assert len(train) == 8 and len(held) == 2 and not train & held
