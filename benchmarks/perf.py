@@ -11,9 +11,11 @@ clamp / plain (lower is better; 1.0 = no overhead). Conditions:
     clamp one head         layer-1 head 3's query row clamped to the induction pattern
     ablate 7 heads         the single-head setting of docs/science.md §1 (values of 7 heads zeroed)
     ablate + preserve      an ablation with later patterns preserved: two forward passes
-    freeze one head        W_Q[2] of layer 0 frozen (snapshot restored after each Adam step)
+    freeze one head        W_Q[2] of layer 0 frozen (value, moments and its own step count held)
 
-Timings are medians over `repeats` blocks of `steps` steps, after a warm-up.
+Timings are CPU time (process_time), medians over `repeats` blocks of `steps` steps, the blocks of
+all conditions interleaved, after a warm-up. The optimizer rows time one optimizer step alone,
+against torch's fused Adam (the plain loop's optimizer).
 """
 from __future__ import annotations
 
@@ -122,9 +124,7 @@ def main():
     b = batches[0]
     torch.testing.assert_close(plain(b.tokens, b.vectors, b.is_vector), ref.model(b.tokens, b.vectors, b.is_vector),
                                rtol=1e-5, atol=1e-5)
-    rows = []
-    t_plain = time_blocks(plain_step, a.steps, a.repeats)
-    rows.append(("plain PyTorch", t_plain, 1.0))
+    steps = {"plain PyTorch": plain_step}
     for name, extra in CONDITIONS.items():
         r = recipe_from_data(*load_yaml(BASE + extra, "perf.yaml"))
         tr = Trainer(r, 0)
@@ -139,14 +139,54 @@ def main():
             tr.optimizer.step()
             tr.intervener.after_optimizer_step()
             tr.step += 1
-        t = time_blocks(step, a.steps, a.repeats)
-        rows.append((f"clamp: {name}", t, t / t_plain))
+        steps[f"clamp: {name}"] = step
+    steps.update(optimizer_steps(ref.model))
+    times = interleaved(steps, a.steps, a.repeats)
+    t_plain = times["plain PyTorch"]
     t_eval = time_blocks(lambda: ref.evaluate(probes=False), 5, a.repeats)
-    print(f"torch {torch.__version__}, {a.threads} thread(s), batch 32, few-shot task defaults (8 pairs + query = 17 positions), 2 layers x 8 heads, d_model 64")
-    print(f"{'condition':<34} {'ms/step':>8} {'ratio':>6}")
-    for name, t, ratio in rows:
-        print(f"{name:<34} {t:8.3f} {ratio:6.2f}")
-    print(f"{'evaluation (4 evaluators x 1000)':<34} {t_eval:8.1f} ms")
+    io = base.task.io()
+    print(f"torch {torch.__version__}, {a.threads} thread(s), CPU time, batch 32, few-shot task "
+          f"({io.n_ctx} positions), 2 layers x 8 heads, d_model 64; blocks interleaved, median of {a.repeats}")
+    print(f"{'condition':<44} {'ms/step':>8} {'ratio':>6}")
+    for name, t in times.items():
+        ref_t = times["optimizer: torch Adam (fused)"] if name.startswith("optimizer") else t_plain
+        print(f"{name:<44} {t:8.3f} {t / ref_t:6.2f}")
+    print(f"{f'evaluation ({len(ref._evaluators)} evaluators x {base.train.eval_size})':<44} {t_eval:8.1f} ms")
+
+
+def optimizer_steps(model) -> dict:
+    """One optimizer step over the model's parameters (fixed gradients): torch's fused and
+    single-tensor Adam, clamp's Adam, and clamp's Adam with one tensor's step count split per
+    element (what a held freeze does). Ratios are to torch's fused Adam."""
+    from clamp.optim import Adam
+    out = {}
+    for name, make in [("optimizer: torch Adam (fused)", lambda ps: torch.optim.Adam(ps, lr=1e-4, fused=True)),
+                       ("optimizer: torch Adam (single-tensor)", lambda ps: torch.optim.Adam(ps, lr=1e-4, foreach=False)),
+                       ("optimizer: clamp Adam", lambda ps: Adam(ps, lr=1e-4)),
+                       ("optimizer: clamp Adam, one count split", lambda ps: Adam(ps, lr=1e-4))]:
+        ps = [torch.nn.Parameter(p.detach().clone()) for p in model.parameters()]
+        for p in ps:
+            p.grad = torch.randn_like(p) * 1e-3
+        opt = make(ps)
+        if name.endswith("split"):
+            opt.split_step(ps[3])
+        out[name] = opt.step
+    return out
+
+
+def interleaved(fns: dict, steps: int, repeats: int) -> dict:
+    """Median CPU ms per call of each function, blocks of `steps` calls interleaved across functions."""
+    for fn in fns.values():                                   # warm-up
+        for _ in range(20):
+            fn()
+    per: dict = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, fn in fns.items():
+            t0 = time.process_time()
+            for _ in range(steps):
+                fn()
+            per[k].append(1e3 * (time.process_time() - t0) / steps)
+    return {k: statistics.median(v) for k, v in per.items()}
 
 
 if __name__ == "__main__":

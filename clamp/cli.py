@@ -25,7 +25,9 @@ class _Parser(argparse.ArgumentParser):
             bad = message.split("'")[1] if "'" in message else ""
             hint = did_you_mean(bad, VERBS)
             hint = f"; {hint}" if hint else ""
-        sys.stderr.write(f"{self.prog}: error: {message}{hint} (see `{self.prog} --help`)\n")
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in f"{message}{hint}")
+        text = text if len(text) <= 220 else text[:150] + "..." + text[-60:]
+        sys.stderr.write(f"{self.prog}: error: {text} (see `{self.prog} --help`)\n")
         sys.exit(2)
 
 
@@ -371,7 +373,10 @@ def main(argv: list[str] | None = None) -> int:
             stream.reconfigure(errors="backslashreplace")
         except (AttributeError, ValueError):
             pass
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:                            # bad arguments (one line written) or --help
+        return e.code if isinstance(e.code, int) else 2
     try:
         return args.fn(args)
     except InputError as e:

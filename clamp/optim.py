@@ -8,12 +8,16 @@ it with its own step count, or its bias correction is wrong at release (a slice 
 moments that start from zero: ~1.8 x lr on every element).
 
 So each parameter's state holds `step` as a 0-d tensor until a held freeze splits it
-(`split_step`) into a tensor of the parameter's shape; the update is the same arithmetic
-either way, bit for bit torch's single-tensor Adam/AdamW for every element given its count:
+(`split_step`) into a tensor of the parameter's shape. The update is torch's fused Adam/AdamW
+either way, so every element moves bit for bit as torch's own fused optimizer would move it
+given its step count (tests/test_optim.py):
 
     g  = grad (+ wd * p for adam)          p *= 1 - lr * wd   (adamw)
     t += 1;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
     p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+A split tensor is updated once per distinct count among its elements (on a copy each; usually
+two: the frozen slice's and the rest).
 
 State is created at construction (m = v = 0, t = 0), so a snapshot taken before the first
 step is well defined. Parameters whose gradient is None are skipped (their t does not move),
@@ -24,6 +28,7 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
+from torch.optim.adam import adam as _functional_adam
 from torch import Tensor
 
 
@@ -51,39 +56,42 @@ class Adam(torch.optim.Optimizer):
     def step(self, closure=None):  # type: ignore[override]
         assert closure is None, "clamp's optimizers take no closure"
         for group in self.param_groups:
-            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            whole: list[Tensor] = []
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                g = p.grad
-                st = self.state[p]
-                if wd:
-                    if group["decoupled"]:
-                        p.mul_(1 - lr * wd)
-                    else:
-                        g = g.add(p, alpha=wd)
-                t = st["step"]
-                t.add_(1)
-                m, v = st["exp_avg"], st["exp_avg_sq"]
-                m.lerp_(g, 1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                sqrt_v = v.sqrt()
-                if t.dim() == 0:                           # one count for the tensor
-                    _update(p, m, sqrt_v, int(t.item()), lr, b1, b2, eps)
-                else:                                      # a count per element: the same scalar arithmetic
-                    base = p.clone()                       # per distinct count (usually two), so each
-                    for n in torch.unique(t).tolist():     # element's update is bit for bit torch's
-                        upd = base.clone()
-                        _update(upd, m, sqrt_v, int(n), lr, b1, b2, eps)
-                        p.copy_(torch.where(t == n, upd, p))
+                if self.state[p]["step"].dim() == 0:
+                    whole.append(p)
+                else:
+                    self._per_count(p, group)
+            if whole:
+                st = [self.state[p] for p in whole]
+                _adam(whole, [p.grad for p in whole], [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
+                      [s["step"] for s in st], group)
         return None
 
+    def _per_count(self, p: Tensor, group: dict) -> None:
+        """One step of a tensor whose elements have their own step counts: torch's fused update on a
+        copy per distinct count (usually two), each element taken from the copy of its own count."""
+        st = self.state[p]
+        t = st["step"]
+        base_p, base_m, base_v = p.clone(), st["exp_avg"].clone(), st["exp_avg_sq"].clone()
+        for i, n in enumerate(torch.unique(t).tolist()):
+            q, m, v = base_p.clone(), base_m.clone(), base_v.clone()
+            _adam([q], [p.grad], [m], [v], [torch.tensor(float(n))], group)
+            if i == 0:                                     # moments do not depend on the count
+                st["exp_avg"].copy_(m)
+                st["exp_avg_sq"].copy_(v)
+            p.copy_(torch.where(t == n, q, p))
+        t.add_(1)
 
-def _update(p: Tensor, m: Tensor, sqrt_v: Tensor, n: int, lr: float, b1: float, b2: float, eps: float) -> None:
-    """p -= lr / (1 - b1^n) * m / (sqrt(v) / sqrt(1 - b2^n) + eps), in torch's order of operations."""
-    bc1, bc2 = 1 - b1 ** n, 1 - b2 ** n
-    denom = (sqrt_v / (bc2 ** 0.5)).add_(eps)
-    p.addcdiv_(m, denom, value=-lr / bc1)
+
+def _adam(params, grads, exp_avgs, exp_avg_sqs, steps, group) -> None:
+    """torch's fused Adam/AdamW (functional form): increments `steps` and updates in place."""
+    _functional_adam(params, grads, exp_avgs, exp_avg_sqs, [], steps, fused=True, amsgrad=False,
+                     beta1=group["betas"][0], beta2=group["betas"][1], lr=group["lr"],
+                     weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
+                     decoupled_weight_decay=group["decoupled"])
 
 
 class SGD(torch.optim.Optimizer):

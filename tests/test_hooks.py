@@ -18,7 +18,7 @@ def plain_losses(recipe, n):
     """An independent loop: the model called directly, no Intervener, no hook functions."""
     tr = Trainer(recipe, 0)                      # only for the task and config
     model = build_model(recipe.shape(), 0)
-    opt = torch.optim.Adam(model.parameters(), lr=recipe.train.lr, betas=recipe.train.betas, foreach=False)
+    opt = torch.optim.Adam(model.parameters(), lr=recipe.train.lr, betas=recipe.train.betas, fused=True)
     out = []
     for step in range(n):
         b = tr.task.train_batch(step, recipe.train.batch)

@@ -1,5 +1,5 @@
 """clamp's optimizers and what a freeze does to optimizer state, against independent references:
-torch's own single-tensor Adam/AdamW, a fresh torch Adam started at the release step, and a
+torch's own fused Adam/AdamW, a fresh torch Adam started at the release step, and a
 hand-written Adam for `optimizer_state: accumulate`."""
 from __future__ import annotations
 
@@ -18,12 +18,12 @@ from conftest import tiny
 @given(lr=st.floats(1e-4, 1e-1), b1=st.floats(0.0, 0.99), b2=st.floats(0.5, 0.9999),
        wd=st.sampled_from([0.0, 1e-3, 0.1]), decoupled=st.booleans(), steps=st.integers(1, 30),
        seed=st.integers(0, 2**16))
-def test_adam_is_torchs_single_tensor_adam_bit_for_bit(lr, b1, b2, wd, decoupled, steps, seed):
+def test_adam_is_torchs_fused_adam_bit_for_bit(lr, b1, b2, wd, decoupled, steps, seed):
     g = torch.Generator().manual_seed(seed)
     p1 = torch.nn.Parameter(torch.randn(4, 6, generator=g))
     p2 = torch.nn.Parameter(p1.detach().clone())
     ref = (torch.optim.AdamW if decoupled else torch.optim.Adam)([p1], lr=lr, betas=(b1, b2), weight_decay=wd,
-                                                                  foreach=False)
+                                                                  fused=True)
     ours = Adam([p2], lr=lr, betas=(b1, b2), weight_decay=wd, decoupled=decoupled)
     for _ in range(steps):
         grad = torch.randn(4, 6, generator=g)
@@ -51,7 +51,7 @@ def _fresh_torch_adam(start: torch.Tensor, grads: list[torch.Tensor], r, optimiz
     """torch's Adam/AdamW on a standalone tensor, fed `grads` one step at a time → values after each."""
     p = torch.nn.Parameter(start.clone())
     cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
-    opt = cls([p], lr=r.train.lr, betas=r.train.betas, weight_decay=wd, foreach=False)
+    opt = cls([p], lr=r.train.lr, betas=r.train.betas, weight_decay=wd, fused=True)
     out = []
     for g in grads:
         p.grad = g.clone()
