@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import InputError, did_you_mean, show
+from .errors import InputError, did_you_mean, format_path, show
 from .phases import column_value
 from .pool import Job, Outcome, available_cores, run_jobs
 from .schema import Source, build, check_name, dump_yaml, safe_name, load_yaml, load_yaml_file, parse_key_path, read_text
@@ -245,6 +245,9 @@ def _merge(data: dict, overrides: dict, where: tuple, suite_src: Source, run_src
         if isinstance(node, list):
             if not isinstance(last, int) or last >= len(node):
                 raise suite_src.error(where + (key,), show(key), "an index into an existing list")
+        elif not isinstance(node, dict):
+            raise suite_src.error(where + (key,), f"{show(key)}, but {format_path(path[:-1])} is {show(node)}",
+                                  "a key path into a mapping of the base recipe")
         node[last] = copy.deepcopy(value)
         run_src.overrides[tuple(path)] = label
 

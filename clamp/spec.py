@@ -337,9 +337,11 @@ def apply_override(data: dict, text: str, src: Source) -> None:
         if nxt is None:
             if isinstance(node, dict):
                 node[p] = nxt = {}
-            else:
+            elif isinstance(node, list):
                 raise InputError(f"--set {text}", format_path(parts[:i + 1]), "no such list item",
                                  "an index into an existing list")
+            else:
+                raise InputError(f"--set {text}", format_path(parts[:i]), show(node), "a mapping to set a key in")
         node = nxt
     last = parts[-1]
     if isinstance(node, list):

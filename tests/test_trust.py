@@ -181,6 +181,7 @@ def _hostile(tmp_path: Path) -> list[tuple[str, list, str]]:
     (w / "longkey.yaml").write_text(TINY + "? " + ("k" * 10_000) + "\n: 1\n")
     (w / "suite_fifo.yaml").write_text("base: fifo.yaml\n")
     (w / "suite_badvar.yaml").write_text("base: tiny.yaml\nvariants:\n  v: {recipe: 5}\n")
+    (w / "suite_scalar.yaml").write_text("base: tiny.yaml\nvariants:\n  v: {train.lr.nan: 0.02}\n")   # found by the fuzz
     (w / "tiny.yaml").write_text(TINY)
     sizes = [("model.d_model=1000000", "model"), ("model.attn_only=false", None), ("train.eval_size=1000000000", "eval_size"),
              ("train.batch=1000000000", "batch"), ("task.classes=1000000000", "task"),
@@ -205,6 +206,10 @@ def _hostile(tmp_path: Path) -> list[tuple[str, list, str]]:
         ("10,000-character key", ["plan", w / "longkey.yaml"], "found unknown key"),
         ("variant recipe not a mapping", ["bench", w / "suite_badvar.yaml", "--out", w / "s"],
          "variants.v.recipe: found 5; expected a recipe path or an inline recipe mapping"),
+        ("variant key path through a number", ["bench", w / "suite_scalar.yaml", "--out", w / "s"],
+         "but train.lr is 0.01; expected a key path into a mapping of the base recipe"),
+        ("--set key path through a number", ["plan", w / "tiny.yaml", "--set", "train.lr.x=1"],
+         "train.lr: found 0.01; expected a mapping to set a key in"),
         ("NUL in --out", ["run", w / "tiny.yaml", "--out", "a\x00b"], "--out: found"),
         ("--set huge index", ["plan", w / "tiny.yaml", "--set", "interventions." + "9" * 5000 + ".steps=1"], "found"),
         ("--set tag", ["plan", w / "tiny.yaml", "--set", "train.lr=!!python/name:os.system"], "found the tag"),
