@@ -177,9 +177,11 @@ def load_yaml(text: str, file: str = "") -> tuple[Any, Source]:
     keys (`<<: *base`) merge; dates stay the strings they were written as. Nesting, alias
     expansion and integer size are bounded (MAX_DEPTH, MAX_VALUES, MAX_INT_DIGITS)."""
     text = quote_site_names(text)
+    last = None                                          # the last event parsed (where an escape broke)
     try:
         depth = 0
         for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+            last = ev.end_mark
             if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                 depth += 1
                 if depth > MAX_DEPTH:
@@ -194,6 +196,10 @@ def load_yaml(text: str, file: str = "") -> tuple[Any, Source]:
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise InputError(f"{file}{line}", "", "text that is not valid YAML", "a YAML mapping",
                          str(problem)) from None
+    except (ValueError, OverflowError) as e:             # e.g. a "\\U0099999999" escape past U+10FFFF
+        line = f":{last.line + 1}" if last is not None else ""
+        raise InputError(f"{file}{line}", "", "text that is not valid YAML", "a YAML mapping",
+                         f"an escape that names no character ({str(e)[:60]})") from None
     src = Source(file=file)
     if node is None:
         return None, src
@@ -503,13 +509,3 @@ def unbuild(obj: Any) -> Any:
         return {k: unbuild(v) for k, v in obj.items()}
     return obj
 
-
-def field_docs(cls: type) -> list[tuple[str, str, Any, str]]:
-    """(name, type words, default, doc) per field, for documentation and `clamp` help."""
-    hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
-        out.append((f.name, describe(hints[f.name]), default, f.metadata.get("doc", "")))
-    return out

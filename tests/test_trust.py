@@ -181,6 +181,7 @@ def _hostile(tmp_path: Path) -> list[tuple[str, list, str]]:
     (w / "longkey.yaml").write_text(TINY + "? " + ("k" * 10_000) + "\n: 1\n")
     (w / "suite_fifo.yaml").write_text("base: fifo.yaml\n")
     (w / "suite_badvar.yaml").write_text("base: tiny.yaml\nvariants:\n  v: {recipe: 5}\n")
+    (w / "escape.yaml").write_text('name: "\\U00999999"\n')             # found by the fuzz: chr() out of range
     (w / "suite_scalar.yaml").write_text("base: tiny.yaml\nvariants:\n  v: {train.lr.nan: 0.02}\n")   # found by the fuzz
     (w / "tiny.yaml").write_text(TINY)
     sizes = [("model.d_model=1000000", "model"), ("model.attn_only=false", None), ("train.eval_size=1000000000", "eval_size"),
@@ -206,6 +207,7 @@ def _hostile(tmp_path: Path) -> list[tuple[str, list, str]]:
         ("10,000-character key", ["plan", w / "longkey.yaml"], "found unknown key"),
         ("variant recipe not a mapping", ["bench", w / "suite_badvar.yaml", "--out", w / "s"],
          "variants.v.recipe: found 5; expected a recipe path or an inline recipe mapping"),
+        ("escape past U+10FFFF", ["plan", w / "escape.yaml"], "an escape that names no character"),
         ("variant key path through a number", ["bench", w / "suite_scalar.yaml", "--out", w / "s"],
          "but train.lr is 0.01; expected a key path into a mapping of the base recipe"),
         ("--set key path through a number", ["plan", w / "tiny.yaml", "--set", "train.lr.x=1"],
