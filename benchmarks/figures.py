@@ -16,7 +16,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from clamp.bench import load_results  # noqa: E402
+from clamp.results import load_results  # noqa: E402
 from clamp.report import plot_curves, suite_curves  # noqa: E402
 
 SINGH = ["baseline", "match", "copy", "ideal_copy", "prev_token", "layer0_ideal", "match_until1000"]

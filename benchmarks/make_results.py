@@ -3,7 +3,8 @@
     python benchmarks/make_results.py [--singh runs/singh2024] [--tokens runs/repeat_tokens] > /tmp/science.md
 
 Every number comes from the suites' own results (load_results): per-seed paired statistics,
-their median and range, and the expectation verdicts of the suite files. The paper column quotes the paper (docs/science.md);
+their median and range, and the expectation verdicts of the suite files. The paper column quotes the paper
+(docs/science.md);
 the substrate column quotes an independent scratch re-implementation measured on this kind of
 machine before clamp existed (QUOTES below).
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clamp.bench import load_results  # noqa: E402
+from clamp.results import load_results  # noqa: E402
 
 # expectation name prefix → (paper, substrate re-implementation)
 QUOTES = {

@@ -161,7 +161,8 @@ def optimizer_steps(model) -> dict:
     from clamp.optim import Adam
     out = {}
     for name, make in [("optimizer: torch Adam (fused)", lambda ps: torch.optim.Adam(ps, lr=1e-4, fused=True)),
-                       ("optimizer: torch Adam (single-tensor)", lambda ps: torch.optim.Adam(ps, lr=1e-4, foreach=False)),
+                       ("optimizer: torch Adam (single-tensor)",
+                        lambda ps: torch.optim.Adam(ps, lr=1e-4, foreach=False)),
                        ("optimizer: clamp Adam", lambda ps: Adam(ps, lr=1e-4)),
                        ("optimizer: clamp Adam, one count split", lambda ps: Adam(ps, lr=1e-4))]:
         ps = [torch.nn.Parameter(p.detach().clone()) for p in model.parameters()]

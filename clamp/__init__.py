@@ -3,14 +3,21 @@
 Clamp, freeze or ablate named subcircuits during chosen steps of training and time when
 the induction head forms. The flow (docs/design.md): recipe.yaml ─spec→ Recipe ─compile→ Plan
 ─train→ run dir ─phases→ phase times ─graph→ graph ─report→ report.
+
+The curated API (everything else is importable from its module, but may change):
 """
 from .errors import InputError, RunError
-from .spec import Recipe, load_recipe, recipe_from_data, dump_recipe, with_overrides
+from .recipe import Recipe, dump_recipe
+from .spec import load_recipe, recipe_from_data, with_overrides
 from .compile import Plan, compile_plan
 from .runs import Run, run
-from .bench import bench, load_suite
+from .suite import Suite, load_suite
+from .results import SuiteResult, load_results
 from .graph import Graph
+from .explanations import compare, explain, predict
+from .api import bench, plan
 
 __all__ = ["InputError", "RunError", "Recipe", "load_recipe", "recipe_from_data", "dump_recipe",
-           "with_overrides", "Plan", "compile_plan", "Run", "run", "bench", "load_suite", "Graph"]
+           "with_overrides", "Plan", "compile_plan", "plan", "Run", "run", "Suite", "load_suite", "bench",
+           "SuiteResult", "load_results", "Graph", "explain", "compare", "predict"]
 __version__ = "0.1.0"

@@ -27,8 +27,8 @@ import os
 import re
 from dataclasses import dataclass
 
-from .errors import InputError
-from .spec import HEAD_MEASURES, Recipe
+from .columns import HEAD_MEASURES
+from .recipe import Recipe
 from .tasks import TASKS
 
 F32 = 4
@@ -155,8 +155,10 @@ def check(recipe: Recipe, limit: float | None = None) -> Estimate:
         return est
     t = recipe.train
     parts = {("model",): (est.param_bytes, f"parameters {human(est.param_bytes)} for {est.params:,} weights"),
-             ("train", "batch"): (est.train_bytes, f"training activations {human(est.train_bytes)} at batch {t.batch:,}"),
-             ("train", "eval_size"): (est.eval_bytes, f"evaluation {human(est.eval_bytes)} at eval_size {t.eval_size:,}"),
+             ("train", "batch"): (est.train_bytes,
+                                  f"training activations {human(est.train_bytes)} at batch {t.batch:,}"),
+             ("train", "eval_size"): (est.eval_bytes,
+                                      f"evaluation {human(est.eval_bytes)} at eval_size {t.eval_size:,}"),
              ("task",): (est.task_bytes, f"task data {human(est.task_bytes)}"),
              ("train", "eval_every"): (est.metrics_bytes,
                                        f"metrics {human(est.metrics_bytes)} over {count_evals(recipe):,} evaluations")}

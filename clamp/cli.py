@@ -35,16 +35,21 @@ VERBS = ("run", "plan", "sites", "demo", "bench", "probe", "graph", "explain", "
 
 
 class Progress:
-    """Prints progress of one or many runs on stderr: a live line on a terminal, else a line every few s."""
+    """Progress of one or many runs on stderr, as a tqdm bar: the fraction of all training steps done,
+    then the first few running runs' step and loss. Redrawn every 0.5 s on a terminal, every 10 s
+    (a new line each time) in a log; nothing with --quiet."""
 
     def __init__(self, total_runs: int, stream=sys.stderr, quiet: bool = False):
-        self.stream, self.quiet = stream, quiet
-        self.tty = stream.isatty()
+        from tqdm import tqdm
         self.total_runs = max(total_runs, 1)
         self.state: dict = {}
-        self.t0 = time.time()
-        self.last = 0.0
         self.finished = 0
+        tty = stream.isatty()
+        form = ("{percentage:3.0f}%|{bar:20}| {elapsed}<{remaining} | {desc}" if tty else
+                "{percentage:3.0f}% after {elapsed}, ~{remaining} left | {desc}")
+        self.bar = tqdm(total=self.total_runs, file=stream if tty else _Lines(stream), disable=quiet,
+                        mininterval=0.5 if tty else 10.0, delay=0.5 if tty else 10.0, ncols=150 if tty else None,
+                        leave=False, bar_format=form)
 
     def __call__(self, ev: dict) -> None:
         key = ev.get("run", ev.get("seed"))
@@ -54,45 +59,31 @@ class Progress:
         elif kind == "done":
             self.finished += 1
             self.state.pop(key, None)
-        self._show()
-
-    def _fraction(self) -> float:
         running = sum(s / max(n, 1) for s, n, _ in self.state.values())
-        return min(1.0, (self.finished + running) / self.total_runs)
-
-    def _show(self) -> None:
-        if self.quiet:
-            return
-        now = time.time()
-        if now - self.last < (0.5 if self.tty else 10.0):
-            return
-        self.last = now
-        frac = self._fraction()
-        el = now - self.t0
-        eta = f"{_clock(el * (1 - frac) / frac)}" if frac > 0.02 else "?"
-        bar = "#" * int(frac * 20)
-        parts = [f"{k}: {s}/{n}" + (f" loss {l:.3f}" if isinstance(l, float) else "")
-                 for k, (s, n, l) in sorted(self.state.items(), key=lambda kv: str(kv[0]))[:3]]
+        parts = [f"{k}: {s}/{n}" + (f" loss {loss:.3f}" if isinstance(loss, float) else "")
+                 for k, (s, n, loss) in sorted(self.state.items(), key=lambda kv: str(kv[0]))[:3]]
         more = f" +{len(self.state) - 3}" if len(self.state) > 3 else ""
-        self._line(f"[{bar:<20}] {100 * frac:3.0f}% {self.finished}/{self.total_runs} done, "
-                   f"elapsed {_clock(el)}, left ~{eta} | " + "; ".join(parts) + more)
-
-    def _line(self, text: str, final: bool = False) -> None:
-        if self.tty and not final:
-            self.stream.write("\r" + text[:150].ljust(150))
-        else:
-            self.stream.write(("\r" if self.tty else "") + text + "\n")
-        self.stream.flush()
+        self.bar.set_description_str(f"{self.finished}/{self.total_runs} done | " + "; ".join(parts) + more,
+                                     refresh=False)
+        self.bar.update(max(0.0, min(self.total_runs, self.finished + running) - self.bar.n))
 
     def close(self) -> None:
-        if self.tty and not self.quiet:
-            self.stream.write("\r" + " " * 150 + "\r")
-            self.stream.flush()
+        self.bar.close()
 
 
-def _clock(seconds: float) -> str:
-    s = int(max(seconds, 0))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+class _Lines:
+    """A log is not a terminal: each redraw of the bar becomes one line."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> None:
+        text = text.strip("\r\n ")
+        if text:
+            self.stream.write(text + "\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 # ---------------------------------------------------------------------------------------
@@ -114,7 +105,8 @@ def _max_memory(a) -> float | None:
     try:
         return parse_size(a.max_memory)
     except ValueError:
-        raise InputError("--max-memory", "", repr(a.max_memory)[:60], "a size like 16G, 512MiB or 2e9, or none") from None
+        raise InputError("--max-memory", "", repr(a.max_memory)[:60],
+                         "a size like 16G, 512MiB or 2e9, or none") from None
 
 
 def _deleted(prog: "Progress"):
@@ -168,13 +160,14 @@ def cmd_run(a) -> int:
 def cmd_plan(a) -> int:
     from .budget import check
     from .compile import compile_plan, probe_text
+    from .store import run_metrics
     from .spec import load_recipe
     recipe = load_recipe(a.recipe, a.set)
-    plan = compile_plan(recipe)
+    plan = compile_plan(recipe, metrics_of=run_metrics)
     est = check(recipe, _max_memory(a))
     print(plan.text())
     for name in recipe.probes:
-        print(probe_text(recipe, name))
+        print(probe_text(recipe, name, metrics_of=run_metrics))
     print(f"memory estimate per run: {est.text()}")
     return 0
 
@@ -204,8 +197,9 @@ def _builtin(name: str) -> str:
 
 def cmd_demo(a) -> int:
     import math
-    from .bench import load_suite, run_suite
-    from .report import curve_table, plot_curves, suite_curves
+    from .api import bench
+    from .report import curve_table, plot_curves, suite_curves, suite_text
+    from .suite import load_suite
     suite = load_suite(_builtin("demo_suite.yaml"))
     out = _out(a, Path("runs/demo"))
     t = suite.base.train
@@ -214,7 +208,7 @@ def cmd_demo(a) -> int:
           f"{t.steps} steps at lr {t.lr:g}", file=sys.stderr)
     t0 = time.time()
     prog = Progress(len(suite.runs()), quiet=a.quiet)
-    res = run_suite(suite, out, workers=a.workers, progress=_deleted(prog))
+    res = bench(suite, out, workers=a.workers, progress=_deleted(prog))
     prog.close()
     curves = suite_curves(res)
     at = [0, 100, 250, 500, 750, 1000, 1500, 2000, t.steps]
@@ -223,7 +217,7 @@ def cmd_demo(a) -> int:
     h, rows = curve_table(curves, at)
     print(table(h, rows))
     print()
-    print(res.text())
+    print(suite_text(res))
     png = plot_curves(curves, out / "loss_curves.png", title="clamp demo: baseline vs. induction clamp",
                       hlines={"ln 2": math.log(2), "0.4·ln 2": 0.4 * math.log(2)})
     print(f"wrote {out} (results.csv, report.md, {png.name}, one directory per run)  "
@@ -232,7 +226,9 @@ def cmd_demo(a) -> int:
 
 
 def cmd_bench(a) -> int:
-    from .bench import load_suite, run_suite
+    from .api import bench
+    from .report import suite_text
+    from .suite import load_suite
     suite = load_suite(a.suite, a.set)
     out = _out(a, Path("runs") / suite.name)
     if a.backend == "ray":
@@ -240,10 +236,10 @@ def cmd_bench(a) -> int:
         _import_ray()                                   # missing Ray is bad input: say so before anything runs
     t0 = time.time()
     prog = Progress(len(suite.runs()), quiet=a.quiet)
-    res = run_suite(suite, out, workers=a.workers, backend=a.backend, address=a.address,
-                    progress=_deleted(prog), fresh=a.fresh, max_memory=_max_memory(a))
+    res = bench(suite, out, workers=a.workers, backend=a.backend, address=a.address,
+                progress=_deleted(prog), fresh=a.fresh, max_memory=_max_memory(a))
     prog.close()
-    print(res.text())
+    print(suite_text(res))
     code = _suite_code(res)
     print(f"wrote {out} (results.csv, report.md, loss_curves.png, one directory per run)  "
           f"[{time.time() - t0:.0f} s wall]")
@@ -252,11 +248,11 @@ def cmd_bench(a) -> int:
 
 def _suite_code(res) -> int:
     """1 when a run failed or an expectation did not PASS (each said on stderr), else 0."""
-    code = _failures([(f"{r['run']}/seed_{r['seed']}", Path(res.dir) / "runs" / r["run"] / f"seed_{r['seed']}",
+    from .store import run_dir, run_label
+    dirs = [(r, run_dir(res.dir, r["run"], int(r["seed"]))) for r in res.rows]
+    code = _failures([(run_label(r["run"], r["seed"]), d,
                        {"status": r["status"], "error": r.get("error"),
-                        "error_log": "error.log" if (Path(res.dir) / "runs" / r["run"] / f"seed_{r['seed']}"
-                                                     / "error.log").exists() else None})
-                      for r in res.rows])
+                        "error_log": "error.log" if (d / "error.log").exists() else None}) for r, d in dirs])
     for v in res.verdicts:
         if v["verdict"] != "PASS":
             sys.stderr.write(f"clamp: expectation {v['name']!r}: {v['verdict']}\n")
@@ -277,18 +273,65 @@ def cmd_probe(a) -> int:
 
 
 def cmd_graph(a) -> int:
-    from .explain import cli_graph
-    return cli_graph(a)
+    from .explanations import effect_text
+    from .graph import Graph
+    g = Graph.from_runs(a.dir, behaviour=a.behaviour)
+    paths = g.save(a.out or a.dir[0])
+    subs = [n for n, d in g.g.nodes(data=True) if d["kind"] == "subcircuit"]
+    print(f"{g.g.number_of_nodes()} nodes ({len(subs)} subcircuits), {g.g.number_of_edges()} edges")
+    for x, y, d in g.g.edges(data=True):
+        if d["kind"] == "effect" and d.get("condition") == "reference":
+            w = f" with {', '.join(d['with'])}" if d["with"] else ""
+            how = "; ".join(d.get("interventions") or [])
+            print(f"  {x}{w} ({how}) -> {y}: {effect_text(d)} "
+                  f"[{d['variant'].split('/', 1)[1]} vs {d['parent'].split('/', 1)[1]}]")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
 
 
 def cmd_explain(a) -> int:
-    from .explain import cli_explain
-    return cli_explain(a)
+    import json
+    from . import explanations as E
+    from .graph import Graph
+    g = Graph.from_runs(a.dir, behaviour=a.behaviour)
+    if a.compare:
+        res = E.compare(g, *a.compare)
+        text = E.compare_text(res)
+    elif a.predict:
+        res = E.predict(g, a.predict.split(","), a.target)
+        text = E.predict_text(res)
+    else:
+        res = E.explain(g, a.target)
+        text = E.explain_text(res)
+    print(json.dumps(res, indent=1, default=str) if a.json else text)
+    return 0
 
 
 def cmd_report(a) -> int:
-    from .report import cli_report
-    return cli_report(a)
+    """`clamp report DIR`: re-render a suite's report.md and curves, or summarise a run directory."""
+    from .report import plot_curves, run_curves, run_rows, suite_text, write_suite_report
+    from .results import load_results
+    from .runs import Run
+    from .store import writer
+    d = Path(a.dir)
+    if not d.is_dir():
+        raise InputError(str(d), "", "no such directory", "a directory written by `clamp run` or `clamp bench`")
+    if (d / "results.csv").exists():
+        res = load_results(d)
+        with writer(d, "suite", what=str(d)):
+            paths = write_suite_report(res)
+        print(suite_text(res))
+        print("wrote " + " and ".join(map(str, paths)))
+        return 0
+    run = Run.load(d)
+    if not run.seeds:
+        raise InputError(str(d), "", "no run or suite here (no summary.json, no results.csv)",
+                         "a directory written by `clamp run` or `clamp bench`")
+    print(table(*run_rows(run)))
+    with writer(d, "run", what=str(d)):
+        png = plot_curves(run_curves(run), d / "loss_curves.png", title=run.name)
+    print(f"wrote {png}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:

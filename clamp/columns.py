@@ -11,6 +11,15 @@ phase rules, stop rules, head selections, suite expectations, results.csv, the g
 
 A column in a rule may also be an aggregate over a glob of columns: `max(<glob>)`, `min(...)`,
 `mean(...)`, e.g. `max(induction_score/blocks.1.attn.hook_pattern[*])`.
+
+Result columns (one row per run in a suite's results.csv; the quantities of expectations):
+
+    crossing:<column>:<rule>             the step a phase rule found (empty: never)
+    phase:<column>:<rule>:<field>        a rule's other numbers (reach, leave, fraction, ...)
+    final:<column>                       the last evaluation's value
+    at:<step>:<column>                   the value at one evaluation step
+
+and a behaviour (what the graph times) is `phase:<column>:<rule>`.
 """
 from __future__ import annotations
 
@@ -19,6 +28,8 @@ import re
 
 from .sites import head_name
 
+MEASURES = ("loss", "accuracy", "prev_token_score", "label_prev_token_score", "induction_strength",
+            "induction_score", "composition")
 HEAD_MEASURES = ("prev_token_score", "label_prev_token_score", "induction_strength", "induction_score")
 AGGREGATE = re.compile(r"^(max|min|mean)\((.+)\)$")
 
@@ -56,3 +67,29 @@ def matching(column: str, produced: set[str]) -> list[str]:
     if not m:
         return [column] if column in produced else []
     return sorted(c for c in produced if glob_match(m.group(2), c))
+
+
+def crossing_column(column: str, rule: str) -> str:
+    return f"crossing:{column}:{rule}"
+
+
+def phase_column(column: str, rule: str, field: str) -> str:
+    return f"phase:{column}:{rule}:{field}"
+
+
+def final_column(column: str) -> str:
+    return f"final:{column}"
+
+
+def behaviour(column: str, rule: str) -> str:
+    """A behaviour the graph times: a phase rule of a column."""
+    return f"phase:{column}:{rule}"
+
+
+def behaviour_crossing(behaviour_name: str) -> str:
+    """The result column holding a behaviour's step: phase:C:R (or C:R) → crossing:C:R."""
+    return "crossing:" + behaviour_name.removeprefix("phase:")
+
+
+def is_crossing(key: str) -> bool:
+    return key.startswith("crossing:")

@@ -12,10 +12,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Callable
+
 from . import sites as S
 from .errors import format_path
-from .spec import Intervention, Recipe, Selection
+from .recipe import Intervention, Recipe, Selection
 from .values import VALUES, ValueSource
+
+
+MetricsOf = Callable[[Path], list]            # a run directory → its metrics rows
 
 
 @dataclass(frozen=True)
@@ -92,10 +97,13 @@ class Plan:
 
 
 def compile_plan(recipe: Recipe, seed: int | None = None, probe: str | None = None,
-                 measured: dict | None = None) -> Plan:
+                 measured: dict | None = None, metrics_of: MetricsOf | None = None) -> Plan:
     """The Plan of a recipe (for one seed, where heads are chosen from a run per seed); with
     `probe`, the plan of that probe: the training interventions plus the probe's, and heads of
-    `select.run: self` subcircuits chosen from `measured` (a metrics row)."""
+    `select.run: self` subcircuits chosen from `measured` (a metrics row).
+
+    Pure: it reads no file. Heads chosen from another run's measures (`select.run: DIR`) need
+    `metrics_of(DIR)`, that run's metrics rows (store.run_metrics gives them from disk)."""
     shape = recipe.shape()
     seed = recipe.seeds[0] if seed is None else seed
     items = [(("interventions", i), iv) for i, iv in enumerate(recipe.interventions)]
@@ -103,7 +111,7 @@ def compile_plan(recipe: Recipe, seed: int | None = None, probe: str | None = No
         items += [(("probes", probe, i), iv) for i, iv in enumerate(recipe.probes[probe])]
     edits: list[Edit] = []
     for path, iv in items:
-        new = _resolve(path, iv, recipe, shape, seed, measured)
+        new = _resolve(path, iv, recipe, shape, seed, measured, metrics_of)
         edits.extend(new)
         for e in new:
             if e.preserve:
@@ -114,14 +122,14 @@ def compile_plan(recipe: Recipe, seed: int | None = None, probe: str | None = No
 
 
 def _resolve(path: tuple, iv: Intervention, recipe: Recipe, shape: S.ModelShape, seed: int,
-             measured: dict | None) -> list[Edit]:
+             measured: dict | None, metrics_of: MetricsOf | None) -> list[Edit]:
     want = "parameter" if iv.kind == "freeze" else "activation"
     note = ""
     if iv.target in recipe.subcircuits:
         sc = recipe.subcircuits[iv.target]
         names = sc.params if iv.kind == "freeze" else sc.sites
         if sc.select is not None:
-            heads, note = select_heads(sc.select, shape, seed, measured, recipe, iv.target)
+            heads, note = select_heads(sc.select, shape, seed, measured, recipe, iv.target, metrics_of)
             names = tuple(S.head_name(n, heads) for n in names) if heads else ()
     else:
         names = (iv.target,)
@@ -159,7 +167,7 @@ def _preserved(e: Edit, shape: S.ModelShape) -> list[Edit]:
 
 
 def select_heads(sel: Selection, shape: S.ModelShape, seed: int, measured: dict | None, recipe: Recipe,
-                 name: str) -> tuple[tuple[int, ...], str]:
+                 name: str, metrics_of: MetricsOf | None = None) -> tuple[tuple[int, ...], str]:
     """Heads of `sel.layer` chosen by a per-head measure: from a metrics row (run: self) or a run."""
     cols = [f"{sel.by}/{S.head_name(f'blocks.{sel.layer}.attn.hook_pattern', (h,))}" for h in range(shape.heads)]
     where = ("subcircuits", name, "select")
@@ -170,9 +178,11 @@ def select_heads(sel: Selection, shape: S.ModelShape, seed: int, measured: dict 
         row = measured
         origin = f"measured at step {row.get('step')}"
     else:
-        from .store import read_metrics
         run = Path(sel.run.replace("{seed}", str(seed)))
-        rows = read_metrics(run / "metrics.jsonl")
+        if metrics_of is None:
+            raise recipe.source.error(where + ("run",), repr(str(run)), "a plan compiled with the run's metrics "
+                                      "(compile_plan(..., metrics_of=clamp.store.run_metrics))")
+        rows = metrics_of(run)
         if not rows:
             raise recipe.source.error(where + ("run",), repr(str(run)), "a run directory with metrics.jsonl")
         row = rows[-1] if sel.at < 0 else next((r for r in rows if r["step"] == sel.at), None)
@@ -260,7 +270,7 @@ def _check_needs(edits: list[Edit], recipe: Recipe, shape: S.ModelShape) -> None
                     f"a site computed before {e.site.name} in the forward pass")
 
 
-def probe_text(recipe: Recipe, name: str, seed: int | None = None) -> str:
+def probe_text(recipe: Recipe, name: str, seed: int | None = None, metrics_of: MetricsOf | None = None) -> str:
     """What a probe does at each evaluation (heads chosen at each evaluation are described)."""
     lines = [f"probe {name!r} (evaluation only; columns <measure>@{name}):"]
     for i, iv in enumerate(recipe.probes[name]):
@@ -272,7 +282,7 @@ def probe_text(recipe: Recipe, name: str, seed: int | None = None) -> str:
         if sc is not None and sc.select is not None and sc.select.run == "self":
             what += f"; heads: {sc.select.describe()}"
         else:
-            plan = compile_plan(recipe, seed, probe=name)
+            plan = compile_plan(recipe, seed, probe=name, metrics_of=metrics_of)
             heads = [str(e.site) + (f" [{e.note}]" if e.note else "") for e in plan.edits
                      if e.origin == ("probes", name, i)]
             what += "; " + ", ".join(heads)

@@ -12,18 +12,20 @@ import statistics
 import torch
 
 from . import sites as S
+from .columns import composition_column
+from .compile import select_heads
 from .measures import composition_baseline, composition_scores
+from .store import list_checkpoints, load_model, run_dir, run_metrics
 
 
 def subcircuit_heads(recipe, name: str, last_row: dict | None) -> tuple[int, tuple[int, ...]] | None:
     """(layer, heads) of a subcircuit whose sites all name heads of one attention layer."""
-    from .compile import select_heads
     sc = recipe.subcircuits[name]
     shape = recipe.shape()
     if sc.select is not None:
         if last_row is None and sc.select.run == "self":
             return None
-        heads, _ = select_heads(sc.select, shape, recipe.seeds[0], last_row, recipe, name)
+        heads, _ = select_heads(sc.select, shape, recipe.seeds[0], last_row, recipe, name, run_metrics)
         return (sc.select.layer, heads) if heads else None
     found = set()
     for text in sc.sites + sc.params:
@@ -38,8 +40,6 @@ def subcircuit_heads(recipe, name: str, last_row: dict | None) -> tuple[int, tup
 
 
 def subcircuit_composition(variant, names: list[str]) -> list[dict]:
-    from .model import build_model
-    from .store import list_checkpoints, load_checkpoint, read_metrics
     recipe = variant.recipe
     shape = recipe.shape()
     base = composition_baseline(shape)
@@ -48,15 +48,12 @@ def subcircuit_composition(variant, names: list[str]) -> list[dict]:
     for r in variant.rows:
         if r.get("status") != "ok":
             continue
-        d = variant.dir.parent / r["run"] / f"seed_{r['seed']}"
-        ck = list_checkpoints(d)
-        rows = read_metrics(d / "metrics.jsonl")
-        if not ck or not rows:
+        d = run_dir(variant.suite_dir, r["run"], int(r["seed"]))
+        rows = run_metrics(d)
+        if not rows or not list_checkpoints(d):
             continue
-        model = build_model(shape, int(r["seed"]))
-        model.load_state_dict(load_checkpoint(ck[-1][1])["model"])
         with torch.no_grad():
-            scores = composition_scores(model, shape)
+            scores = composition_scores(load_model(d, seed=int(r["seed"])).seam)
         hs = {n: subcircuit_heads(recipe, n, rows[-1]) for n in names}
         for x in names:
             for y in names:
@@ -64,9 +61,7 @@ def subcircuit_composition(variant, names: list[str]) -> list[dict]:
                     continue
                 (L1, h1s), (L2, h2s) = hs[x], hs[y]
                 for kind in "kqv":
-                    vals = [scores[f"{kind}_composition/{S.head_name(f'blocks.{L1}.attn.W_O', (a,))}>"
-                                   f"{S.head_name(f'blocks.{L2}.attn.W_{kind.upper()}', (b,))}"]
-                            for a in h1s for b in h2s]
+                    vals = [scores[composition_column(kind, L1, a, L2, b)] for a in h1s for b in h2s]
                     per.setdefault((x, y, kind), {})[int(r["seed"])] = sum(vals) / len(vals)
                     heads_seen.setdefault((x, y, kind), {})[int(r["seed"])] = [list(h1s), list(h2s)]
     return [{"from": x, "to": y, "kind": kind, "per_seed": v, "median": statistics.median(v.values()),

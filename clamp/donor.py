@@ -1,21 +1,23 @@
-"""A trained run's checkpoint, loaded to supply activations (the `graft` value source).
+"""Donors: other runs' trained models, read at a site to supply the `graft` value source.
 
-Sits beside hooks/train: it rebuilds another run's model from its recipe.yaml and a
-checkpoint (weights only, no code), with that run's own interventions as they were at the
-checkpoint's step, and evaluates it on a batch to read one site.
+Run layer. `Donors` is the loader the Intervener hands to value sources (`Context.donor`): it
+loads a run directory's model at a checkpoint (store.load_model: weights only, no code), with
+that run's own interventions as they were at the checkpoint's step, once per (run, step), and
+evaluates it on a batch to read one site.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from .errors import InputError
+from .compile import compile_plan
+from .hooks import Intervener
+from .store import load_model, run_metrics
 
 
 class Donor:
-    def __init__(self, recipe, model, intervener, step: int):
-        self.recipe, self.model, self.intervener, self.step = recipe, model, intervener, step
+    def __init__(self, loaded, intervener: Intervener):
+        self.recipe, self.seam, self.step = loaded.recipe, loaded.seam, loaded.step
+        self.intervener = intervener
 
     @torch.no_grad()
     def activation(self, batch, site: str) -> torch.Tensor:
@@ -26,25 +28,17 @@ class Donor:
         return rec[site]
 
 
-def load_donor(run_dir: str, step: int = -1) -> Donor:
-    from .compile import compile_plan
-    from .hooks import Intervener
-    from .model import build_model
-    from .spec import load_recipe
-    from .store import list_checkpoints, load_checkpoint
-    d = Path(run_dir)
-    if not (d / "recipe.yaml").exists():
-        raise InputError(str(d), "", "no recipe.yaml", "a run directory written by `clamp run` (for graft)")
-    recipe = load_recipe(d / "recipe.yaml")
-    ckpts = dict(list_checkpoints(d))
-    if not ckpts:
-        raise InputError(str(d), "", "a run without checkpoints", "a finished run to graft from")
-    s = max(ckpts) if step < 0 else step
-    if s not in ckpts:
-        raise InputError(str(d), "step", str(step), "a checkpoint step: " + ", ".join(map(str, sorted(ckpts))))
-    model = build_model(recipe.shape(), recipe.seeds[0])
-    model.load_state_dict(load_checkpoint(ckpts[s])["model"])
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return Donor(recipe, model, Intervener(model, compile_plan(recipe)), s)
+class Donors:
+    """`donors(run_dir, step)` → that run's Donor, loaded once."""
+
+    def __init__(self):
+        self._loaded: dict[tuple[str, int], Donor] = {}
+
+    def __call__(self, run_dir: str, step: int = -1) -> Donor:
+        key = (run_dir, step)
+        if key not in self._loaded:
+            loaded = load_model(run_dir, step)
+            plan = compile_plan(loaded.recipe, metrics_of=run_metrics)
+            self._loaded[key] = Donor(loaded, Intervener(loaded.seam, plan, donor=self))
+        return self._loaded[key]
+

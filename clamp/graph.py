@@ -38,9 +38,14 @@ from pathlib import Path
 
 import networkx as nx
 
+from . import columns as C
 from .errors import InputError, did_you_mean, show
-from .phases import paired
-from .spec import Recipe, recipe_to_dict
+from .draw import draw_graph
+from .phases import paired, spread
+from .schema import unbuild
+from .recipe import Recipe, recipe_to_dict
+from .results import load_results
+from .store import atomic_save, atomic_write, read_json, run_dir, writer
 
 
 @dataclass
@@ -52,7 +57,7 @@ class Variant:
     condition: str                 # canonical text of what it trains on
     signature: frozenset           # of (subcircuit, kind, source)
     rows: list                     # results rows (one per seed)
-    dir: Path
+    suite_dir: Path                # the suite directory its runs are in (store.run_dir)
 
     @property
     def labels(self) -> frozenset:
@@ -60,7 +65,7 @@ class Variant:
 
     def times(self, behaviour: str) -> dict[int, tuple[float, bool]]:
         """seed → (phase-change step, censored); never-changed runs count as their length."""
-        col = "crossing:" + behaviour.removeprefix("phase:")
+        col = C.behaviour_crossing(behaviour)
         out = {}
         for r in self.rows:
             if r.get("status") != "ok":
@@ -93,8 +98,6 @@ def signature(r: Recipe) -> frozenset:
     """(subcircuit, kind, source) per intervention; the source carries its options where it has any
     and its windows where they are not the whole run, so a windowed clamp or another strength is a
     different intervention."""
-    from .schema import unbuild
-
     def source(iv) -> str:
         opts = unbuild(iv.options) if iv.options is not None else {}
         text = (iv.source or "") + (f"({', '.join(f'{k}={v}' for k, v in sorted(opts.items()))})" if opts else "")
@@ -105,7 +108,6 @@ def signature(r: Recipe) -> frozenset:
 
 
 def load_variants(dirs: list[str | os.PathLike]) -> list[Variant]:
-    from .bench import load_results
     out = []
     for d in dirs:
         res = load_results(d)
@@ -113,9 +115,8 @@ def load_variants(dirs: list[str | os.PathLike]) -> list[Variant]:
             grid = ",".join(f"{k}={v}" for k, v in point)
             rows = [r for r in res.rows if r["variant"] == vname and r["grid"] == grid]
             label = vname + (f"[{grid}]" if grid else "")
-            rid = rows[0]["run"] if rows else vname
             out.append(Variant(f"{res.suite.name}/{label}", res.suite.name, label, recipe, condition_key(recipe),
-                               signature(recipe), rows, Path(d) / "runs" / rid))
+                               signature(recipe), rows, Path(d)))
     return out
 
 
@@ -136,7 +137,7 @@ def _stat(times_a: dict, times_b: dict) -> dict:
 
 def behaviours_of(r: Recipe) -> list[str]:
     """The behaviours a recipe times: its threshold phase rules, as `phase:<column>:<rule>`."""
-    return [f"phase:{col}:{rule}" for col, rules in r.phases.items() for rule in rules if rule in ("below", "above")]
+    return [C.behaviour(col, rule) for col, rules in r.phases.items() for rule in rules if rule in ("below", "above")]
 
 
 def _behaviours(variants: list["Variant"], behaviour: str | None) -> list[str]:
@@ -144,7 +145,7 @@ def _behaviours(variants: list["Variant"], behaviour: str | None) -> list[str]:
     are combined without saying which behaviour to use."""
     sets = {v.key: behaviours_of(v.recipe) for v in variants}
     if behaviour is not None:
-        b = behaviour if behaviour.startswith("phase:") else f"phase:{behaviour}"
+        b = behaviour if behaviour.startswith("phase:") else C.behaviour(*behaviour.rsplit(":", 1))
         lacking = [k for k, bs in sets.items() if b not in bs]
         if lacking:
             have = sorted({x for bs in sets.values() for x in bs})
@@ -161,7 +162,8 @@ def _behaviours(variants: list["Variant"], behaviour: str | None) -> list[str]:
     distinct = {tuple(bs) for bs in sets.values()}
     if len(distinct) > 1:
         ex = sorted(sets.items(), key=lambda kv: len(kv[1]))
-        raise InputError("graph", "", f"variants with different phase rules ({ex[0][0]}: {', '.join(ex[0][1]) or 'none'}; "
+        raise InputError("graph", "", "variants with different phase rules "
+                         f"({ex[0][0]}: {', '.join(ex[0][1]) or 'none'}; "
                          f"{ex[-1][0]}: {', '.join(ex[-1][1])})", "one set of phase rules, or --behaviour COLUMN:RULE",
                          "otherwise some runs would be judged on a column they never measured")
     out = next(iter(distinct))
@@ -175,8 +177,7 @@ def _summary(times: dict) -> dict:
     xs = [t for t, c in times.values() if not c]
     allx = [t for t, _ in times.values()]
     return {"per_seed": {s: (None if c else t) for s, (t, c) in times.items()},
-            "median": statistics.median(xs) if xs else None, "min": min(xs) if xs else None,
-            "max": max(xs) if xs else None, "never": sum(c for _, c in times.values()), "n": len(times),
+            **spread(xs), "never": sum(c for _, c in times.values()), "n": len(times),
             # never-changed runs counted at their length (a lower bound), as suites do
             "bound_per_seed": {s: t for s, (t, _) in times.items()},
             "median_bound": statistics.median(allx) if allx else None}
@@ -230,7 +231,6 @@ class Graph:
         for n in [n for n, d in g.nodes(data=True) if d["kind"] == "subcircuit" and g.degree(n) == 0]:
             g.remove_node(n)
         graph = cls(g)
-        from .explain import isolations
         for x, iso in isolations(graph, ref.key).items():         # formation times, reference target
             if x in g:
                 g.nodes[x]["formation"] = {"reference": {"variant": iso["variant"], **iso["times"]}}
@@ -241,13 +241,11 @@ class Graph:
     def save(self, out: str | os.PathLike) -> dict[str, Path]:
         """graph.json (node-link), graph.graphml and graph.png in `out`, each written atomically
         while holding `out` (one writer per directory)."""
-        from .store import writer
         out = Path(out)
         with writer(out, "graph", what=str(out)):
             return self._save(out)
 
     def _save(self, out: Path) -> dict[str, Path]:
-        from .store import atomic_save, atomic_write
         data = nx.node_link_data(self.g, edges="edges")
         paths = {"json": out / "graph.json", "graphml": out / "graph.graphml", "png": out / "graph.png"}
         atomic_write(paths["json"], json.dumps(data, indent=1, default=_jsonable))
@@ -269,99 +267,64 @@ class Graph:
         return cls(nx.node_link_graph(data, directed=True, multigraph=True, edges="edges"))
 
     def draw(self, png: str | os.PathLike, condition: str = "reference") -> Path:
-        """Subcircuits (left) → behaviours (right): one arrow per (subcircuit, behaviour), the effect of
-        clamping it with the fewest other clamps on; composition scores listed underneath."""
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        g = self.g
-        subs = [n for n, d in g.nodes(data=True) if d["kind"] == "subcircuit"]
-        behs = [n for n, d in g.nodes(data=True) if d["kind"] == "behaviour"]
-        effects: dict = {}
-        for a, b, d in g.edges(data=True):
-            if d["kind"] == "effect" and d.get("condition") in (condition, None) and d.get("median") is not None:
-                best = effects.get((a, b))
-                rank = lambda e: (len(e.get("with") or ()), e["median"])  # noqa: E731  fewest others, strongest
-                if best is None or rank(d) < rank(best):
-                    effects[(a, b)] = d
-        shown = [n for n in subs if any(a == n for a, _ in effects)] or subs
-        strongest: dict = {}
-        for a, b, d in g.edges(data=True):
-            if d["kind"].endswith("composition") and d.get("median") is not None:
-                gain = d["median"] - (d.get("baseline") or 0)
-                if (d["kind"], a, b) not in strongest or gain > strongest[d["kind"], a, b][0]:
-                    strongest[d["kind"], a, b] = (gain, d)
-        comp = [(a, b, d) for (_, a, b), (_, d) in sorted(strongest.items(), key=lambda e: -e[1][0])][:8]
-        n = max(len(shown), len(behs), 2)
-        fig, ax = plt.subplots(figsize=(12, 1.6 + 1.0 * n + 0.22 * len(comp)))
-        ys = lambda k, i: -i * (n - 1) / max(1, k - 1)  # noqa: E731
-        box = {}
-        for i, name in enumerate(shown):
-            form = g.nodes[name].get("formation", {}).get(condition)
-            extra = f"\nforms alone at ~{form['median']:.0f} steps" if form and form.get("median") else ""
-            box[name] = ax.text(0.0, ys(len(shown), i), name + extra, ha="center", va="center", fontsize=9,
-                                bbox=dict(boxstyle="round", fc="#dbe9f6", ec="#4a7fb5"))
-        for i, name in enumerate(behs):
-            box[name] = ax.text(3.0, ys(len(behs), i), name.replace("phase:", "phase change of\n"), ha="center",
-                                va="center", fontsize=8, bbox=dict(boxstyle="round", fc="#fde2cf", ec="#c96b28"))
-        for k, ((a, b), d) in enumerate(sorted(effects.items())):
-            if a not in box or b not in box:
-                continue
-            med = d["median"]
-            earlier = med < 1
-            lab = (f"×{1 / med:.1f} earlier" if earlier and med > 0 else "at once" if earlier else
-                   "prevents" if d.get("prevents") else f"×{med:.2f} later")
-            if d.get("censored"):
-                lab += f" (bound: {d['censored']}/{d['n']} censored)"
-            kinds = sorted({i.split(" ")[0] for i in d.get("interventions") or ()})
-            lab = f"{'/'.join(kinds)}: {lab}  [{d['variant'].split('/', 1)[1]}]"
-            colour = "#2e7d32" if earlier else "#c62828"
-            (x0, y0), (x1, y1) = box[a].get_position(), box[b].get_position()
-            ax.annotate("", (x1, y1), (x0, y0), arrowprops=dict(
-                arrowstyle="-|>", color=colour, lw=1.1, shrinkA=2, shrinkB=2,
-                patchA=box[a].get_bbox_patch(), patchB=box[b].get_bbox_patch()))
-            t = 0.3 + 0.4 * ((k * 3) % 5) / 4                 # spread the labels along the arrows
-            ax.text(x0 + t * (x1 - x0), y0 + t * (y1 - y0), lab, fontsize=7, color=colour, ha="center",
-                    va="center", bbox=dict(fc="white", ec="none", alpha=0.8, pad=0.5))
-        bottom = -(n - 1) - 0.9
-        if comp:
-            lines = ["composition at the end of training (init in brackets), strongest increases:"] + [
-                f"  {d['kind'].replace('_', '-')}: {a} → {b}  {d['median']:.2f} ({d.get('baseline') or 0:.2f})"
-                for a, b, d in comp]
-            ax.text(-0.6, bottom, "\n".join(lines), fontsize=7.5, va="top", ha="left", color="#6a1b9a",
-                    family="monospace")
-        ax.set_xlim(-0.8, 3.8)
-        ax.set_ylim(bottom - 0.25 * (len(comp) + 1) - 0.2, 0.8)
-        ax.axis("off")
-        ax.set_title(f"subcircuit graph ({condition}): how an intervention on each subcircuit (clamp, ablate or "
-                     "freeze, as labelled) moves each phase change\n(green: earlier, red: later; [the run, "
-                     "against its parent]; censored: a run that never changed, counted at its length)", fontsize=9)
-        fig.tight_layout()
-        from .store import atomic_save
-        atomic_save(png, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-        plt.close(fig)
-        return Path(png)
+        """The picture of this graph's effects under one condition (draw.py)."""
+        return draw_graph(self.g, png, condition)
 
     # -- reading -------------------------------------------------------------------------
 
     def conditions(self) -> dict[str, list[str]]:
         return self.g.graph["conditions"]
 
-    def explain(self, target: str | None = None) -> dict:
-        """Each subcircuit's isolated formation time for a target variant (default: the first suite's
-        first variant), and the bottleneck."""
-        from .explain import explain_condition
-        return explain_condition(self, target)
 
-    def compare(self, a: str, b: str) -> dict:
-        """Which subcircuits' isolated formation times moved between variants `a` and `b`."""
-        from .explain import compare_conditions
-        return compare_conditions(self, a, b)
+# ---------------------------------------------------------------------------------------
+# Queries (explanations.py builds on these)
 
-    def predict(self, variants: list[str], target: str | None = None) -> dict:
-        """The phase change of `target` with the interventions of `variants` combined."""
-        from .explain import predict_time
-        return predict_time(self, variants, target)
+
+def _vinfo(graph, key):
+    return graph.g.graph["variants"][key]
+
+
+def resolve_variant(graph, name: str) -> str:
+    vs = graph.g.graph["variants"]
+    if name in vs:
+        return name
+    hits = [k for k in vs if k.split("/", 1)[1] == name]
+    if len(hits) == 1:
+        return hits[0]
+    names = sorted({k.split("/", 1)[1] for k in vs})
+    raise InputError("explain", "", show(name), "a variant of these suites: " + ", ".join(names),
+                     did_you_mean(name, names))
+
+
+def times(graph, key: str, behaviour: str | None = None) -> dict:
+    b = behaviour or graph.g.graph["primary"]
+    return graph.g.nodes[b]["times"][key]
+
+
+def _seeds(t: dict) -> dict[int, float]:
+    """seed → phase-change step; a run that never changed counts as its length (censored)."""
+    return {int(s): v for s, v in t["bound_per_seed"].items() if v is not None}
+
+
+def _sig(graph, key):
+    return {tuple(x) for x in _vinfo(graph, key)["signature"]}
+
+
+def isolations(graph, target: str) -> dict[str, dict]:
+    """subcircuit → {'variant', 'times'} of its isolation experiment for `target`."""
+    info = graph.g.graph["variants"]
+    t = info[target]
+    tsig = _sig(graph, target)
+    same = [k for k, v in info.items() if v["condition"] == t["condition"] and _sig(graph, k) >= tsig]
+    added = {k: _sig(graph, k) - tsig for k in same}
+    mech = {x[0] for k in same for x in added[k] if x[1] == "clamp"}
+    out = {}
+    for x in sorted(mech):
+        for k in same:
+            if {a[0] for a in added[k]} == mech - {x} and all(a[1] == "clamp" for a in added[k]):
+                out[x] = {"variant": k, "times": times(graph, k), "adds": sorted(map(list, added[k]))}
+                break
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -387,11 +350,10 @@ def _sites(label: str, r: Recipe) -> dict:
 
 def _fits(v: Variant, behaviour: str) -> dict:
     """Per seed: the logistic fit's midpoint and interval for the behaviour's column, if computed."""
-    from .store import read_json
     col = behaviour.split(":")[1]
     out = {}
     for r in v.rows:
-        sm = read_json(v.dir.parent / r["run"] / f"seed_{r['seed']}" / "summary.json") or {}
+        sm = read_json(run_dir(v.suite_dir, r["run"], int(r["seed"])) / "summary.json") or {}
         fit = sm.get("phases", {}).get(col, {}).get("logistic")
         if fit and fit.get("step") is not None:
             out[int(r["seed"])] = {"t0": fit["t0"], "ci": fit.get("ci")}

@@ -22,18 +22,23 @@ are restored, so it is released with that history.
 
 Several Interveners may share one model (training plan, probe plans): the one used last
 must `attach()` before its forward passes; `forward` does that itself.
+
+The Intervener reaches the model only through the model seam (seam.py): it installs functions
+at sites, takes parameter slices for freezes and runs forward passes; it works unchanged on
+any model family behind the seam.
 """
 from __future__ import annotations
 
 import bisect
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from .compile import Edit, Plan
 from .optim import STATE_KEYS
+from .seam import ModelSeam
 from .tasks import Batch
 from .values import Context
 
@@ -42,9 +47,9 @@ from .values import Context
 class _Frozen:
     """One frozen slice: its parameter, head index, and snapshots of its value and (held) optimizer state."""
 
-    def __init__(self, p: nn.Parameter, heads: tuple[int, ...] | None, opt: torch.optim.Optimizer, hold: bool):
+    def __init__(self, p: nn.Parameter, idx: tuple, opt: torch.optim.Optimizer, hold: bool):
         self.p = p
-        self.idx = slice(None) if heads is None else torch.tensor(heads)
+        self.idx = idx                             # p[idx] is the frozen slice (the seam's parameter_slice)
         self.value = p.detach()[self.idx].clone()
         self.state: dict[str, Tensor] = {}
         if hold:
@@ -75,13 +80,12 @@ def _head_mask(e: Edit, n_heads: int) -> Tensor | None:
 class Intervener:
     """Owns the hook points of one model for one Plan."""
 
-    def __init__(self, model: nn.Module, plan: Plan, optimizer: torch.optim.Optimizer | None = None,
-                 seed: int = 0):
-        self.model = model
+    def __init__(self, seam: ModelSeam, plan: Plan, optimizer: torch.optim.Optimizer | None = None,
+                 seed: int = 0, donor: Callable[[str, int], Any] | None = None):
+        self.seam = seam
         self.plan = plan
         self.optimizer = optimizer                 # None: evaluation only (freezes are ignored)
-        self.ctx = Context(batch=None, model=model, cache={}, seed=seed)   # type: ignore[arg-type]
-        self.hook_points = model.hook_points
+        self.ctx = Context(batch=None, seam=seam, cache={}, seed=seed, donor=donor)   # type: ignore[arg-type]
         self._active: tuple[Edit, ...] | None = None
         self._frozen: dict[Edit, _Frozen] = {}
         self._record: dict[str, Tensor] | None = None
@@ -116,8 +120,8 @@ class Intervener:
                 del self._frozen[e]
         for e in want:
             if e not in self._frozen:
-                self._frozen[e] = _Frozen(self.model.get_parameter(e.site.name), e.site.heads, self.optimizer,
-                                          hold=e.state != "accumulate")
+                p, idx = self.seam.parameter_slice(e.site.name, e.site.heads)
+                self._frozen[e] = _Frozen(p, idx, self.optimizer, hold=e.state != "accumulate")
 
     def _build(self) -> None:
         active = self._active or ()
@@ -166,13 +170,10 @@ class Intervener:
 
     def attach(self, fns: dict | None = None) -> None:
         """Install this Intervener's hook functions on the model (replacing whatever was there)."""
-        fns = self._main if fns is None else fns
-        for name, hp in self.hook_points.items():
-            hp.fn = fns.get(name)
+        self.seam.install(self._main if fns is None else fns)
 
     def detach(self) -> None:
-        for hp in self.hook_points.values():
-            hp.fn = None
+        self.seam.install({})
 
     # -- running -------------------------------------------------------------------------
 
@@ -183,10 +184,10 @@ class Intervener:
         if self._ref is not None:
             ctx.cache, ctx.reference = {}, {}
             self.attach(self._ref)
-            self.model(batch.tokens, batch.vectors, batch.is_vector)
+            self.seam.forward(batch)
         self.attach()
         ctx.cache = {}
-        return self.model(batch.tokens, batch.vectors, batch.is_vector)
+        return self.seam.forward(batch)
 
     def after_optimizer_step(self) -> None:
         for f in self._frozen.values():

@@ -17,7 +17,7 @@ Definitions (A = the head's attention pattern after any clamp, averaged over seq
 - induction_strength: over rows with induction keys (few-shot: the query), attention
   to the correct keys minus attention to the other keys of the same kind (the other
   labels); in [-1, 1]. With one distractor label this is the paper's measure.
-- induction_score: on the task's probe (a random segment repeated), mean over rows in
+- induction_score: on the task's repeated segments (a random segment repeated), mean over rows in
   the repeats of attention to the key after the row token's previous occurrence
   (Olsson et al.'s prefix matching).
 """
@@ -29,18 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .sites import ModelShape, head_name
+from .columns import HEAD_MEASURES, composition_column, evaluator_column, head_column, pattern_site
+from .sites import ModelShape
 from .tasks import Batch
-
-HEAD_MEASURES = ("prev_token_score", "label_prev_token_score", "induction_strength", "induction_score")
-
-
-def pattern_site(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_pattern"
-
-
-def head_column(measure: str, layer: int, head: int) -> str:
-    return f"{measure}/{head_name(pattern_site(layer), (head,))}"
 
 
 def loss_and_accuracy(logits: Tensor, targets: Tensor) -> tuple[float, float]:
@@ -73,7 +64,7 @@ def induction_strengths(A: Tensor, keys: Tensor, others: Tensor | None) -> Tenso
 
 
 @torch.no_grad()
-def evaluate(intervener, evaluators: dict[str, Batch], probe: Batch | None, measures: Iterable[str],
+def evaluate(intervener, evaluators: dict[str, Batch], repeats: Batch | None, measures: Iterable[str],
              shape: ModelShape) -> dict[str, float]:
     measures = tuple(measures)
     layers = range(shape.layers)
@@ -84,11 +75,10 @@ def evaluate(intervener, evaluators: dict[str, Batch], probe: Batch | None, meas
         with intervener.recording(record) as rec:
             logits = intervener.forward(batch)
         loss, acc = loss_and_accuracy(logits, batch.targets)
-        suffix = "" if name == "train" else f"/{name}"
         if "loss" in measures:
-            row["loss" + suffix] = loss
+            row[evaluator_column("loss", name)] = loss
         if "accuracy" in measures:
-            row["accuracy" + suffix] = acc
+            row[evaluator_column("accuracy", name)] = acc
         for L in layers if record else ():
             A = rec[pattern_site(L)]                            # [batch, head, query, key]
             if "prev_token_score" in measures:
@@ -100,12 +90,12 @@ def evaluate(intervener, evaluators: dict[str, Batch], probe: Batch | None, meas
             if "induction_strength" in measures and batch.induction_keys is not None:
                 for h, v in enumerate(induction_strengths(A, batch.induction_keys, batch.induction_others).tolist()):
                     row[head_column("induction_strength", L, h)] = v
-    if "induction_score" in measures and probe is not None:
+    if "induction_score" in measures and repeats is not None:
         with intervener.recording([pattern_site(L) for L in layers]) as rec:
-            intervener.forward(probe)
+            intervener.forward(repeats)
         for L in layers:
             A = rec[pattern_site(L)]
-            for h, v in enumerate(induction_strengths(A, probe.induction_keys, None).tolist()):
+            for h, v in enumerate(induction_strengths(A, repeats.induction_keys, None).tolist()):
                 row[head_column("induction_score", L, h)] = v
     return row
 
@@ -114,14 +104,13 @@ def evaluate(intervener, evaluators: dict[str, Batch], probe: Batch | None, meas
 # Composition (Elhage et al. 2021), from weights
 
 
-def _head_mats(model, L: int, fold_ln: bool = True):
+def _head_mats(seam, L: int, fold_ln: bool = True):
     """Per-head QK [head, d, d], OV [head, d, d] of layer L in the row convention (x @ M),
     with the layer's LayerNorm scale folded into the read side."""
-    a = model.blocks[L].attn
-    W_Q, W_K, W_V, W_O = a.W_Q, a.W_K, a.W_V, a.W_O                     # [H, d, e], W_O [H, e, d]
-    ln = model.blocks[L].ln1
-    if fold_ln and ln is not None:
-        w = ln.w[None, :, None]
+    W_Q, W_K, W_V, W_O = (seam.weight(f"blocks.{L}.attn.{w}") for w in ("W_Q", "W_K", "W_V", "W_O"))
+    # [H, d, e] each, W_O [H, e, d]
+    if fold_ln and seam.shape.norm == "pre":
+        w = seam.weight(f"blocks.{L}.ln1.w")[None, :, None]
         W_Q, W_K, W_V = W_Q * w, W_K * w, W_V * w
     QK = W_Q @ W_K.transpose(1, 2)                                       # [H, d, d]
     OV = W_V @ W_O                                                       # [H, d, d]
@@ -139,18 +128,19 @@ def _scores(QK2: Tensor, OV2: Tensor, OV1: Tensor) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def composition_scores(model, shape: ModelShape) -> dict[str, float]:
-    """Columns `{k,q,v}_composition/blocks.L1.attn.W_O[h1]>blocks.L2.attn.W_{K,Q,V}[h2]` for L1 < L2."""
+def composition_scores(seam) -> dict[str, float]:
+    """Columns `{k,q,v}_composition/blocks.L1.attn.W_O[h1]>blocks.L2.attn.W_{K,Q,V}[h2]` for L1 < L2,
+    from the weights of a model behind the seam (seam.py)."""
     row = {}
-    mats = [_head_mats(model, L) for L in range(shape.layers)]
+    shape = seam.shape
+    mats = [_head_mats(seam, L) for L in range(shape.layers)]
     for L1 in range(shape.layers):
         for L2 in range(L1 + 1, shape.layers):
             sc = _scores(mats[L2][0], mats[L2][1], mats[L1][1])
             for kind, M in sc.items():
                 for h1 in range(shape.heads):
                     for h2 in range(shape.heads):
-                        row[f"{kind}_composition/{head_name(f'blocks.{L1}.attn.W_O', (h1,))}>"
-                            f"{head_name(f'blocks.{L2}.attn.W_{kind.upper()}', (h2,))}"] = float(M[h1, h2])
+                        row[composition_column(kind, L1, h1, L2, h2)] = float(M[h1, h2])
     return row
 
 

@@ -13,14 +13,14 @@ W_x); both are summed into `hook_embed`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .sites import ModelShape, catalogue
+from .sites import ModelShape, SiteInfo, catalogue
+from .tasks import Batch
 
 HookFn = Callable[[Tensor], Tensor]
 
@@ -241,13 +241,41 @@ def build_model(shape: ModelShape, seed: int) -> Transformer:
     return model
 
 
-@dataclass(frozen=True)
-class ParamSlice:
-    """A parameter, or some heads of a per-head parameter (head axis 0)."""
+class BuiltinSeam:
+    """The built-in transformer behind the model seam (seam.py): hook points are its sites."""
 
-    name: str
-    heads: tuple[int, ...] | None
+    def __init__(self, model: Transformer):
+        self.module = model
+        self.shape = model.shape
+        self._hooks = model.hook_points
 
-    def view(self, model: nn.Module) -> Tensor:
-        p = model.get_parameter(self.name)
-        return p if self.heads is None else p[list(self.heads)]
+    def catalogue(self) -> list[SiteInfo]:
+        return catalogue(self.shape)
+
+    def install(self, fns: Mapping[str, HookFn]) -> None:
+        for name, hp in self._hooks.items():
+            hp.fn = fns.get(name)
+
+    def parameter_slice(self, site: str, heads: tuple[int, ...] | None) -> tuple[nn.Parameter, tuple]:
+        p = self.module.get_parameter(site)
+        return p, (slice(None),) if heads is None else (torch.tensor(heads),)   # head axis 0
+
+    def weight(self, name: str) -> Tensor:
+        return self.module.get_parameter(name)
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.module(batch.tokens, batch.vectors, batch.is_vector)        # [batch, pos, n_out]
+
+    def attention_scores(self, layer: int, xq: Tensor, xk: Tensor) -> Tensor:
+        m = self.module
+        block = m.blocks[layer]
+        ln = block.ln1
+        if ln is not None:                               # the block's LayerNorm, without its hook point
+            xq = F.layer_norm(xq, xq.shape[-1:], ln.w, ln.b, 1e-5)
+            xk = F.layer_norm(xk, xk.shape[-1:], ln.w, ln.b, 1e-5)
+        return block.attn.scores_from(xq, xk, m.mask, m.rope)   # [batch, head, query, key]
+
+
+def build(shape: ModelShape, seed: int) -> BuiltinSeam:
+    """The seam's builder for the family 'builtin'."""
+    return BuiltinSeam(build_model(shape, seed))

@@ -6,38 +6,34 @@ writes at an evaluation (names from columns.py); `check(recipe)` refuses, with t
 one-line error, what would otherwise only fail after training: a measure the task cannot produce,
 a phase rule, stop rule or `select.by` that names a column no measure produces, a value source's
 `rows:` that is not a position role of the task. Tasks that do not declare what their batches
-carry (`roles`, `induction_keys`, `has_probe` left None) are not refused on those grounds.
+carry (`roles`, `induction_keys`, `has_repeated_segments` left None) are not refused on those grounds.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from . import columns as C
 from .errors import did_you_mean, show
+from .recipe import Recipe
 from .tasks import TASKS
 
-if TYPE_CHECKING:
-    from .spec import Recipe
 
-
-def unavailable(recipe: "Recipe", measure: str) -> str:
+def unavailable(recipe: Recipe, measure: str) -> str:
     """Why the recipe's task cannot produce `measure` ('' when it can, or might)."""
     cls = TASKS[recipe.task.name]
     if measure == "label_prev_token_score" and cls.roles is not None and "label" not in cls.roles:
         return f"{recipe.task.name} has no label positions"
     if measure == "induction_strength" and cls.induction_keys is False:
         return f"{recipe.task.name} marks no induction keys"
-    if measure == "induction_score" and cls.has_probe is False:
+    if measure == "induction_score" and cls.has_repeated_segments is False:
         return f"{recipe.task.name} has no repeated-segment probe (a token task such as repeat_tokens has)"
     return ""
 
 
-def evaluators(recipe: "Recipe") -> tuple[str, ...]:
+def evaluators(recipe: Recipe) -> tuple[str, ...]:
     have = TASKS[recipe.task.name].evaluators_of(recipe.task.options)
     return tuple(e for e in have if not recipe.train.evaluators or e in recipe.train.evaluators)
 
 
-def produced(recipe: "Recipe") -> set[str]:
+def produced(recipe: Recipe) -> set[str]:
     """Every metric column a run of `recipe` writes (probe columns included)."""
     s = recipe.shape()
     evs = evaluators(recipe)
@@ -60,13 +56,13 @@ def produced(recipe: "Recipe") -> set[str]:
     return out
 
 
-def measured_phases(recipe: "Recipe") -> dict:
+def measured_phases(recipe: Recipe) -> dict:
     """The recipe's phase rules without those on columns it does not produce (for task defaults)."""
     have = produced(recipe)
     return {col: rules for col, rules in recipe.phases.items() if C.matching(col, have)}
 
 
-def check(recipe: "Recipe") -> None:
+def check(recipe: Recipe) -> None:
     """InputError (located in the recipe) for what a run of `recipe` could not produce or use."""
     src = recipe.source
     for i, m in enumerate(recipe.measure):
@@ -85,7 +81,7 @@ def check(recipe: "Recipe") -> None:
             if col not in have:
                 why = unavailable(recipe, sel.by)
                 raise src.error(("subcircuits", name, "select", "by"), show(sel.by),
-                                f"a per-head measure this recipe measures (select.run: self reads its own columns)",
+                                "a per-head measure this recipe measures (select.run: self reads its own columns)",
                                 why or f"add {sel.by} to measure:")
     roles = TASKS[recipe.task.name].roles
     if roles is not None:

@@ -24,6 +24,7 @@ A curve that never meets a rule gets step None ("did not change"), never a force
 from __future__ import annotations
 
 import math
+import statistics
 import re
 from typing import Sequence
 
@@ -292,6 +293,15 @@ def paired(a: dict, b: dict, kind: str = "ratio", level: float = 0.95, bootstrap
     except ValueError:
         out["wilcoxon_p"] = None
     return out
+
+
+def spread(values) -> dict:
+    """The per-seed summary every table uses: median, min and max of the values that exist (None
+    left out; all None when there are none)."""
+    xs = [float(v) for v in values if v is not None]
+    if not xs:
+        return {"median": None, "min": None, "max": None}
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
 def phase_times(rows: list[dict], rules: dict[str, dict], batch: int) -> dict:

@@ -1,6 +1,6 @@
 """Run many independent jobs on local worker processes, forwarding their progress events.
 
-Used by `clamp.run` (one job per seed) and bench.py (one job per variant × seed). Jobs are
+Used by `clamp.run` (one job per seed) and benches.py (one job per variant × seed). Jobs are
 module-level functions with picklable arguments. Workers are forked (so tasks and value
 sources registered in the calling program exist in them too) and set torch to the
 run's thread count before any work; with one worker, jobs run in this process.
@@ -14,9 +14,10 @@ import os
 import queue
 import threading
 import traceback
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -56,12 +57,17 @@ def _emit(event: Event) -> None:
         _events.put(event)
 
 
-def _call(job: Job):
+def run_job(job: Job, progress: Callable[[Event], None]) -> Outcome:
+    """One job at its thread count; an exception is its failure (the others go on)."""
     torch.set_num_threads(job.threads)
     try:
-        return Outcome(job.key, job.fn(*job.args, progress=_emit))
+        return Outcome(job.key, job.fn(*job.args, progress=progress))
     except Exception as e:  # noqa: BLE001 - reported per job, the others go on
         return Outcome(job.key, None, _describe(e))
+
+
+def _call(job: Job) -> Outcome:
+    return run_job(job, _emit)
 
 
 def _describe(e: BaseException) -> str:
@@ -83,11 +89,7 @@ def run_jobs(jobs: Sequence[Job], workers: int, on_event: Callable[[Event], None
         before = torch.get_num_threads()
         try:
             for i, job in enumerate(jobs):
-                torch.set_num_threads(job.threads)
-                try:
-                    out = Outcome(job.key, job.fn(*job.args, progress=on_event))
-                except Exception as e:  # noqa: BLE001
-                    out = Outcome(job.key, None, _describe(e))
+                out = run_job(job, on_event)
                 results[i] = out
                 on_done(out)
         finally:
@@ -96,35 +98,58 @@ def run_jobs(jobs: Sequence[Job], workers: int, on_event: Callable[[Event], None
 
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     events = ctx.Queue()
+
+    def get() -> list[Event]:
+        try:
+            return [events.get(timeout=0.1)]
+        except queue.Empty:
+            return []
+    with forwarding(get, on_event), ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
+                                                        initializer=_init, initargs=(events,)) as ex:
+        return collect({ex.submit(_call, job): i for i, job in enumerate(jobs)}, jobs, on_done, "worker process")
+
+
+def collect(futures: dict[Future, int], jobs: Sequence[Job], on_done: Callable[[Outcome], None],
+            what: str) -> list[Outcome]:
+    """Wait for every future (job index → it), calling `on_done` as each finishes; a future that
+    raises (its worker died: killed, out of memory) is that job's failure. Results in job order.
+    The one loop behind both backends (local processes here, Ray tasks as futures in raybackend.py)."""
+    results: dict[int, Outcome] = {}
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        for f in done:
+            i = futures[f]
+            try:
+                out = f.result()
+            except Exception as e:  # noqa: BLE001 - a worker died
+                out = Outcome(jobs[i].key, None, f"{what} failed: {_describe(e)}")
+            results[i] = out
+            on_done(out)
+    return [results[i] for i in range(len(jobs))]
+
+
+@contextmanager
+def forwarding(get: Callable[[], list[Event]], on_event: Callable[[Event], None]) -> Iterator[None]:
+    """While the block runs, a thread passes the workers' progress events (`get()`: a batch, possibly
+    empty, waiting briefly) to `on_event` in this process; the last ones are drained at the end."""
     stop = threading.Event()
 
-    def drain():
-        while not stop.is_set() or not events.empty():
+    def pump() -> None:
+        while True:
+            last = stop.is_set()
             try:
-                on_event(events.get(timeout=0.1))
-            except queue.Empty:
-                continue
+                batch = get()
             except (EOFError, OSError):
-                break
-
-    pump = threading.Thread(target=drain, daemon=True)
-    pump.start()
+                return
+            for ev in batch:
+                on_event(ev)
+            if last and not batch:
+                return
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
     try:
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
-                                 initializer=_init, initargs=(events,)) as ex:
-            futures = {ex.submit(_call, job): i for i, job in enumerate(jobs)}
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for f in done:
-                    i = futures[f]
-                    try:
-                        out = f.result()
-                    except Exception as e:  # noqa: BLE001 - a worker died (killed, out of memory)
-                        out = Outcome(jobs[i].key, None, f"worker process failed: {_describe(e)}")
-                    results[i] = out
-                    on_done(out)
+        yield
     finally:
         stop.set()
-        pump.join(timeout=5)
-    return [results[i] for i in range(len(jobs))]
+        thread.join(timeout=5)

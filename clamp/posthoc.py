@@ -12,10 +12,11 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from .errors import InputError, did_you_mean, show
+from .errors import InputError, show
 from .runs import Run
 from .schema import Source, load_yaml_file
-from .spec import Recipe, load_recipe, recipe_from_data, recipe_to_dict
+from .recipe import Recipe, recipe_to_dict
+from .spec import load_recipe, recipe_from_data
 from .store import atomic_write, dumps, list_checkpoints, load_checkpoint, writer
 from .train import Trainer
 
@@ -28,9 +29,7 @@ def with_probes(recipe: Recipe, probes_path: str | os.PathLike) -> Recipe:
     data, src = load_yaml_file(path, "a probes file")
     if not isinstance(data, dict) or "probes" not in data:
         raise src.error((), show(data), "a mapping with probes: {name: [interventions]} (and optional subcircuits)")
-    for k in data:
-        if k not in PROBE_KEYS:
-            raise src.error((k,), f"unknown key {k!r}", "subcircuits or probes", did_you_mean(str(k), PROBE_KEYS))
+    src.check_keys(data, PROBE_KEYS, expected="subcircuits or probes")
     merged = recipe_to_dict(recipe)
     merged["subcircuits"] = {**merged.get("subcircuits", {}), **(data.get("subcircuits") or {})}
     merged["probes"] = data["probes"]

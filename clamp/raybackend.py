@@ -10,12 +10,11 @@ cluster the suite directory must be on a shared filesystem.
 """
 from __future__ import annotations
 
-import threading
 import time
 from typing import Callable, Sequence
 
 from .errors import InputError
-from .pool import Job, Outcome, _describe, available_cores
+from .pool import Job, Outcome, available_cores, collect, forwarding, run_job
 
 
 def _import_ray():
@@ -43,42 +42,20 @@ def run_jobs_ray(jobs: Sequence[Job], address: str | None = None, on_event: Call
 
         @ray.remote(max_retries=0)
         def call(job: Job, queue) -> Outcome:
-            import torch
-            torch.set_num_threads(job.threads)
+            return run_job(job, queue.put_nowait)
+
+        futures = {call.options(num_cpus=job.threads).remote(job, events).future(): i for i, job in enumerate(jobs)}
+
+        def get() -> list[dict]:
             try:
-                return Outcome(job.key, job.fn(*job.args, progress=queue.put_nowait))
-            except Exception as e:  # noqa: BLE001 - reported per job
-                return Outcome(job.key, None, _describe(e))
-
-        refs = {call.options(num_cpus=job.threads).remote(job, events): i for i, job in enumerate(jobs)}
-        stop = threading.Event()
-
-        def drain():
-            while not stop.is_set():
-                try:
-                    for ev in events.get_nowait_batch(events.qsize()):
-                        on_event(ev)
-                except Exception:  # noqa: BLE001 - queue empty or closing
-                    pass
+                batch = events.get_nowait_batch(events.qsize())
+            except Exception:  # noqa: BLE001 - queue empty or closing
+                batch = []
+            if not batch:
                 time.sleep(0.2)
-
-        pump = threading.Thread(target=drain, daemon=True)
-        pump.start()
-        results: dict[int, Outcome] = {}
-        pending = list(refs)
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            for ref in ready:
-                i = refs[ref]
-                try:
-                    out = ray.get(ref)
-                except Exception as e:  # noqa: BLE001 - the worker died
-                    out = Outcome(jobs[i].key, None, f"Ray task failed: {_describe(e)}")
-                results[i] = out
-                on_done(out)
-        stop.set()
-        pump.join(timeout=2)
-        return [results[i] for i in range(len(jobs))]
+            return batch
+        with forwarding(get, on_event):
+            return collect(futures, jobs, on_done, "Ray task")
     finally:
         if started:
             ray.shutdown()

@@ -1,12 +1,17 @@
 """Tables and plots for runs and suites (the last stage of the flow).
 
-Reads results (rows of results.csv, run directories) and writes report.md, text for the
-terminal, and PNG loss curves. Nothing here trains or changes a run.
+Analysis layer. Renders results (results.SuiteResult, runs.Run) as report.md, text for the
+terminal, and PNG loss curves. Nothing here trains or changes a run, and nothing prints:
+the CLI prints what these functions return.
 """
 from __future__ import annotations
 
 import statistics
 from pathlib import Path
+
+from . import columns as C
+from .phases import spread
+from .store import atomic_save, atomic_write, run_dir, run_metrics
 
 
 def _f(v, digits: int = 4) -> str:
@@ -24,7 +29,7 @@ def md_table(headers: list[str], rows: list[list]) -> str:
 
 
 def crossing_columns(rows: list[dict]) -> list[str]:
-    return sorted({k for r in rows for k in r if k.startswith("crossing:")})
+    return sorted({k for r in rows for k in r if C.is_crossing(k)})
 
 
 def phase_table(rows: list[dict]) -> tuple[list[str], list[list]]:
@@ -41,7 +46,8 @@ def phase_table(rows: list[dict]) -> tuple[list[str], list[list]]:
             got = [v for v in vals if v not in (None, "")]
             never = len(vals) - len(got)
             if got:
-                cell = f"{statistics.median(got):g} ({min(got):g}–{max(got):g})"
+                sp = spread(got)
+                cell = f"{sp['median']:g} ({sp['min']:g}–{sp['max']:g})"
             else:
                 cell = "none"
             if never:
@@ -125,10 +131,9 @@ def suite_text(res) -> str:
 
 def suite_curves(res, column: str = "loss") -> dict[str, dict[int, tuple[list, list]]]:
     """variant[grid] → seed → (steps, values) read from each run's metrics.jsonl."""
-    from .store import read_metrics
     out: dict = {}
     for r in res.rows:
-        rows = read_metrics(Path(res.dir) / "runs" / r["run"] / f"seed_{r['seed']}" / "metrics.jsonl")
+        rows = run_metrics(run_dir(res.dir, r["run"], int(r["seed"])))
         pts = [(x["step"], x[column]) for x in rows if x.get(column) is not None]
         if pts:
             label = r["variant"] + (f" [{r['grid']}]" if r.get("grid") else "")
@@ -175,7 +180,6 @@ def plot_curves(curves: dict, path: Path, title: str = "", ylabel: str = "train 
     ax.set_title(title)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    from .store import atomic_save
     try:
         atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
@@ -183,37 +187,30 @@ def plot_curves(curves: dict, path: Path, title: str = "", ylabel: str = "train 
     return Path(path)
 
 
-def cli_report(args) -> int:
-    """`clamp report DIR`: re-render a suite's report.md and curves, or summarise a run directory."""
-    from .bench import load_results
-    from .runs import Run
-    from .errors import InputError
-    from .store import atomic_write, writer
-    d = Path(args.dir)
-    if not d.is_dir():
-        raise InputError(str(d), "", "no such directory", "a directory written by `clamp run` or `clamp bench`")
-    if (d / "results.csv").exists():
-        res = load_results(d)
-        with writer(d, "suite", what=str(d)):
-            atomic_write(d / "report.md", suite_markdown(res))
-            png = plot_curves(suite_curves(res), d / "loss_curves.png", title=res.suite.name)
-        print(suite_text(res))
-        print(f"wrote {d / 'report.md'} and {png}")
-        return 0
-    run = Run.load(d)
-    if not run.seeds:
-        raise InputError(str(d), "", "no run or suite here (no summary.json, no results.csv)",
-                         "a directory written by `clamp run` or `clamp bench`")
-    curves = {run.name: {s: ([r["step"] for r in sr.metrics], [r["loss"] for r in sr.metrics])
-                         for s, sr in run.seeds.items()}}
+def write_suite_report(res, curves: bool = True) -> list[Path]:
+    """report.md (and, with `curves`, loss_curves.png) of a suite directory, written atomically."""
+    d = Path(res.dir)
+    atomic_write(d / "report.md", suite_markdown(res))
+    out = [d / "report.md"]
+    if curves:
+        c = suite_curves(res)
+        if any(c.values()):
+            out.append(plot_curves(c, d / "loss_curves.png", title=f"suite {res.suite.name}"))
+    return out
+
+
+def run_curves(run) -> dict:
+    """{run name: seed → (steps, losses)} of a Run (runs.Run)."""
+    return {run.name: {s: ([r["step"] for r in sr.metrics], [r["loss"] for r in sr.metrics])
+                       for s, sr in run.seeds.items()}}
+
+
+def run_rows(run) -> tuple[list[str], list[list]]:
+    """Per seed: status, final loss and the phase changes found."""
     rows = []
     for s, sr in sorted(run.seeds.items()):
         ph = sr.summary.get("phases", {})
         cells = [f"{c} {k}: {v.get('step')}" for c, rules in ph.items() for k, v in rules.items()
                  if isinstance(v, dict)]
         rows.append([s, sr.status, sr.summary.get("final", {}).get("loss"), "; ".join(cells)])
-    print(table(["seed", "status", "final loss", "phase changes"], rows))
-    with writer(d, "run", what=str(d)):
-        png = plot_curves(curves, d / "loss_curves.png", title=run.name)
-    print(f"wrote {png}")
-    return 0
+    return ["seed", "status", "final loss", "phase changes"], rows

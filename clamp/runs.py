@@ -8,16 +8,17 @@ sub-directory `seed_<s>/` per seed. `Run.load(DIR)` reads any such directory bac
 from __future__ import annotations
 
 import os
-import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from . import budget, store
+from .phases import spread
 from .compile import compile_plan
 from .pool import Job, available_cores, run_jobs
-from .spec import Recipe, dump_recipe, load_recipe
-from .store import atomic_write, read_json, read_metrics, write_json
+from .recipe import Recipe, dump_recipe
+from .spec import load_recipe
+from .store import atomic_write, read_json, read_metrics, run_metrics, write_json
 from .train import check_dir, train_seed
 
 
@@ -82,10 +83,7 @@ def aggregate(recipe: Recipe, summaries: dict[int, dict]) -> dict:
                      for s, sm in summaries.items()}
             got = [v for v in steps.values() if v is not None]
             phases.setdefault(col, {})[rule] = {
-                "per_seed": steps,
-                "median": statistics.median(got) if got else None,
-                "min": min(got) if got else None, "max": max(got) if got else None,
-                "n_changed": len(got), "n": len(steps)}
+                "per_seed": steps, **spread(got), "n_changed": len(got), "n": len(steps)}
     ok = bool(summaries) and all(sm.get("status") == "ok" for sm in summaries.values())
     failed = sorted(s for s, sm in summaries.items() if sm.get("status") != "ok")
     return {"name": recipe.name, "status": "ok" if ok else "failed",
@@ -106,7 +104,7 @@ def run(recipe: Recipe | str | os.PathLike, out: str | os.PathLike | None = None
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     out = Path(out) if out is not None else Path("runs") / recipe.name
-    compile_plan(recipe)                                   # reject conflicts before touching disk
+    compile_plan(recipe, metrics_of=run_metrics)               # reject conflicts before touching disk
     budget.check(recipe, max_memory)
     emit = progress or (lambda ev: None)
 
@@ -124,7 +122,7 @@ def run(recipe: Recipe | str | os.PathLike, out: str | os.PathLike | None = None
         check()
         if len(recipe.seeds) > 1:
             atomic_write(out / "recipe.yaml", dump_recipe(recipe))
-            atomic_write(out / "plan.txt", compile_plan(recipe).text() + "\n")
+            atomic_write(out / "plan.txt", compile_plan(recipe, metrics_of=run_metrics).text() + "\n")
         jobs = [Job(seed, train_seed, (recipe, seed, seed_dir(out, recipe, seed)), recipe.train.threads)
                 for seed in recipe.seeds]
         workers = workers or min(available_cores(), len(jobs))

@@ -1,6 +1,6 @@
 """YAML with line numbers, and typed frozen dataclasses built from it.
 
-Sits under spec.py (recipes) and bench.py (suites); tasks and value sources declare their
+Sits under spec.py (recipes) and benches.py (suites); tasks and value sources declare their
 options as dataclasses that this module checks. `load_yaml` keeps the line of every key
 path; `build` turns plain data into a dataclass, raising `InputError` with file:line, key
 path, what was found, what was expected and a did-you-mean.
@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import pathlib
 import re
 import stat
 import types
@@ -52,6 +51,16 @@ class Source:
 
     def error(self, path: Sequence, found: str, expected: str, hint: str = "") -> InputError:
         return InputError(self.where(path), format_path(path), found, expected, hint)
+
+    def check_keys(self, data: Any, allowed: Sequence[str], path: Sequence = (), *, what: str = "key",
+                   expected: str = "", suggest: Sequence[str] = ()) -> None:
+        """The one check of a mapping's keys: the first key not in `allowed` is an error at its own
+        location, with what is allowed and a did-you-mean (among `suggest`, default `allowed`)."""
+        for k in data:
+            if k not in allowed:
+                raise self.error(tuple(path) + (k,), f"unknown {what} {k!r}",
+                                 expected or "one of " + ", ".join(map(str, allowed)),
+                                 did_you_mean(str(k), suggest or allowed))
 
     def file_of(self, path: Sequence) -> str | None:
         """The file the value at `path` was written in (None: the command line, or no file)."""
@@ -388,77 +397,100 @@ def _plural(words: str) -> str:
 
 def build(tp: Any, value: Any, path: Path, src: Source) -> Any:
     """Check `value` against type `tp` and convert it (lists → tuples, mappings → dataclasses)."""
-    origin = typing.get_origin(tp)
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):
-        return build_dataclass(tp, value, path, src)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return build(a, value, path, src)
-            except InputError as e:
-                errors.append(e)
-        raise src.error(path, show(value), describe(tp), errors[0].hint if len(errors) == 1 else "")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value in choices and type(value) is type(choices[choices.index(value)]):
-            return value
-        raise src.error(path, show(value), describe(tp),
-                        did_you_mean(str(value), [str(c) for c in choices]) if isinstance(value, str) else "")
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, list):
-            if isinstance(value, (str, int, float)) and len(args) == 2 and args[1] is Ellipsis:
-                value = [value]          # a single item stands for a list of one
-            else:
-                raise src.error(path, show(value), describe(tp))
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(build(args[0], v, path + (i,), src) for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise src.error(path, show(value), f"a list of {len(args)} items")
-        return tuple(build(a, v, path + (i,), src) for i, (a, v) in enumerate(zip(args, value)))
-    if origin is dict:
-        kt, vt = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise src.error(path, show(value), "a mapping")
-        return {build(kt, k, path, src): build(vt, v, path + (k,), src) for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise src.error(path, show(value), "true or false")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-            return int(value)
-        raise src.error(path, show(value), "an integer")
-    if tp is float:
-        out = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            try:
-                out = float(value)
-            except OverflowError:
-                pass
-        elif isinstance(value, str) and len(value) < 40:
-            try:
-                out = float(value)       # YAML 1.1 reads 1e-4 (no dot) as a string
-            except ValueError:
-                pass
-        if out is not None and math.isfinite(out):
-            return out
-        raise src.error(path, show(value), "a finite number" if out is not None else "a number")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise src.error(path, show(value), "a string")
-    raise TypeError(f"schema: unsupported type {tp!r}")
+        return build_dataclass(tp, value, path, src)       # type: ignore[arg-type]
+    origin = typing.get_origin(tp)
+    builder = _BUILDERS.get(types.UnionType if origin is Union else origin) or _SCALARS.get(tp)
+    if builder is None:
+        raise TypeError(f"schema: unsupported type {tp!r}")
+    return builder(tp, value, path, src)
+
+
+def _union(tp: Any, value: Any, path: Path, src: Source) -> Any:
+    args = typing.get_args(tp)
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for a in args:
+        if a is type(None):
+            continue
+        try:
+            return build(a, value, path, src)
+        except InputError as e:
+            errors.append(e)
+    raise src.error(path, show(value), describe(tp), errors[0].hint if len(errors) == 1 else "")
+
+
+def _literal(tp: Any, value: Any, path: Path, src: Source) -> Any:
+    choices = typing.get_args(tp)
+    if value in choices and type(value) is type(choices[choices.index(value)]):
+        return value
+    raise src.error(path, show(value), describe(tp),
+                    did_you_mean(str(value), [str(c) for c in choices]) if isinstance(value, str) else "")
+
+
+def _tuple(tp: Any, value: Any, path: Path, src: Source) -> tuple:
+    args = typing.get_args(tp)
+    many = len(args) == 2 and args[1] is Ellipsis
+    if not isinstance(value, list):
+        if not (many and isinstance(value, (str, int, float))):
+            raise src.error(path, show(value), describe(tp))
+        value = [value]                                    # a single item stands for a list of one
+    if many:
+        return tuple(build(args[0], v, path + (i,), src) for i, v in enumerate(value))
+    if len(value) != len(args):
+        raise src.error(path, show(value), f"a list of {len(args)} items")
+    return tuple(build(a, v, path + (i,), src) for i, (a, v) in enumerate(zip(args, value)))
+
+
+def _dict(tp: Any, value: Any, path: Path, src: Source) -> dict:
+    kt, vt = typing.get_args(tp)
+    if not isinstance(value, dict):
+        raise src.error(path, show(value), "a mapping")
+    return {build(kt, k, path, src): build(vt, v, path + (k,), src) for k, v in value.items()}
+
+
+def _bool(tp: Any, value: Any, path: Path, src: Source) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise src.error(path, show(value), "true or false")
+
+
+def _int(tp: Any, value: Any, path: Path, src: Source) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    raise src.error(path, show(value), "an integer")
+
+
+def _float(tp: Any, value: Any, path: Path, src: Source) -> float:
+    out = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            out = float(value)
+        except OverflowError:
+            pass
+    elif isinstance(value, str) and len(value) < 40:
+        try:
+            out = float(value)                             # YAML 1.1 reads 1e-4 (no dot) as a string
+        except ValueError:
+            pass
+    if out is not None and math.isfinite(out):
+        return out
+    raise src.error(path, show(value), "a finite number" if out is not None else "a number")
+
+
+def _str(tp: Any, value: Any, path: Path, src: Source) -> str:
+    if isinstance(value, str):
+        return value
+    raise src.error(path, show(value), "a string")
+
+
+_BUILDERS: dict[Any, Callable] = {types.UnionType: _union, Literal: _literal, tuple: _tuple, dict: _dict}
+_SCALARS: dict[Any, Callable] = {bool: _bool, int: _int, float: _float, str: _str}
 
 
 def build_dataclass(cls: type, value: Any, path: Path, src: Source, *, skip: Sequence[str] = ()) -> Any:
@@ -468,10 +500,7 @@ def build_dataclass(cls: type, value: Any, path: Path, src: Source, *, skip: Seq
         raise src.error(path, show(value), describe(cls))
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name not in skip}
     hints = typing.get_type_hints(cls)
-    for key in value:
-        if key not in fields:
-            raise src.error(path + (key,), f"unknown key {key!r}",
-                            "one of " + ", ".join(fields), did_you_mean(str(key), fields))
+    src.check_keys(value, list(fields), path)
     kwargs = {}
     for name, f in fields.items():
         if name not in value:

@@ -21,7 +21,7 @@ import fnmatch
 import itertools
 import re
 from dataclasses import dataclass, field
-from typing import Iterator, Union
+from typing import Callable, Union
 
 from .errors import InputError, did_you_mean, show
 
@@ -129,6 +129,7 @@ class ModelShape:
     n_ctx: int = 0
     vector_dim: int = 0          # >0: some positions carry vectors (the few-shot exemplars)
     embed_std: float = 0.02      # init std of W_E (not a site fact; carried for the model builder)
+    family: str = "builtin"      # which model family (seam.py builds it; its catalogue names its sites)
 
 
 @dataclass(frozen=True)
@@ -156,8 +157,28 @@ class Site:
         return head_name(self.name, self.heads)
 
 
+CATALOGUES: dict[str, Callable[[ModelShape], list[SiteInfo]]] = {}
+
+
+def register_catalogue(family: str) -> Callable:
+    """Register `fn(shape) -> [SiteInfo]`, the sites of a model family (seam.py builds the model)."""
+    def deco(fn):
+        CATALOGUES[family] = fn
+        return fn
+    return deco
+
+
 def catalogue(shape: ModelShape) -> list[SiteInfo]:
     """Every activation site and parameter of a model of this shape, in forward order."""
+    if shape.family not in CATALOGUES:
+        raise InputError("", "model.family", show(shape.family), "a model family: " + ", ".join(sorted(CATALOGUES)),
+                         did_you_mean(shape.family, CATALOGUES))
+    return CATALOGUES[shape.family](shape)
+
+
+@register_catalogue("builtin")
+def builtin_catalogue(shape: ModelShape) -> list[SiteInfo]:
+    """The built-in transformer's sites (model.py builds exactly these)."""
     out: list[SiteInfo] = []
     order = itertools.count(1)
 
@@ -292,7 +313,3 @@ def _unknown(ref: SiteRef, infos: list[SiteInfo], shape: ModelShape, what: str) 
     return InputError("", "", show(format_site(ref)), what + " of this model (`clamp sites RECIPE` lists them)",
                       hint)
 
-
-def iter_names(shape: ModelShape) -> Iterator[str]:
-    for info in catalogue(shape):
-        yield info.name

@@ -14,6 +14,14 @@ suite directory format's mechanics:
   as a process writes there; a second writer gets a one-line error (exit 2), and stale
   temporary files of a killed writer are removed when the next one takes the lock;
 - checkpoints are loaded with `torch.load(weights_only=True)`: no code is ever unpickled.
+
+It also owns the layout, so no other module builds these paths by hand:
+
+    <suite dir>/runs/<run id>/seed_<s>/       run_dir(suite, run id, seed)
+    <run dir>/seed_<s>/                       seed_dir(run dir, seed)   (a run of several seeds)
+    <run dir>/checkpoints/step_0001000.pt     checkpoint_path(run dir, step)
+
+and loading a trained model back from a run directory (`load_model`).
 """
 from __future__ import annotations
 
@@ -31,6 +39,8 @@ from typing import Any, Callable, Iterator
 import torch
 
 from .errors import InputError
+from .seam import build
+from .spec import load_recipe
 
 MARKER = ".clamp"
 LOCK = ".clamp.lock"
@@ -73,6 +83,11 @@ def read_json(path: str | os.PathLike) -> dict | None:
         return out if isinstance(out, dict) else None
     except (OSError, ValueError):
         return None
+
+
+def run_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The metrics rows of a run directory ([] when it has none)."""
+    return read_metrics(Path(run_dir) / "metrics.jsonl")
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
@@ -245,6 +260,33 @@ def _acquire(d: Path, what: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------
+# The layout
+
+
+def seed_dir(run_dir: str | os.PathLike, seed: int) -> Path:
+    """One seed's directory inside a run of several seeds (or a suite's run)."""
+    return Path(run_dir) / f"seed_{seed}"
+
+
+def seed_dirs(run_dir: str | os.PathLike) -> list[Path]:
+    return sorted(p for p in Path(run_dir).glob("seed_*") if p.is_dir())
+
+
+def run_label(run_id: str, seed: int) -> str:
+    """How a suite's run is named in progress lines and messages: `<run id>/seed_<s>`."""
+    return f"{run_id}/seed_{seed}"
+
+
+def run_dir(suite_dir: str | os.PathLike, run_id: str, seed: int) -> Path:
+    """A suite's run of one seed: `<suite dir>/runs/<run id>/seed_<s>`."""
+    return seed_dir(runs_dir(suite_dir) / run_id, seed)
+
+
+def runs_dir(suite_dir: str | os.PathLike) -> Path:
+    return Path(suite_dir) / "runs"
+
+
+# ---------------------------------------------------------------------------------------
 # Checkpoints
 
 
@@ -279,3 +321,31 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise InputError(str(path), "", "a file without model weights", "a checkpoint written by clamp")
     return state
+
+
+class LoadedModel:
+    """A trained run's model at one checkpoint: its recipe, the model behind the seam, the step."""
+
+    def __init__(self, recipe, seam, step: int):
+        self.recipe, self.seam, self.step = recipe, seam, step
+
+
+def load_model(run: str | os.PathLike, step: int = -1, seed: int | None = None) -> LoadedModel:
+    """The model of a run directory (recipe.yaml + checkpoints/) at checkpoint `step` (-1: its
+    last), frozen for reading (eval mode, no gradients); InputError when there is none."""
+    d = Path(run)
+    if not (d / "recipe.yaml").is_file():
+        raise InputError(str(d), "", "no recipe.yaml", "a run directory written by `clamp run`")
+    recipe = load_recipe(d / "recipe.yaml")
+    ckpts = dict(list_checkpoints(d))
+    if not ckpts:
+        raise InputError(str(d), "", "a run without checkpoints", "a run with checkpoints/ (a finished run)")
+    s = max(ckpts) if step < 0 else step
+    if s not in ckpts:
+        raise InputError(str(d), "step", str(step), "a checkpoint step: " + ", ".join(map(str, sorted(ckpts))))
+    seam = build(recipe.shape(), recipe.seeds[0] if seed is None else seed)
+    seam.module.load_state_dict(load_checkpoint(ckpts[s])["model"])
+    seam.module.eval()
+    for p in seam.module.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(recipe, seam, s)

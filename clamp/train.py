@@ -30,21 +30,23 @@ from typing import Callable
 import torch
 
 from . import optim, store
+from .columns import probe_column
 from .compile import Plan, compile_plan
 from .errors import InputError, RunError
 from .hooks import Intervener
 from .measures import composition_baseline, composition_scores, evaluate
-from .model import Transformer, build_model
+from .donor import Donors
+from .seam import ModelSeam, build
 from .phases import column_value, phase_times
-from .spec import Recipe, dump_recipe
-from .store import (atomic_write, list_checkpoints, load_checkpoint, read_json, read_metrics, save_checkpoint,
-                    write_json)
+from .recipe import Recipe, dump_recipe
+from .store import (atomic_write, list_checkpoints, load_checkpoint, read_json, read_metrics, run_metrics,
+                    save_checkpoint, write_json)
 from .tasks import TASKS, Task
 
 Progress = Callable[[dict], None]
 
 
-def make_optimizer(recipe: Recipe, model: Transformer) -> torch.optim.Optimizer:
+def make_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
     t = recipe.train
     return optim.make_optimizer(t.optimizer, model.parameters(), t.lr, t.betas, t.weight_decay)
 
@@ -59,14 +61,16 @@ class Trainer:
     def __init__(self, recipe: Recipe, seed: int, plan: Plan | None = None):
         self.recipe = recipe
         self.seed = seed
-        self.plan = plan or compile_plan(recipe, seed)
+        self.plan = plan or compile_plan(recipe, seed, metrics_of=run_metrics)
         self.task: Task = TASKS[recipe.task.name](recipe.task.options, seed)
-        self.model = build_model(recipe.shape(), seed)
+        self.seam: ModelSeam = build(recipe.shape(), seed)
+        self.model = self.seam.module
         self.optimizer = make_optimizer(recipe, self.model)
-        self.intervener = Intervener(self.model, self.plan, self.optimizer, seed=seed)
+        self.donors = Donors()
+        self.intervener = Intervener(self.seam, self.plan, self.optimizer, seed=seed, donor=self.donors)
         self.step = 0
         self._evaluators = None
-        self._probe = None
+        self._repeats = None
         self._probes: dict[str, Intervener] = {}      # probe name → its Intervener (static heads)
 
     def train_step(self) -> float:
@@ -94,14 +98,14 @@ class Trainer:
         if self._evaluators is None:
             evs = self.task.evaluators(r.train.eval_size)
             self._evaluators = {k: v for k, v in evs.items() if not r.train.evaluators or k in r.train.evaluators}
-            self._probe = self.task.probe(r.train.eval_size) if "induction_score" in r.measure else None
+            self._repeats = self.task.repeated_segments(r.train.eval_size) if "induction_score" in r.measure else None
         at = min(self.step, r.train.steps - 1)
         self.intervener.set_step(at)
         self.model.eval()
         row = {"step": self.step, "sequences": self.step * r.train.batch, "seed": self.seed}
-        row.update(evaluate(self.intervener, self._evaluators, self._probe, r.measure, self.plan.shape))
+        row.update(evaluate(self.intervener, self._evaluators, self._repeats, r.measure, self.plan.shape))
         if "composition" in r.measure:
-            row.update(composition_scores(self.model, self.plan.shape))
+            row.update(composition_scores(self.seam))
         if probes:
             self.evaluate_probes(row)
         self.intervener.attach()
@@ -117,9 +121,9 @@ class Trainer:
             iv, notes = self._probe_intervener(name, row)
             iv.set_step(at)
             prow = evaluate(iv, self._evaluators, None, ("loss", "accuracy"), self.plan.shape)
-            row.update({f"{k}@{name}": v for k, v in prow.items()})
+            row.update({probe_column(k, name): v for k, v in prow.items()})
             if notes:
-                row[f"heads@{name}"] = notes
+                row[probe_column("heads", name)] = notes
         self.intervener.attach()
         self.model.train()
 
@@ -130,8 +134,8 @@ class Trainer:
         dynamic = any(r.subcircuits[t].select is not None and r.subcircuits[t].select.run == "self"
                       for t in used if t in r.subcircuits)
         if name not in self._probes or dynamic:
-            plan = compile_plan(r, self.seed, probe=name, measured=row)
-            self._probes[name] = Intervener(self.model, plan, None, seed=self.seed)
+            plan = compile_plan(r, self.seed, probe=name, measured=row, metrics_of=run_metrics)
+            self._probes[name] = Intervener(self.seam, plan, None, seed=self.seed, donor=self.donors)
         iv = self._probes[name]
         notes = {e.label: list(e.site.heads or ()) for e in iv.plan.edits if e.note} if dynamic else {}
         return iv, notes
@@ -235,7 +239,7 @@ class _Progress:
 
 def _train(recipe: Recipe, seed: int, run_dir: Path, emit: Progress, st: _Progress) -> None:
     t = recipe.train
-    plan = st.plan = compile_plan(recipe, seed)
+    plan = st.plan = compile_plan(recipe, seed, metrics_of=run_metrics)
     atomic_write(run_dir / "plan.txt", plan.text() + "\n")
     trainer = Trainer(recipe, seed, plan)
     ckpts = list_checkpoints(run_dir)

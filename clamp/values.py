@@ -15,7 +15,7 @@ Register new sources with `@register_value`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor
@@ -31,11 +31,14 @@ class Context:
     """What a value source may look at during one forward pass."""
 
     batch: Batch
-    model: Any                                   # the Transformer
+    seam: Any                                    # the model, behind the seam (seam.ModelSeam)
     cache: dict[str, Tensor]                     # activations recorded earlier in this forward
     step: int = 0
     seed: int = 0
     reference: dict[str, Tensor] | None = None   # activations of the reference pass (preserve)
+    # another run's model at a checkpoint step, as an object with `.activation(batch, site)`
+    # (the run layer supplies it: donor.py); None where no run directory can be read
+    donor: Callable[[str, int], Any] | None = None
 
 
 class ValueSource:
@@ -353,15 +356,9 @@ class PreviousTokenInput(ValueSource):
         return _embedding_needs(shape)
 
     def value(self, x, site, ctx):                      # x [batch, head, query, key]
-        m = ctx.model
-        block = m.blocks[site.info.layer]
         r = embedding_residual(ctx)                      # [batch, pos, d_model]
         shifted = torch.cat([r[:, :1], r[:, :-1]], dim=1)
-        ln = block.ln1
-        if ln is not None:                               # the block's LayerNorm, without its hook point
-            norm = lambda t: torch.nn.functional.layer_norm(t, t.shape[-1:], ln.w, ln.b, 1e-5)  # noqa: E731
-            r, shifted = norm(r), norm(shifted)
-        scores = block.attn.scores_from(r, shifted, m.mask, m.rope)          # [batch, head, query, key]
+        scores = ctx.seam.attention_scores(site.info.layer, r, shifted)       # [batch, head, query, key]
         return (scores.softmax(-1) if site.name.endswith("hook_pattern") else scores), None
 
 
@@ -378,10 +375,6 @@ class Graft(ValueSource):
     doc = ("the activation of another run's checkpoint at the same site on the same batch (evaluated with "
            "that run's own interventions at that step)")
 
-    def __init__(self, options):
-        super().__init__(options)
-        self._donors: dict = {}
-
     def check(self, site, shape):
         import os
         run = self.options.run
@@ -391,12 +384,8 @@ class Graft(ValueSource):
             return ("run", repr(run), "an existing run directory (relative to the recipe file)")
         return None
 
-    def _donor(self, seed: int):
-        if seed not in self._donors:
-            from .donor import load_donor
-            self._donors[seed] = load_donor(self.options.run.replace("{seed}", str(seed)), self.options.step)
-        return self._donors[seed]
-
     def value(self, x, site, ctx):
-        donor = self._donor(ctx.seed)
+        if ctx.donor is None:
+            raise InputError("", "to", "graft", "a clamp run by clamp's training loop (it loads the donor run)")
+        donor = ctx.donor(self.options.run.replace("{seed}", str(ctx.seed)), self.options.step)
         return donor.activation(ctx.batch, site.name).to(x.dtype), None

@@ -12,12 +12,12 @@ torch.set_num_threads(1)
 
 def tiny(extra: str = "", **sections) -> clamp.Recipe:
     """A 2-layer, 4-head, d_model 16 few-shot recipe; `extra` is appended YAML."""
-    base = f"""
+    base = """
 name: tiny
 seeds: [0]
-model: {{layers: 2, heads: 4, d_model: 16}}
-task: {{name: fewshot, classes: 10, labels: 4, dim: 8}}
-train: {{steps: 20, batch: 8, lr: 1.0e-2, eval_every: 5, eval_size: 16}}
+model: {layers: 2, heads: 4, d_model: 16}
+task: {name: fewshot, classes: 10, labels: 4, dim: 8}
+train: {steps: 20, batch: 8, lr: 1.0e-2, eval_every: 5, eval_size: 16}
 """
     from clamp.schema import load_yaml
     data, src = load_yaml(base + extra, "tiny.yaml")

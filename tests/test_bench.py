@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from clamp.bench import load_results, load_suite, run_suite, suite_from_data
+from clamp.api import bench as run_suite
+from clamp.results import load_results
+from clamp.suite import load_suite, suite_from_data
 from clamp.errors import InputError
 from clamp.schema import dump_yaml, load_yaml
 from fuzzing import mutate
@@ -161,7 +163,7 @@ def test_a_failing_variant_is_reported_and_the_others_complete(tmp_path):
 
 @pytest.mark.parametrize("patch, message", [
     (("seeds: [0, 1, 2]", "seeds: [0, 1, 2]\nvariantz: {}"),
-     "suite.yaml:8: variantz: found unknown key 'variantz'; expected one of name, base, seeds, variants, grid, set, expect; "
+     "suite.yaml:8: variantz: found unknown key 'variantz'; expected one of name, base, seeds, variants, grid, set, expect; "  # noqa: E501
      "did you mean 'variants'?"),
     (("  baseline: {}", "  baseline: {train.stpes: 10}"),
      "suite.yaml:9: train.stpes: found unknown key 'stpes'"),

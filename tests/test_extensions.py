@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import clamp
-from clamp.bench import run_suite, suite_from_data
+from clamp.api import bench as run_suite
+from clamp.suite import suite_from_data
 from clamp.schema import load_yaml, opt, positive
 from clamp.tasks import TASKS, Batch, Task, TaskIO, register_task, rng_for
 from clamp.values import VALUES, NoOptions, ValueSource, register_value

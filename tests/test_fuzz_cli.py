@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from clamp.cli import main
 from clamp.schema import dump_yaml, load_yaml
-from fuzzing import junk, mutate
+from fuzzing import mutate
 
 N = int(os.environ.get("CLAMP_FUZZ_EXAMPLES", 120))
 STATS: dict = {"codes": collections.Counter(), "slowest": (0.0, ""), "cases": 0}

@@ -136,7 +136,7 @@ interventions:
     steps: [5, 15]
     optimizer_state: accumulate
 """)
-    with pytest.raises(InputError, match=r"interventions\[1\]: found a freeze of blocks.1.attn.W_O\[1\] with optimizer_state accumulate"):
+    with pytest.raises(InputError, match=r"interventions\[1\]: found a freeze of blocks.1.attn.W_O\[1\] with optimizer_state accumulate"):  # noqa: E501
         compile_plan(r)
 
 

@@ -19,7 +19,6 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -107,7 +106,7 @@ def test_error_lines_are_what_clamp_prints(tmp_path, capsys, monkeypatch, i):
 @pytest.mark.parametrize("i", range(len(of("fragment"))))
 def test_fragments_work_in_their_recipe(tmp_path, capsys, monkeypatch, i):
     from clamp.schema import load_yaml
-    from clamp.spec import deep_merge
+    from clamp.overrides import deep_merge
     args, body = of("fragment")[i]
     base = load_yaml((ROOT / args[0]).read_text())[0]
     merged = deep_merge(base, load_yaml(body)[0])
@@ -120,7 +119,7 @@ def test_fragments_work_in_their_recipe(tmp_path, capsys, monkeypatch, i):
 
 @pytest.mark.parametrize("i", range(len(of("suite"))))
 def test_suites_load_and_run(tmp_path, capsys, monkeypatch, i):
-    from clamp.bench import load_results, load_suite
+    from clamp import load_results, load_suite
     args, body = of("suite")[i]
     monkeypatch.chdir(workdir(tmp_path))
     Path(args[0]).write_text(body)

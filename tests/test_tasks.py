@@ -102,7 +102,7 @@ def test_repeat_tokens_structure():
         assert len(tgt) == 5 and (b.targets[i, tgt] == b.tokens[i, tgt + 1]).all()
     starts = {int(b.roles["copy"][i].nonzero()[0]) for i in range(100)}
     assert len(starts) > 5                       # the copy is not at a fixed place
-    p = t.probe(4)
+    p = t.repeated_segments(4)
     assert torch.equal(p.tokens[:, :12], p.tokens[:, 12:])
 
 

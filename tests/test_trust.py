@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
-import torch
+
+import clamp
 
 from clamp.cli import main
 
@@ -182,9 +182,9 @@ def _hostile(tmp_path: Path) -> list[tuple[str, list, str]]:
     (w / "suite_fifo.yaml").write_text("base: fifo.yaml\n")
     (w / "suite_badvar.yaml").write_text("base: tiny.yaml\nvariants:\n  v: {recipe: 5}\n")
     (w / "escape.yaml").write_text('name: "\\U00999999"\n')             # found by the fuzz: chr() out of range
-    (w / "suite_scalar.yaml").write_text("base: tiny.yaml\nvariants:\n  v: {train.lr.nan: 0.02}\n")   # found by the fuzz
+    (w / "suite_scalar.yaml").write_text("base: tiny.yaml\nvariants:\n  v: {train.lr.nan: 0.02}\n")   # found by the fuzz  # noqa: E501
     (w / "tiny.yaml").write_text(TINY)
-    sizes = [("model.d_model=1000000", "model"), ("model.attn_only=false", None), ("train.eval_size=1000000000", "eval_size"),
+    sizes = [("model.d_model=1000000", "model"), ("model.attn_only=false", None), ("train.eval_size=1000000000", "eval_size"),  # noqa: E501
              ("train.batch=1000000000", "batch"), ("task.classes=1000000000", "task"),
              ("train.steps=1000000000000", "train.steps")]
     cases = [
@@ -209,7 +209,7 @@ def _hostile(tmp_path: Path) -> list[tuple[str, list, str]]:
          "variants.v.recipe: found 5; expected a recipe path or an inline recipe mapping"),
         ("escape past U+10FFFF", ["plan", w / "escape.yaml"], "an escape that names no character"),
         ("variant key path through a number", ["bench", w / "suite_scalar.yaml", "--out", w / "s"],
-         "but train.lr is 0.01; expected a key path into a mapping of the base recipe"),
+         "train.lr: 0.01; expected a mapping to set a key in (a key path into the base recipe)"),
         ("--set key path through a number", ["plan", w / "tiny.yaml", "--set", "train.lr.x=1"],
          "train.lr: found 0.01; expected a mapping to set a key in"),
         ("NUL in --out", ["run", w / "tiny.yaml", "--out", "a\x00b"], "--out: found"),
@@ -239,7 +239,7 @@ def test_hostile_input_gets_one_line_exit_2_quickly(tmp_path, capsys, monkeypatc
 def test_yaml_merge_keys_merge(tmp_path, capsys):
     (tmp_path / "m.yaml").write_text("x-defaults: &d {steps: 5, lr: 0.5, optimizer: adamw}\n".replace("x-", "")
                                      + TINY.replace("train: {", "train: {<<: *d, "))
-    from clamp.spec import load_recipe, parse_recipe
+    from clamp.spec import parse_recipe
     from clamp.schema import load_yaml_file
     data, src = load_yaml_file(tmp_path / "m.yaml", "a recipe file")
     data.pop("defaults")
@@ -299,7 +299,7 @@ def test_fresh_deletes_only_a_directory_clamp_made(tmp_path, tiny_file, capsys):
     assert (tmp_path / "o" / ".clamp").is_file()
     code, _, err = cli(["run", tiny_file, "--out", tmp_path / "o", "--quiet", "--fresh", "--set", "train.lr=0.02"],
                        capsys)
-    assert code == 0 and f"--fresh deleted" in err and str(tmp_path / "o") in err
+    assert code == 0 and "--fresh deleted" in err and str(tmp_path / "o") in err
 
 
 def test_one_writer_per_directory(tmp_path, tiny_file):
@@ -376,7 +376,7 @@ def _suite_dir(tmp_path: Path, name: str, task: str, times: dict, steps: int = 1
 
 
 def test_an_expectation_never_passes_on_a_phase_change_that_did_not_happen(tmp_path):
-    from clamp.bench import load_results
+    from clamp.results import load_results
     never = {s: None for s in (0, 1, 2)}
     res = load_results(_suite_dir(tmp_path, "s", "fewshot", {"baseline": never, "frozen": never}))
     v = res.verdicts[0]
@@ -409,14 +409,14 @@ def test_graph_says_censored_and_refuses_to_mix_tasks(tmp_path, capsys):
 
 
 def test_explain_words_and_python_defaults(tmp_path):
-    from clamp.explain import explain_text
+    from clamp.explanations import explain_text
     from clamp.graph import Graph
     d = _suite_dir(tmp_path, "s", "fewshot", {"baseline": {0: 400, 1: 500, 2: 450}, "frozen": {0: 800, 1: 900, 2: 850}})
     g = Graph.from_runs(d)
-    e = g.explain()                                     # defaults work
+    e = clamp.explain(g)                                     # defaults work
     text = explain_text(e)
     assert "when everything else is clamped (baseline)" not in text
-    assert g.predict(["frozen"])["predicted"]["median"] == 850          # t(T) · t(V)/t(T), per seed
+    assert clamp.predict(g, ["frozen"])["predicted"]["median"] == 850          # t(T) · t(V)/t(T), per seed
 
 
 # ---------------------------------------------------------------------------------------

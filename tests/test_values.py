@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from clamp.compile import compile_plan
+from clamp.errors import InputError
+from clamp.store import run_metrics
 from clamp.measures import composition_scores
-from clamp.model import build_model
+from clamp.model import BuiltinSeam, build_model
 from clamp.tasks import Batch
 from clamp.train import Trainer, loss_fn, train_seed
 
@@ -198,7 +200,7 @@ probes:
   no_prev: [{{ablate: prev_heads, preserve: [values]}}]
   no_others: [{{ablate: others_now, preserve: [patterns]}}]
 """, train={"steps": 10, "batch": 8, "lr": 1e-2, "eval_every": 5, "eval_size": 32})
-    plan = compile_plan(r, 0, probe="no_prev")
+    plan = compile_plan(r, 0, probe="no_prev", metrics_of=run_metrics)       # compile reads no file itself
     [ablation] = [e for e in plan.edits if e.kind == "ablate"]
     assert ablation.site.heads == top2 and "heads" in ablation.note
     assert "heads " + str(list(top2)) in plan.text()
@@ -208,7 +210,7 @@ probes:
     others = sorted(sorted(range(4), key=lambda h: -now[h])[2:])
     assert row["heads@no_others"] == {"others_now": others}
     assert {"loss@no_prev", "accuracy@no_others", "loss/test_relabel@no_prev"} <= set(row)
-    with pytest.raises(Exception, match="probes only"):
+    with pytest.raises(InputError, match="probes only"):
         tiny("""
 subcircuits:
   s: {sites: [blocks.0.attn.hook_v], select: {layer: 0, by: prev_token_score, top: 1}}
@@ -220,7 +222,7 @@ def test_composition_scores_by_hand():
     m = build_model(tiny().shape(), 0)
     with torch.no_grad():
         m.blocks[1].ln1.w.uniform_(0.5, 1.5)
-    row = composition_scores(m, tiny().shape())
+    row = composition_scores(BuiltinSeam(m))
     P = dict(m.named_parameters())
     w = torch.diag(P["blocks.1.ln1.w"])
     for h1, h2 in [(0, 0), (1, 3), (3, 2)]:
@@ -255,7 +257,7 @@ def test_posthoc_probes_equal_online_probes(tmp_path):
     from clamp.posthoc import probe_run
     from clamp.train import read_metrics
     train = {"steps": 12, "batch": 8, "lr": 1e-2, "eval_every": 4, "eval_size": 32, "checkpoint_every": 4}
-    probe = "probes:\n  copy:\n    - clamp: hook_logits\n      to: perfect_copy\n      head: blocks.1.attn.hook_attn_scores[1]\n"
+    probe = "probes:\n  copy:\n    - clamp: hook_logits\n      to: perfect_copy\n      head: blocks.1.attn.hook_attn_scores[1]\n"  # noqa: E501
     online = tiny(probe, train=train)
     train_seed(online, 0, tmp_path / "online")
     plain_run = tiny(train=train)

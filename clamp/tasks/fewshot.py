@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from ..schema import between, non_negative, opt, positive
-from . import Batch, Task, TaskIO, register_task, rng_for
+from .base import Batch, Task, TaskIO, register_task, rng_for
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class Fewshot(Task):
     # with no plateau to time; at lr 1e-3 every 100 steps, the change falls between two evaluations.
     default_train = {"steps": 3000, "lr": 3e-4, "eval_every": [[0, 25], [1000, 50]], "eval_size": 500}
     induction_keys = True
-    has_probe = False
+    has_repeated_segments = False
 
     @classmethod
     def evaluators_of(cls, o: FewshotOptions) -> tuple[str, ...]:

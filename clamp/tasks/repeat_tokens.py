@@ -14,8 +14,8 @@ previous-token attention changed nothing). Gaps down to 1 leave lag 1 as the onl
 always works.
 
 `induction_keys`: from each copied row i, the keys just after every earlier occurrence of
-token i inside the span (i-g+1, i-2g+1, ...). The probe set (for the prefix-matching induction
-score) is a random segment repeated `probe_repeats` times.
+token i inside the span (i-g+1, i-2g+1, ...). The repeated-segment set (for the prefix-matching induction
+score) is a random segment repeated `segment_repeats` times.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ..schema import opt, positive
-from . import Batch, Task, TaskIO, register_task, rng_for
+from .base import Batch, Task, TaskIO, register_task, rng_for
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,8 @@ class RepeatTokensOptions:
     segment: int = opt(20, check=positive, doc="length of the repeated segment")
     min_gap: int = opt(1, check=positive, doc="least distance from the original's start to the copy's "
                        "(below `segment` they overlap; equal to it, they never do)")
-    probe_repeats: int = opt(2, check=positive, doc="repeats of a segment in the induction-score probe")
+    segment_repeats: int = opt(2, check=positive,
+                               doc="repeats of a segment in the sequences the induction score is measured on")
 
     def validate(self):
         if self.segment < 2:
@@ -52,7 +53,7 @@ class RepeatTokens(Task):
     evaluator_names = ("train",)
     roles = ("copy",)
     induction_keys = True
-    has_probe = True
+    has_repeated_segments = True
     # token embeddings N(0, 1) (nn.Embedding's init): at 0.02 the model found a shifted-key circuit
     # without an induction head, and frozen embeddings never learnt (benchmarks/RESULTS.md)
     default_model = {"embed_std": 1.0}
@@ -100,12 +101,12 @@ class RepeatTokens(Task):
     def evaluators(self, size: int) -> dict[str, Batch]:
         return {"train": self._sequences(rng_for(self.seed, 11), size)}
 
-    def probe(self, size: int) -> Batch:
+    def repeated_segments(self, size: int) -> Batch:
         o = self.options
-        S = o.length // o.probe_repeats
+        S = o.length // o.segment_repeats
         g = rng_for(self.seed, 17)
         seg = torch.randint(o.vocab, (size, S), generator=g)
-        tokens = seg.repeat(1, o.probe_repeats)                                    # [size, S*repeats]
+        tokens = seg.repeat(1, o.segment_repeats)                                    # [size, S*repeats]
         T = tokens.shape[1]
         keys = torch.zeros(size, T, T, dtype=torch.bool)
         i = torch.arange(S, T)

@@ -23,59 +23,12 @@ runs. Definitions:
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 
-from .errors import InputError, did_you_mean, show
+from .errors import InputError, show
+from .graph import Graph, _seeds, _sig, _vinfo, isolations, resolve_variant, times
 from .phases import paired
-
-
-def _vinfo(graph, key):
-    return graph.g.graph["variants"][key]
-
-
-def resolve_variant(graph, name: str) -> str:
-    vs = graph.g.graph["variants"]
-    if name in vs:
-        return name
-    hits = [k for k in vs if k.split("/", 1)[1] == name]
-    if len(hits) == 1:
-        return hits[0]
-    names = sorted({k.split("/", 1)[1] for k in vs})
-    raise InputError("explain", "", show(name), "a variant of these suites: " + ", ".join(names),
-                     did_you_mean(name, names))
-
-
-def times(graph, key: str, behaviour: str | None = None) -> dict:
-    b = behaviour or graph.g.graph["primary"]
-    return graph.g.nodes[b]["times"][key]
-
-
-def _seeds(t: dict) -> dict[int, float]:
-    """seed → phase-change step; a run that never changed counts as its length (censored)."""
-    return {int(s): v for s, v in t["bound_per_seed"].items() if v is not None}
-
-
-def _sig(graph, key):
-    return {tuple(x) for x in _vinfo(graph, key)["signature"]}
-
-
-def isolations(graph, target: str) -> dict[str, dict]:
-    """subcircuit → {'variant', 'times'} of its isolation experiment for `target`."""
-    info = graph.g.graph["variants"]
-    t = info[target]
-    tsig = _sig(graph, target)
-    same = [k for k, v in info.items() if v["condition"] == t["condition"] and _sig(graph, k) >= tsig]
-    added = {k: _sig(graph, k) - tsig for k in same}
-    mech = {x[0] for k in same for x in added[k] if x[1] == "clamp"}
-    out = {}
-    for x in sorted(mech):
-        for k in same:
-            if {a[0] for a in added[k]} == mech - {x} and all(a[1] == "clamp" for a in added[k]):
-                out[x] = {"variant": k, "times": times(graph, k), "adds": sorted(map(list, added[k]))}
-                break
-    return out
 
 
 def explain_condition(graph, target: str | None = None) -> dict:
@@ -259,34 +212,21 @@ def effect_text(d: dict) -> str:
     return text
 
 
-def cli_graph(args) -> int:
-    from .graph import Graph
-    g = Graph.from_runs(args.dir, behaviour=args.behaviour)
-    out = args.out or args.dir[0]
-    paths = g.save(out)
-    subs = [n for n, d in g.g.nodes(data=True) if d["kind"] == "subcircuit"]
-    print(f"{g.g.number_of_nodes()} nodes ({len(subs)} subcircuits), {g.g.number_of_edges()} edges")
-    for a, b, d in g.g.edges(data=True):
-        if d["kind"] == "effect" and d.get("condition") == "reference":
-            w = f" with {', '.join(d['with'])}" if d["with"] else ""
-            how = "; ".join(d.get("interventions") or [])
-            print(f"  {a}{w} ({how}) -> {b}: {effect_text(d)} "
-                  f"[{d['variant'].split('/', 1)[1]} vs {d['parent'].split('/', 1)[1]}]")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-    return 0
+# ---------------------------------------------------------------------------------------
+# The public functions (clamp.explain, clamp.compare, clamp.predict)
 
 
-def cli_explain(args) -> int:
-    from .graph import Graph
-    g = Graph.from_runs(args.dir, behaviour=args.behaviour)
-    if args.compare:
-        res = g.compare(*args.compare)
-        text = compare_text(res)
-    elif args.predict:
-        res = g.predict(args.predict.split(","), args.target)
-        text = predict_text(res)
-    else:
-        res = g.explain(args.target)
-        text = explain_text(res)
-    print(json.dumps(res, indent=1, default=str) if args.json else text)
-    return 0
+def explain(graph: Graph, target: str | None = None) -> dict:
+    """Each subcircuit's isolated formation time for a target variant (default: the first suite's
+    first variant), and the bottleneck."""
+    return explain_condition(graph, target)
+
+
+def compare(graph: Graph, a: str, b: str) -> dict:
+    """Which subcircuits' isolated formation times moved between variants `a` and `b`."""
+    return compare_conditions(graph, a, b)
+
+
+def predict(graph: Graph, variants: list[str], target: str | None = None) -> dict:
+    """The phase change of `target` with the interventions of `variants` combined."""
+    return predict_time(graph, variants, target)

@@ -1,0 +1,51 @@
+"""clamp's Python API: the functions a researcher calls, each composing the layers below.
+
+Top layer (beside the CLI, which calls these and prints). `clamp/__init__.py` re-exports them.
+
+    plan(recipe, seed)               the compiled timeline of a recipe (heads chosen from runs read here)
+    run(recipe, out)                 train a recipe's seeds (runs.py)
+    bench(suite, out)                run a suite, judge its expectations, write report.md and curves
+    load_results(dir)                re-read a suite directory (results.py)
+    Graph.from_runs(dirs)            the subcircuit graph of suite directories (graph.py)
+    explain(graph, target)           isolated formation times and the bottleneck (explanations.py)
+    compare(graph, a, b)             which subcircuits moved between two conditions
+    predict(graph, variants, target) the phase change of an unrun combination of clamps
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from .benches import run_suite
+from .compile import Plan, compile_plan
+from .report import write_suite_report
+from .results import SuiteResult, suite_result
+from .recipe import Recipe
+from .store import run_metrics
+from .suite import Suite, load_suite
+
+
+def plan(recipe: Recipe, seed: int | None = None) -> Plan:
+    """The Plan of a recipe for one seed (default: its first), with heads that a subcircuit selects
+    from another run's measures read from that run's metrics.jsonl."""
+    return compile_plan(recipe, seed, metrics_of=run_metrics)
+
+
+def bench(suite: str | os.PathLike | Suite, out: str | os.PathLike | None = None, *,
+          workers: int | None = None, backend: str = "local", address: str | None = None,
+          progress: Callable[[dict], None] | None = None, fresh: bool = False,
+          max_memory: float | None = None) -> SuiteResult:
+    """`clamp bench` from Python: run a suite (a path or a Suite) into `out` (default
+    runs/<suite name>), resuming what is there; report.md is rewritten as each run finishes and
+    the loss curves drawn at the end. Returns the judged results."""
+    s = suite if isinstance(suite, Suite) else load_suite(suite)
+    d = Path(out) if out is not None else Path("runs") / s.name
+
+    def report(rows: list[dict]) -> None:
+        write_suite_report(suite_result(s, d, rows), curves=False)
+    rows = run_suite(s, d, workers=workers, backend=backend, address=address, progress=progress, fresh=fresh,
+                     max_memory=max_memory, on_rows=report)
+    res = suite_result(s, d, rows)
+    write_suite_report(res)
+    return res

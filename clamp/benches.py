@@ -1,0 +1,203 @@
+"""Suites: a base recipe × named variants × grid points × seeds, with paired expectations.
+
+Run layer. Flow position: suite.yaml ─suite.py→ Suite ─bench→ many run dirs → results.csv
+(→ results.py judges, report.py renders report.md).
+A suite file (docs/design.md; every key in the README):
+
+    name: labels                      # default: file stem
+    base: ../recipes/x.yaml           # a path (relative to this file) or an inline recipe
+    seeds: [0, 1, 2]                  # replaces the recipe's seeds; runs are paired by seed
+    variants:                         # name → overrides (nested, or key.path form)
+      baseline: {}
+      copy: {recipe: copy.yaml, task.labels: 15}   # `recipe:` swaps the base for this variant
+      match: {interventions: [{clamp: blocks.1.attn.hook_pattern[3], to: induction}]}
+    grid: {task.labels: [5, 10, 15]}  # optional: every variant × every combination
+    set: [train.steps=500]            # optional: key.path=value applied to every run last (`--set` adds)
+    expect:
+      - name: match is at least 5x faster
+        ratio: [match, baseline]      # per seed (and grid point): value(match) / value(baseline)
+        of: crossing                  # crossing | crossing:<column>:<rule> | final:<column>
+        below: 0.2                    # judged on the median over seeds; a sign test is reported
+
+Every run trains into DIR/runs/<run id>/ and is resumable (train.py); results.csv and
+report.md are rewritten atomically after each run finishes.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from . import budget, store
+from . import columns as C
+from .phases import column_value
+from .pool import Job, Outcome, available_cores, run_jobs
+from .schema import dump_yaml
+from .recipe import Recipe, dump_recipe
+from .store import atomic_write, read_json, write_json
+from .suite import RunSpec, Suite
+from .train import check_dir, train_seed
+
+
+def extensions_for(recipe: Recipe) -> dict:
+    """The task and value-source classes a recipe uses, so a worker that did not import the
+    caller's code (a Ray worker, a spawned process) can register them before training."""
+    from .tasks import TASKS
+    from .values import VALUES
+    return {"tasks": {recipe.task.name: TASKS[recipe.task.name]},
+            "values": {iv.source: VALUES[iv.source] for iv in recipe.interventions if iv.source}}
+
+
+def install_extensions(ext: dict) -> None:
+    from .tasks import TASKS
+    from .values import VALUES
+    for name, cls in ext.get("tasks", {}).items():
+        TASKS.setdefault(name, cls)
+    for name, cls in ext.get("values", {}).items():
+        VALUES.setdefault(name, cls)
+
+
+def _train_job(recipe: Recipe, seed: int, run_dir: str, run_key: str, ext: dict | None = None,
+               progress=None) -> dict:
+    install_extensions(ext or {})
+
+    def tagged(ev):
+        if progress:
+            progress({**ev, "run": run_key})
+    return train_seed(recipe, seed, run_dir, progress=tagged)
+
+
+Rows = list[dict]
+
+
+def run_suite(suite: Suite, out: str | os.PathLike, *, workers: int | None = None, backend: str = "local",
+              address: str | None = None, progress: Callable[[dict], None] | None = None,
+              fresh: bool = False, max_memory: float | None = None,
+              on_rows: Callable[[Rows], None] | None = None) -> Rows:
+    """Run every variant × grid point × seed of a suite into `out` (resuming what is there) and
+    return the rows of results.csv (one per run). results.csv is rewritten atomically as each run
+    finishes, and `on_rows(rows)` called with the table so far (the API and CLI render report.md
+    there: results.py and report.py sit above this layer).
+
+    Refused before anything is written (InputError) when a run's memory estimate is above
+    `max_memory`, when `out` is another process's or not clamp's, or when a run directory holds a
+    different recipe; `fresh` first deletes `out`'s contents (only if clamp made it)."""
+    out = Path(out)
+    runs = suite.runs()
+    for recipe in suite.recipes.values():
+        budget.check(recipe, max_memory)
+    dirs = {(r.id, r.seed): store.run_dir(out, r.id, r.seed) for r in runs}
+    emit = progress or (lambda ev: None)
+
+    def check() -> None:
+        for r in runs:
+            check_dir(dirs[r.id, r.seed], dump_recipe(replace(r.recipe, seeds=(r.seed,))))
+    if not fresh:
+        store.check_writable(out)
+        check()                                            # refused before anything is touched
+    with store.writer(out, "suite", fresh=fresh) as held:
+        if held["deleted"]:
+            emit({"event": "deleted", "dir": str(out), "files": held["deleted"]})
+        check()
+        return _run_suite(suite, out, runs, dirs, workers, backend, address, progress, on_rows or (lambda rows: None))
+
+
+def _run_suite(suite: Suite, out: Path, runs: list[RunSpec], dirs: dict, workers, backend, address,
+               progress, on_rows) -> Rows:
+    atomic_write(out / "suite.yaml", dump_yaml(suite.data))
+    jobs = [Job((r.id, r.seed), _train_job, (r.recipe, r.seed, str(dirs[r.id, r.seed]), store.run_label(r.id, r.seed),
+                                             extensions_for(r.recipe)),
+                r.recipe.train.threads) for r in runs]
+    done: dict = {}
+
+    def write() -> Rows:
+        rows = result_rows(runs, done, _at_columns(suite), out)
+        atomic_write(out / "results.csv", rows_to_csv(rows))
+        on_rows(rows)
+        return rows
+
+    def finished(o: Outcome) -> None:
+        done[o.key] = o
+        write()
+        if progress and o.error is not None:
+            progress({"event": "done", "run": store.run_label(*o.key), "status": "failed", "error": o.error})
+
+    write()
+    if backend == "ray":
+        from .raybackend import run_jobs_ray
+        run_jobs_ray(jobs, address=address, on_event=progress, on_done=finished)
+    else:
+        run_jobs(jobs, workers or available_cores(), on_event=progress, on_done=finished)
+    for r in runs:                                     # a run whose worker died still has a summary
+        o = done.get((r.id, r.seed))
+        d = dirs[r.id, r.seed]
+        if o is not None and o.error is not None and d.is_dir() and (read_json(d / "summary.json") or {}).get(
+                "status") in (None, "ok"):
+            write_json(d / "summary.json", {"name": r.recipe.name, "seed": r.seed, "status": "failed",
+                                            "error": o.error})
+    return write()
+
+
+def collect_rows(suite: Suite, directory: str | os.PathLike) -> Rows:
+    """The results rows of a suite directory, re-read from each run's summary.json (nothing runs)."""
+    d = Path(directory)
+    runs = suite.runs()
+    done = {}
+    for r in runs:
+        sm = read_json(store.run_dir(d, r.id, r.seed) / "summary.json")
+        if sm is not None:
+            done[(r.id, r.seed)] = Outcome((r.id, r.seed), sm)
+    return result_rows(runs, done, _at_columns(suite), d)
+
+
+def _at_columns(suite: Suite) -> set[str]:
+    qs = {op.of for e in suite.expect for op in (e.a, e.b) if op is not None}
+    return {q for q in qs if q.startswith("at:")}
+
+
+def result_rows(runs: list[RunSpec], done: dict, at: set[str] = frozenset(), base: Path | None = None) -> Rows:
+    rows = []
+    for r in runs:
+        o = done.get((r.id, r.seed))
+        row: dict = {"run": r.id, "variant": r.variant, "grid": r.point, "seed": r.seed}
+        if o is None:
+            row.update(status="pending")
+        elif o.error is not None:
+            row.update(status="failed", error=o.error)
+        else:
+            s = o.value
+            row.update(status=s.get("status"), error=s.get("error") or "", wall_s=s.get("wall_s"),
+                       steps=s.get("steps"), resumed_from=s.get("resumed_from"))
+            for col, rules in s.get("phases", {}).items():
+                for rule, res in rules.items():
+                    if isinstance(res, dict):
+                        row[C.crossing_column(col, rule)] = res.get("step")
+                        for fld in ("reach", "leave", "fraction", "plateau_over_reach"):
+                            if fld in res:
+                                row[C.phase_column(col, rule, fld)] = res[fld]
+            for col, v in s.get("final", {}).items():
+                if isinstance(v, (int, float)):
+                    row[C.final_column(col)] = v
+            if at and base is not None:
+                metrics = store.run_metrics(store.run_dir(base, r.id, r.seed))
+                for q in at:
+                    _, step, col = q.split(":", 2)
+                    row[q] = next((column_value(m, col) for m in metrics if m["step"] == int(step)), None)
+        rows.append(row)
+    return rows
+
+
+def rows_to_csv(rows: list[dict]) -> str:
+    fixed = ["variant", "grid", "seed", "status", "error", "wall_s", "steps", "resumed_from", "run"]
+    extra = sorted({k for r in rows for k in r} - set(fixed), key=lambda k: (not k.startswith("crossing"), k))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fixed + extra, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fixed + extra})
+    return buf.getvalue()
+
+
