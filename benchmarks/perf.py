@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clamp.schema import load_yaml  # noqa: E402
+from clamp.yamlio import load_yaml
 from clamp.spec import recipe_from_data  # noqa: E402
 from clamp.train import Trainer, loss_fn  # noqa: E402
 

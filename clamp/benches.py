@@ -35,7 +35,7 @@ from . import budget, store
 from . import columns as C
 from .phases import column_value
 from .pool import Job, Outcome, available_cores, run_jobs
-from .schema import dump_yaml
+from .yamlio import dump_yaml
 from .recipe import Recipe, dump_recipe
 from .store import atomic_write, read_json, write_json
 from .suite import RunSpec, Suite
@@ -158,7 +158,8 @@ def _at_columns(suite: Suite) -> set[str]:
     return {q for q in qs if q.startswith("at:")}
 
 
-def result_rows(runs: list[RunSpec], done: dict, at: set[str] = frozenset(), base: Path | None = None) -> Rows:
+def result_rows(runs: list[RunSpec], done: dict, at: set[str] | frozenset[str] = frozenset(),
+                base: Path | None = None) -> Rows:
     rows = []
     for r in runs:
         o = done.get((r.id, r.seed))

@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 from .errors import InputError, did_you_mean
 from .report import table
@@ -120,7 +121,7 @@ def _deleted(prog: "Progress"):
     return on
 
 
-def _failures(runs: list[tuple[str, str, dict]]) -> int:
+def _failures(runs: Sequence[tuple[str, str | Path, dict]]) -> int:
     """Print one line per failed run (what, where the reason is) on stderr; exit code 1 if any or none ran."""
     bad = [(label, d, sm) for label, d, sm in runs if sm.get("status") != "ok"]
     for label, d, sm in bad:
@@ -413,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):            # names from odd paths never crash a print
         try:
-            stream.reconfigure(errors="backslashreplace")
+            stream.reconfigure(errors="backslashreplace")   # type: ignore[union-attr]
         except (AttributeError, ValueError):
             pass
     try:

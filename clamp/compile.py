@@ -106,7 +106,8 @@ def compile_plan(recipe: Recipe, seed: int | None = None, probe: str | None = No
     `metrics_of(DIR)`, that run's metrics rows (store.run_metrics gives them from disk)."""
     shape = recipe.shape()
     seed = recipe.seeds[0] if seed is None else seed
-    items = [(("interventions", i), iv) for i, iv in enumerate(recipe.interventions)]
+    items: list[tuple[tuple, Intervention]] = [(("interventions", i), iv)
+                                               for i, iv in enumerate(recipe.interventions)]
     if probe is not None:
         items += [(("probes", probe, i), iv) for i, iv in enumerate(recipe.probes[probe])]
     edits: list[Edit] = []
@@ -139,10 +140,8 @@ def _resolve(path: tuple, iv: Intervention, recipe: Recipe, shape: S.ModelShape,
     for n in names:
         for s in S.expand(n, shape, want):
             infos[s.name] = s.info
-            if s.heads is None or merged.get(s.name, ()) is None:
-                merged[s.name] = None
-            else:
-                merged.setdefault(s.name, set()).update(s.heads)
+            have = merged.get(s.name, set())
+            merged[s.name] = None if s.heads is None or have is None else have | set(s.heads)
     return [Edit(path[-1], iv.kind, iv.target,
                  S.Site(name, None if hs is None else tuple(sorted(hs)), infos[name]),
                  source, iv.windows, iv.preserve, path, note, iv.name,
@@ -185,9 +184,10 @@ def select_heads(sel: Selection, shape: S.ModelShape, seed: int, measured: dict 
         rows = metrics_of(run)
         if not rows:
             raise recipe.source.error(where + ("run",), repr(str(run)), "a run directory with metrics.jsonl")
-        row = rows[-1] if sel.at < 0 else next((r for r in rows if r["step"] == sel.at), None)
-        if row is None:
+        found = rows[-1] if sel.at < 0 else next((r for r in rows if r["step"] == sel.at), None)
+        if found is None:
             raise recipe.source.error(where + ("at",), str(sel.at), "an evaluation step of that run")
+        row = found
         origin = f"{run} step {row['step']}"
     if any(c not in row for c in cols):
         raise recipe.source.error(where + ("by",), repr(sel.by), f"a measure the run recorded (add {sel.by} "
@@ -201,7 +201,9 @@ def select_heads(sel: Selection, shape: S.ModelShape, seed: int, measured: dict 
     elif sel.above is not None:
         chosen = [h for h in range(shape.heads) if vals[h] > sel.above]
     else:
-        chosen = [h for h in range(shape.heads) if vals[h] < sel.below]
+        below = sel.below
+        assert below is not None                          # spec.py requires one of top/bottom/above/below
+        chosen = [h for h in range(shape.heads) if vals[h] < below]
     if sel.complement:
         chosen = [h for h in range(shape.heads) if h not in chosen]
     heads = tuple(sorted(chosen))
@@ -226,8 +228,8 @@ def _check_conflicts(edits: list[Edit], recipe: Recipe) -> None:
     for a, b in pairs:
         if a.site.name != b.site.name or a.origin == b.origin:
             continue
-        ha = set(a.site.heads) if a.site.heads is not None else None
-        hb = set(b.site.heads) if b.site.heads is not None else None
+        ha: set[int | None] | None = set(a.site.heads) if a.site.heads is not None else None
+        hb: set[int | None] | None = set(b.site.heads) if b.site.heads is not None else None
         common = (ha & hb) if ha is not None and hb is not None else (ha or hb or {None})
         if not common:
             continue

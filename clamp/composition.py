@@ -57,9 +57,10 @@ def subcircuit_composition(variant, names: list[str]) -> list[dict]:
         hs = {n: subcircuit_heads(recipe, n, rows[-1]) for n in names}
         for x in names:
             for y in names:
-                if hs[x] is None or hs[y] is None or hs[x][0] >= hs[y][0]:
+                hx, hy = hs[x], hs[y]
+                if hx is None or hy is None or hx[0] >= hy[0]:
                     continue
-                (L1, h1s), (L2, h2s) = hs[x], hs[y]
+                (L1, h1s), (L2, h2s) = hx, hy
                 for kind in "kqv":
                     vals = [scores[composition_column(kind, L1, a, L2, b)] for a in h1s for b in h2s]
                     per.setdefault((x, y, kind), {})[int(r["seed"])] = sum(vals) / len(vals)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from typing import Any
 
 from .errors import InputError, show
 from .graph import Graph, _seeds, _sig, _vinfo, isolations, resolve_variant, times
@@ -38,7 +39,8 @@ def explain_condition(graph, target: str | None = None) -> dict:
     order = sorted(((x, d["times"]["median_bound"]) for x, d in iso.items()
                     if d["times"].get("median_bound") is not None), key=lambda p: -p[1])
     bottleneck = order[0][0] if order else None
-    out = {"target": target, "condition": _vinfo(graph, target)["condition"], "behaviour": graph.g.graph["primary"],
+    out: dict[str, Any] = {
+           "target": target, "condition": _vinfo(graph, target)["condition"], "behaviour": graph.g.graph["primary"],
            "phase_change": t, "bottleneck": bottleneck,
            "subcircuits": {x: {"variant": d["variant"], "others": sorted({a[0] for a in d["adds"]}),
                                "interventions": [f"{a[1]} {a[0]}" for a in d["adds"]], **d["times"]}
@@ -56,7 +58,7 @@ def compare_conditions(graph, a: str, b: str) -> dict:
     info = graph.g.graph["variants"]
     beh = paired(_seeds(times(graph, b)), _seeds(times(graph, a)), "ratio")
     iso_a = isolations(graph, a)
-    out = {"a": a, "b": b, "condition_a": info[a]["condition"], "condition_b": info[b]["condition"],
+    out: dict[str, Any] = {"a": a, "b": b, "condition_a": info[a]["condition"], "condition_b": info[b]["condition"],
            "behaviour": graph.g.graph["primary"], "phase_change_ratio": beh, "subcircuits": {}}
     tsig_b = _sig(graph, b)
     for x, d in iso_a.items():
@@ -92,7 +94,7 @@ def predict_time(graph, variants: list[str], target: str | None = None) -> dict:
         sig |= _sig(graph, k)
     pred = {s: t0[s] * math.prod(r.get(s, float("nan")) for r in ratios) for s in t0}
     pred = {s: p for s, p in pred.items() if p == p}
-    out = {"target": target, "combining": [resolve_variant(graph, v) for v in variants],
+    out: dict[str, Any] = {"target": target, "combining": [resolve_variant(graph, v) for v in variants],
            "signature": sorted(map(list, sig)), "predicted": {"per_seed": pred,
                                                                "median": statistics.median(pred.values())}}
     clamped = {x[0] for x in sig - tsig if x[1] == "clamp"}

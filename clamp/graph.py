@@ -342,7 +342,7 @@ def _sites(label: str, r: Recipe) -> dict:
     sc = r.subcircuits.get(label)
     if sc is None:
         return {"sites": []}
-    d = {"sites": list(sc.sites), "params": list(sc.params)}
+    d: dict = {"sites": list(sc.sites), "params": list(sc.params)}
     if sc.select is not None:
         d["select"] = sc.select.describe()
     return d

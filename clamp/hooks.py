@@ -37,8 +37,8 @@ import torch
 from torch import Tensor, nn
 
 from .compile import Edit, Plan
-from .optim import STATE_KEYS
-from .seam import ModelSeam
+from .optim import STATE_KEYS, Optimizer
+from .seam import HookFn, ModelSeam
 from .tasks import Batch
 from .values import Context
 
@@ -47,7 +47,7 @@ from .values import Context
 class _Frozen:
     """One frozen slice: its parameter, head index, and snapshots of its value and (held) optimizer state."""
 
-    def __init__(self, p: nn.Parameter, idx: tuple, opt: torch.optim.Optimizer, hold: bool):
+    def __init__(self, p: nn.Parameter, idx: tuple, opt: Optimizer, hold: bool):
         self.p = p
         self.idx = idx                             # p[idx] is the frozen slice (the seam's parameter_slice)
         self.value = p.detach()[self.idx].clone()
@@ -59,7 +59,7 @@ class _Frozen:
                           if isinstance(st.get(k), Tensor) and st[k].shape == p.shape}
 
     @torch.no_grad()
-    def restore(self, opt: torch.optim.Optimizer) -> None:
+    def restore(self, opt: Optimizer) -> None:
         self.p[self.idx] = self.value
         st = opt.state.get(self.p, {})
         for k, v in self.state.items():
@@ -71,6 +71,7 @@ def _head_mask(e: Edit, n_heads: int) -> Tensor | None:
     if e.site.heads is None:
         return None
     shape = [1, 1, 1, 1]
+    assert e.site.info.head_axis is not None
     shape[e.site.info.head_axis] = n_heads
     m = torch.zeros(n_heads, dtype=torch.bool)
     m[list(e.site.heads)] = True
@@ -80,7 +81,7 @@ def _head_mask(e: Edit, n_heads: int) -> Tensor | None:
 class Intervener:
     """Owns the hook points of one model for one Plan."""
 
-    def __init__(self, seam: ModelSeam, plan: Plan, optimizer: torch.optim.Optimizer | None = None,
+    def __init__(self, seam: ModelSeam, plan: Plan, optimizer: Optimizer | None = None,
                  seed: int = 0, donor: Callable[[str, int], Any] | None = None):
         self.seam = seam
         self.plan = plan
@@ -92,8 +93,8 @@ class Intervener:
         self._record_sites: frozenset[str] = frozenset()
         self._bounds = sorted(set(plan.boundaries) | {plan.steps})
         self._segment = (1, 0)                     # [lo, hi) of steps the installed edits are valid for
-        self._main: dict[str, object] = {}         # hook point name → fn for the real pass
-        self._ref: dict[str, object] | None = None # … for the reference pass (preserve), if any
+        self._main: dict[str, HookFn] = {}         # site name → fn for the real pass
+        self._ref: dict[str, HookFn] | None = None # … for the reference pass (preserve), if any
 
     # -- configuration -------------------------------------------------------------------
 
@@ -135,10 +136,11 @@ class Intervener:
             self._ref = None
         self.attach()
 
-    def _fns(self, writers: list[Edit], from_ref: set[str], record: Iterable[str], keep_ref: bool) -> dict:
+    def _fns(self, writers: list[Edit], from_ref: set[str], record: Iterable[str], keep_ref: bool) -> dict[str, HookFn]:
         by_site: dict[str, list] = {}
         needs: set[str] = set()
         for e in writers:
+            assert e.source is not None                 # clamps and ablations have one
             by_site.setdefault(e.site.name, []).append((e.source, e.site, _head_mask(e, self.plan.shape.heads)))
             needs.update(e.source.needs(e.site, self.plan.shape))
         record = set(record)
@@ -148,11 +150,12 @@ class Intervener:
                                       name in record, keep_ref)
         return fns
 
-    def _make_fn(self, name: str, writers: list, keep: bool, from_ref: bool, rec: bool, keep_ref: bool):
+    def _make_fn(self, name: str, writers: list, keep: bool, from_ref: bool, rec: bool, keep_ref: bool) -> HookFn:
         ctx = self.ctx
 
         def fn(x: Tensor) -> Tensor:
             if from_ref:
+                assert ctx.reference is not None
                 x = ctx.reference[name]
             for source, site, hmask in writers:
                 v, rows = source.value(x, site, ctx)
@@ -162,13 +165,14 @@ class Intervener:
                 ctx.cache[name] = x
             if rec:
                 if keep_ref:
+                    assert ctx.reference is not None
                     ctx.reference[name] = x            # gradients flow through the reference pass
                 elif self._record is not None:
                     self._record[name] = x.detach()
             return x
         return fn
 
-    def attach(self, fns: dict | None = None) -> None:
+    def attach(self, fns: dict[str, HookFn] | None = None) -> None:
         """Install this Intervener's hook functions on the model (replacing whatever was there)."""
         self.seam.install(self._main if fns is None else fns)
 
@@ -190,8 +194,9 @@ class Intervener:
         return self.seam.forward(batch)
 
     def after_optimizer_step(self) -> None:
+        assert self.optimizer is not None or not self._frozen
         for f in self._frozen.values():
-            f.restore(self.optimizer)
+            f.restore(self.optimizer)              # type: ignore[arg-type]
 
     @contextmanager
     def recording(self, sites: Iterable[str]) -> Iterator[dict[str, Tensor]]:

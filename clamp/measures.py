@@ -95,7 +95,9 @@ def evaluate(intervener, evaluators: dict[str, Batch], repeats: Batch | None, me
             intervener.forward(repeats)
         for L in layers:
             A = rec[pattern_site(L)]
-            for h, v in enumerate(induction_strengths(A, repeats.induction_keys, None).tolist()):
+            keys = repeats.induction_keys
+            assert keys is not None, "a task's repeated segments mark their induction keys"
+            for h, v in enumerate(induction_strengths(A, keys, None).tolist()):
                 row[head_column("induction_score", L, h)] = v
     return row
 

@@ -70,6 +70,15 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class Attention(nn.Module):
+    hook_q: HookPoint
+    hook_k: HookPoint
+    hook_v: HookPoint
+    hook_rot_q: HookPoint
+    hook_rot_k: HookPoint
+    hook_attn_scores: HookPoint
+    hook_pattern: HookPoint
+    hook_z: HookPoint
+
     def __init__(self, s: ModelShape, layer: int):
         super().__init__()
         H, d, e = s.heads, s.d_model, s.d_head
@@ -168,6 +177,7 @@ class Embed(nn.Module):
     def forward(self, tokens: Tensor, vectors: Tensor | None, is_vector: Tensor | None) -> Tensor:
         h = self.W_E[tokens]                                          # [batch, pos, d_model]
         if self.W_x is not None and vectors is not None:
+            assert is_vector is not None
             h = torch.where(is_vector[..., None], vectors @ self.W_x, h)
         return h
 
@@ -214,6 +224,10 @@ class Transformer(nn.Module):
                     fan_in = p.shape[-2] if leaf != "W_O" else p.shape[0] * p.shape[1]
                     p.normal_(0.0, 1.0 / math.sqrt(fan_in), generator=generator)
 
+    rope_cos: Tensor
+    rope_sin: Tensor
+    mask: Tensor
+
     @property
     def rope(self) -> tuple[Tensor, Tensor] | None:
         return (self.rope_cos, self.rope_sin) if self.shape.pos == "rope" else None
@@ -223,7 +237,8 @@ class Transformer(nn.Module):
         resid = self.hook_embed(self.embed(tokens, vectors, is_vector))   # [batch, pos, d_model]
         T = tokens.shape[1]
         if self.shape.pos == "learned":
-            resid = resid + self.hook_pos_embed(self.pos_embed.W_pos[:T].expand_as(resid))
+            W_pos: Tensor = self.pos_embed.W_pos                           # type: ignore[assignment]
+            resid = resid + self.hook_pos_embed(W_pos[:T].expand_as(resid))
         rope = self.rope
         for block in self.blocks:
             resid = block(resid, self.mask, rope)
@@ -268,7 +283,7 @@ class BuiltinSeam:
 
     def attention_scores(self, layer: int, xq: Tensor, xk: Tensor) -> Tensor:
         m = self.module
-        block = m.blocks[layer]
+        block: Block = m.blocks[layer]                    # type: ignore[assignment]
         ln = block.ln1
         if ln is not None:                               # the block's LayerNorm, without its hook point
             xq = F.layer_norm(xq, xq.shape[-1:], ln.w, ln.b, 1e-5)

@@ -32,7 +32,15 @@ from torch.optim.adam import adam as _functional_adam
 from torch import Tensor
 
 
-class Adam(torch.optim.Optimizer):
+class Optimizer(torch.optim.Optimizer):
+    """What the Intervener needs of an optimizer besides torch's: `split_step(p)` gives every element
+    of `p` its own step count, so a frozen slice can hold its own."""
+
+    def split_step(self, p: Tensor) -> None:
+        raise NotImplementedError
+
+
+class Adam(Optimizer):
     """Adam (`decoupled=False`, L2 weight decay added to the gradient) or AdamW (`decoupled=True`)."""
 
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
@@ -53,7 +61,7 @@ class Adam(torch.optim.Optimizer):
             st["step"] = st["step"].expand(p.shape).clone()
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure=None):
         assert closure is None, "clamp's optimizers take no closure"
         for group in self.param_groups:
             whole: list[Tensor] = []
@@ -94,7 +102,7 @@ def _adam(params, grads, exp_avgs, exp_avg_sqs, steps, group) -> None:
                      decoupled_weight_decay=group["decoupled"])
 
 
-class SGD(torch.optim.Optimizer):
+class SGD(Optimizer):
     """Plain SGD with L2 weight decay (no state: a freeze has nothing to hold but the values)."""
 
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, weight_decay: float = 0.0):
@@ -104,7 +112,7 @@ class SGD(torch.optim.Optimizer):
         pass
 
     @torch.no_grad()
-    def step(self, closure=None):  # type: ignore[override]
+    def step(self, closure=None):
         assert closure is None, "clamp's optimizers take no closure"
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
@@ -120,7 +128,7 @@ STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
 
 
 def make_optimizer(name: str, params: Iterable[Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+                   weight_decay: float = 0.0) -> Optimizer:
     """The optimizer a recipe names: adam | adamw | sgd."""
     if name == "sgd":
         return SGD(params, lr=lr, weight_decay=weight_decay)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from . import columns as C
 from .errors import did_you_mean, show
-from .recipe import Recipe
+from .recipe import Intervention, Recipe
 from .tasks import TASKS
 
 
@@ -85,7 +85,8 @@ def check(recipe: Recipe) -> None:
                                 why or f"add {sel.by} to measure:")
     roles = TASKS[recipe.task.name].roles
     if roles is not None:
-        items = [(("interventions", i), iv) for i, iv in enumerate(recipe.interventions)]
+        items: list[tuple[tuple, Intervention]] = [(("interventions", i), iv)
+                                                   for i, iv in enumerate(recipe.interventions)]
         items += [(("probes", p, i), iv) for p, ivs in recipe.probes.items() for i, iv in enumerate(ivs)]
         for path, iv in items:
             rows = getattr(iv.options, "rows", None)
@@ -98,7 +99,8 @@ def check(recipe: Recipe) -> None:
 def _column(recipe, have: set[str], col: str, path: tuple, what: str) -> None:
     if C.matching(col, have):
         return
-    base = C.AGGREGATE.match(col).group(2) if C.AGGREGATE.match(col) else col
+    agg = C.AGGREGATE.match(col)
+    base = agg.group(2) if agg else col
     measure = base.split("/", 1)[0].split("@", 1)[0]
     if measure in C.HEAD_MEASURES + ("loss", "accuracy") and measure not in recipe.measure:
         hint = unavailable(recipe, measure) or f"add {measure} to measure:"

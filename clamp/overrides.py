@@ -19,7 +19,7 @@ import copy
 from typing import Any, Callable
 
 from .errors import InputError, format_path, show
-from .schema import Source, load_yaml, parse_key_path
+from .yamlio import Source, load_yaml, parse_key_path
 
 # (key path reached, what was found there, what was expected) → the located error to raise
 Fail = Callable[[tuple, str, str], InputError]

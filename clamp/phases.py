@@ -314,21 +314,21 @@ def phase_times(rows: list[dict], rules: dict[str, dict], batch: int) -> dict:
         if all(v is None for v in vals):
             out[col] = {"error": f"no column {col!r} in the metrics"}
             continue
-        vals = [float("nan") if v is None else float(v) for v in vals]
+        curve = [float("nan") if v is None else float(v) for v in vals]
         for kind in ("below", "above"):
             if kind in rule:
-                st = threshold_crossing(steps, vals, rule[kind], below=(kind == "below"))
+                st = threshold_crossing(steps, curve, rule[kind], below=(kind == "below"))
                 res[kind] = {"threshold": rule[kind], "step": st}
         if "relative" in rule:
             opts = rule["relative"] if isinstance(rule["relative"], dict) else {"frac": rule["relative"]}
             extra = {k: v for k, v in opts.items() if k != "frac"}
-            res["relative"] = {"frac": opts["frac"], **relative_crossing(steps, vals, opts["frac"], **extra)}
+            res["relative"] = {"frac": opts["frac"], **relative_crossing(steps, curve, opts["frac"], **extra)}
         if "band" in rule:
-            res["band"] = {"band": list(rule["band"]), **band_stats(steps, vals, *rule["band"])}
+            res["band"] = {"band": list(rule["band"]), **band_stats(steps, curve, *rule["band"])}
         if "logistic" in rule:
-            res["logistic"] = logistic_fit(steps, vals, level=rule["logistic"])
+            res["logistic"] = logistic_fit(steps, curve, level=rule["logistic"])
         if "max_slope" in rule:
-            res["max_slope"] = max_slope(steps, vals, smooth=rule["max_slope"])
+            res["max_slope"] = max_slope(steps, curve, smooth=rule["max_slope"])
         for r in res.values():
             r["sequences"] = None if r.get("step") is None else r["step"] * batch
         out[col] = res

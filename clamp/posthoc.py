@@ -14,7 +14,7 @@ from typing import Callable
 
 from .errors import InputError, show
 from .runs import Run
-from .schema import Source, load_yaml_file
+from .yamlio import Source, load_yaml_file
 from .recipe import Recipe, recipe_to_dict
 from .spec import load_recipe, recipe_from_data
 from .store import atomic_write, dumps, list_checkpoints, load_checkpoint, writer

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from . import sites as S
-from .schema import Source, dump_yaml, non_negative, opt, positive, unbuild
+from .schema import non_negative, opt, positive, unbuild
+from .yamlio import Source, dump_yaml
 from .tasks import TASKS, TaskIO
 
 KINDS = ("clamp", "ablate", "freeze")

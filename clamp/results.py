@@ -17,7 +17,7 @@ from . import columns as C
 from .benches import collect_rows
 from .errors import InputError
 from .phases import column_value, spread
-from .schema import load_yaml_file
+from .yamlio import load_yaml_file
 from .suite import Expectation, Suite, primary_crossing, suite_from_data
 
 
@@ -79,6 +79,7 @@ def _interval(e: Expectation, va: float, ca: bool, vb: float | None, cb: bool) -
     if e.kind == "value":
         lo, hi = a
     else:
+        assert vb is not None                            # ratios and differences have a second operand
         b = (vb, INF if cb else vb)
         if e.kind == "ratio":
             if b[0] <= 0 or a[0] < 0:
@@ -98,6 +99,7 @@ def _decide(e: Expectation, lo: float, hi: float) -> bool | None:
         return True if a < lo and hi < b else False if hi <= a or lo >= b else None
     if e.below is not None:
         return True if hi < e.below else False if lo >= e.below else None
+    assert e.above is not None                           # suite.py requires below, above or between
     return True if lo > e.above else False if hi <= e.above else None
 
 

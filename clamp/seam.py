@@ -36,8 +36,11 @@ HookFn = Callable[[Tensor], Tensor]
 
 
 class ModelSeam(Protocol):
-    shape: ModelShape
-    module: nn.Module
+    @property
+    def shape(self) -> ModelShape: ...
+
+    @property
+    def module(self) -> nn.Module: ...
 
     def catalogue(self) -> list[SiteInfo]: ...
 

@@ -285,6 +285,7 @@ def _heads(ref: SiteRef, n: int) -> tuple[int, ...]:
                                  f"write {it[0]}:{n}" if it[0] < n else "")
             hs = list(range(*it))
         else:
+            assert isinstance(it, int)
             if it >= n:
                 raise InputError("", "", show(format_site(ref)),
                                  f"heads 0..{n - 1} (the model has {n} heads per layer)")

@@ -26,7 +26,8 @@ from .overrides import apply_override, deep_merge
 from .phases import PLATEAU, PLATEAU_DOC
 from .recipe import (KINDS, PHASE_RULES, PRESERVE, TOP_KEYS, FreezeOptions, Intervention, ModelConfig, Recipe,
                      Subcircuit, TaskSpec, TrainConfig, model_shape, recipe_to_dict)
-from .schema import Source, build, build_dataclass, check_name, safe_name, load_yaml, load_yaml_file, read_text
+from .schema import build, build_dataclass
+from .yamlio import Source, check_name, safe_name, load_yaml, load_yaml_file, read_text
 from .tasks import TASKS, get_task
 from .values import VALUES, get_value
 

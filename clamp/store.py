@@ -132,7 +132,9 @@ def atomic_save(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
 
 
 def atomic_write(path: str | os.PathLike, text: str) -> Path:
-    return atomic_save(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    def write(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8")
+    return atomic_save(path, write)
 
 
 def write_json(path: str | os.PathLike, obj: dict) -> Path:

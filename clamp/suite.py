@@ -33,7 +33,8 @@ from typing import Any, Sequence
 
 from . import columns as C
 from .errors import InputError, did_you_mean, show
-from .schema import Source, build, check_name, safe_name, load_yaml, load_yaml_file, read_text
+from .schema import build
+from .yamlio import Source, check_name, safe_name, load_yaml, load_yaml_file, read_text
 from .overrides import apply_override, merge_overrides
 from .spec import Recipe, absolute_paths, parse_recipe, resolve_extends
 
@@ -66,11 +67,6 @@ class Expectation:
         if self.between is not None:
             return f"between {self.between[0]:g} and {self.between[1]:g}"
         return f"below {self.below:g}" if self.below is not None else f"above {self.above:g}"
-
-    def ok(self, x: float) -> bool:
-        if self.between is not None:
-            return self.between[0] < x < self.between[1]
-        return x < self.below if self.below is not None else x > self.above
 
 
 @dataclass(frozen=True)
@@ -149,6 +145,19 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
     for o in overrides:
         apply_override(base_run, o, Source(base_src.file, dict(base_src.lines), dict(base_src.overrides)))
     base = parse_recipe(base_run, base_src, name)
+    recipes, inlined = _variant_recipes(name, variants, grid, seeds, overrides, base_data, base_src, src)
+    expect = _expectations(data.get("expect") or [], src, variants, recipes, base)
+    raw = {**copy.deepcopy(data), "name": name, "base": absolute_paths(base_data, base_src), "seeds": list(seeds),
+           "variants": copy.deepcopy(inlined)}
+    if overrides:
+        raw["set"] = overrides
+    return Suite(name, src.file, base, seeds, variants, grid, expect, recipes, raw)
+
+
+def _variant_recipes(name: str, variants: dict, grid: dict, seeds: tuple, overrides: list, base_data: dict,
+                     base_src: Source, src: Source) -> tuple[dict, dict]:
+    """The recipe of every variant at every grid point (overrides: variant, grid point, then --set),
+    and each variant's overrides with paths made absolute (as suite.yaml keeps them)."""
     recipes: dict = {}
     inlined = {}
     for vname, ov in variants.items():
@@ -179,7 +188,11 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
             raise src.error(("grid",), f"two runs with the directory name {rid!r} ({ids[rid]} and {point})",
                             "grid values that differ in more than characters a directory name cannot hold")
         ids[rid] = point
-    exp = data.get("expect") or []
+    return recipes, inlined
+
+
+def _expectations(exp: Any, src: Source, variants: dict, recipes: dict, base: Recipe) -> tuple[Expectation, ...]:
+    """The suite's expectations, each quantity checked against the recipes of its variant."""
     if not isinstance(exp, list):
         raise src.error(("expect",), show(exp), "a list of expectations, each like {ratio: [A, B], below: 0.2}")
     expect = tuple(_expectation(e, ("expect", i), src, variants) for i, e in enumerate(exp))
@@ -191,11 +204,7 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
                 for (vname, point), recipe in recipes.items():
                     if vname == op.variant:
                         _check_quantity(op.of, primary, recipe, where, src)
-    raw = {**copy.deepcopy(data), "name": name, "base": absolute_paths(base_data, base_src), "seeds": list(seeds),
-           "variants": copy.deepcopy(inlined)}
-    if overrides:
-        raw["set"] = overrides
-    return Suite(name, src.file, base, seeds, variants, grid, expect, recipes, raw)
+    return expect
 
 
 def _base(value, src: Source, path: tuple = ("base",)) -> tuple[dict, Source]:

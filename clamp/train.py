@@ -41,12 +41,12 @@ from .phases import column_value, phase_times
 from .recipe import Recipe, dump_recipe
 from .store import (atomic_write, list_checkpoints, load_checkpoint, read_json, read_metrics, run_metrics,
                     save_checkpoint, write_json)
-from .tasks import TASKS, Task
+from .tasks import TASKS, Batch, Task
 
 Progress = Callable[[dict], None]
 
 
-def make_optimizer(recipe: Recipe, model: torch.nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(recipe: Recipe, model: torch.nn.Module) -> optim.Optimizer:
     t = recipe.train
     return optim.make_optimizer(t.optimizer, model.parameters(), t.lr, t.betas, t.weight_decay)
 
@@ -69,8 +69,8 @@ class Trainer:
         self.donors = Donors()
         self.intervener = Intervener(self.seam, self.plan, self.optimizer, seed=seed, donor=self.donors)
         self.step = 0
-        self._evaluators = None
-        self._repeats = None
+        self._evaluators: dict[str, Batch] | None = None       # built at the first evaluation
+        self._repeats: Batch | None = None
         self._probes: dict[str, Intervener] = {}      # probe name → its Intervener (static heads)
 
     def train_step(self) -> float:
@@ -102,7 +102,7 @@ class Trainer:
         at = min(self.step, r.train.steps - 1)
         self.intervener.set_step(at)
         self.model.eval()
-        row = {"step": self.step, "sequences": self.step * r.train.batch, "seed": self.seed}
+        row: dict = {"step": self.step, "sequences": self.step * r.train.batch, "seed": self.seed}
         row.update(evaluate(self.intervener, self._evaluators, self._repeats, r.measure, self.plan.shape))
         if "composition" in r.measure:
             row.update(composition_scores(self.seam))
@@ -116,6 +116,7 @@ class Trainer:
         """Add each probe's loss/accuracy columns (`col@probe`) to a metrics row of this step."""
         r = self.recipe
         at = min(self.step, r.train.steps - 1)
+        assert self._evaluators is not None, "evaluate() builds the evaluation sets first"
         self.model.eval()
         for name in r.probes:
             iv, notes = self._probe_intervener(name, row)
@@ -131,8 +132,8 @@ class Trainer:
         """The probe's Intervener; compiled afresh when its heads are chosen from this run's measures."""
         r = self.recipe
         used = {iv.target for iv in r.probes[name]} | {iv.target for iv in r.interventions}
-        dynamic = any(r.subcircuits[t].select is not None and r.subcircuits[t].select.run == "self"
-                      for t in used if t in r.subcircuits)
+        selects = [r.subcircuits[t].select for t in used if t in r.subcircuits]
+        dynamic = any(s is not None and s.run == "self" for s in selects)
         if name not in self._probes or dynamic:
             plan = compile_plan(r, self.seed, probe=name, measured=row, metrics_of=run_metrics)
             self._probes[name] = Intervener(self.seam, plan, None, seed=self.seed, donor=self.donors)

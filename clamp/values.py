@@ -278,7 +278,9 @@ def _head_option(text: str, shape) -> tuple[int, int] | str:
     if len(sites) != 1 or sites[0].heads is None or len(sites[0].heads) != 1 or \
             sites[0].name.rsplit(".", 1)[-1] not in ("hook_attn_scores", "hook_pattern"):
         return "one head of an attention layer, e.g. blocks.1.attn.hook_attn_scores[3]"
-    return sites[0].info.layer, sites[0].heads[0]
+    layer = sites[0].info.layer
+    assert layer is not None                           # attention sites belong to a layer
+    return layer, sites[0].heads[0]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from clamp.api import bench as run_suite
 from clamp.results import load_results
 from clamp.suite import load_suite, suite_from_data
 from clamp.errors import InputError
-from clamp.schema import dump_yaml, load_yaml
+from clamp.yamlio import dump_yaml, load_yaml
 from fuzzing import mutate
 from clamp.train import read_metrics
 

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from clamp.schema import load_yaml
+from clamp.yamlio import load_yaml
 from clamp.spec import recipe_from_data
 
 

@@ -23,7 +23,7 @@ import types
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from clamp.cli import main
-from clamp.schema import dump_yaml, load_yaml
+from clamp.yamlio import dump_yaml, load_yaml
 from fuzzing import mutate
 
 N = int(os.environ.get("CLAMP_FUZZ_EXAMPLES", 120))

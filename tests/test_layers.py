@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent / "clamp"
 
 # bottom → top; a module may import its own layer and those below it
 LAYERS = {
-    "names": ["errors", "sites", "schema", "columns", "phases"],
+    "names": ["errors", "sites", "yamlio", "schema", "columns", "phases"],
     "model": ["model", "tasks", "tasks.base", "tasks.fewshot", "tasks.repeat_tokens", "values", "measures",
               "optim", "seam"],
     "recipe": ["recipe", "overrides", "outputs", "spec", "budget", "compile", "suite"],

@@ -15,3 +15,8 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_ruff_is_clean():
     r = run("ruff", "check", "clamp", "tests", "benchmarks")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_mypy_is_clean():
+    r = run("mypy")                               # settings and files: [tool.mypy] in pyproject.toml
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -105,7 +105,7 @@ def test_error_lines_are_what_clamp_prints(tmp_path, capsys, monkeypatch, i):
 
 @pytest.mark.parametrize("i", range(len(of("fragment"))))
 def test_fragments_work_in_their_recipe(tmp_path, capsys, monkeypatch, i):
-    from clamp.schema import load_yaml
+    from clamp.yamlio import load_yaml
     from clamp.overrides import deep_merge
     args, body = of("fragment")[i]
     base = load_yaml((ROOT / args[0]).read_text())[0]

@@ -12,7 +12,7 @@ import pytest
 
 from clamp import budget
 from clamp.compile import compile_plan, probe_text
-from clamp.schema import load_yaml_file
+from clamp.yamlio import load_yaml_file
 from clamp.spec import load_recipe
 from clamp.store import run_metrics
 from clamp.suite import load_suite

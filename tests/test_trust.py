@@ -240,7 +240,7 @@ def test_yaml_merge_keys_merge(tmp_path, capsys):
     (tmp_path / "m.yaml").write_text("x-defaults: &d {steps: 5, lr: 0.5, optimizer: adamw}\n".replace("x-", "")
                                      + TINY.replace("train: {", "train: {<<: *d, "))
     from clamp.spec import parse_recipe
-    from clamp.schema import load_yaml_file
+    from clamp.yamlio import load_yaml_file
     data, src = load_yaml_file(tmp_path / "m.yaml", "a recipe file")
     data.pop("defaults")
     r = parse_recipe(data, src)
