@@ -40,8 +40,9 @@ class Progress:
     then the first few running runs' step and loss. Redrawn every 0.5 s on a terminal, every 10 s
     (a new line each time) in a log; nothing with --quiet."""
 
-    def __init__(self, total_runs: int, stream=sys.stderr, quiet: bool = False):
+    def __init__(self, total_runs: int, stream=None, quiet: bool = False):
         from tqdm import tqdm
+        stream = stream or sys.stderr                  # the stderr of now (a notebook or pytest may replace it)
         self.total_runs = max(total_runs, 1)
         self.state: dict = {}
         self.finished = 0

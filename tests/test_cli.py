@@ -30,6 +30,15 @@ def clamp_cmd(*args, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
+def clamp_main(*args, cwd, capsys, monkeypatch):
+    """The same command in this process (main(argv) is the console script): (code, stdout, stderr)."""
+    from clamp.cli import main
+    monkeypatch.chdir(cwd)
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 @pytest.fixture
 def recipe(tmp_path):
     p = tmp_path / "tiny.yaml"
@@ -58,25 +67,30 @@ BAD_CLI = [
 
 
 @pytest.mark.parametrize("args, message", BAD_CLI)
-def test_bad_input_exits_2_with_one_line(recipe, tmp_path, args, message):
+def test_bad_input_exits_2_with_one_line(recipe, tmp_path, args, message, capsys, monkeypatch):
     bad = tmp_path / "bad.yaml"
     bad.write_text(TINY.replace("- clamp: prev_token", "- clamp: prev_tokn"))
     subs = {"{recipe}": recipe, "{bad}": bad, "{missing}": tmp_path / "missing.yaml"}
-    r = clamp_cmd(*[subs.get(a, a) for a in args], cwd=tmp_path)
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    assert message in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in r.stderr
+    try:
+        code, out, err = clamp_main(*[subs.get(a, a) for a in args], cwd=tmp_path, capsys=capsys,
+                                    monkeypatch=monkeypatch)
+    except SystemExit as e:                               # argparse's own errors exit from parse_args
+        code, (out, err) = e.code, capsys.readouterr()
+    assert code == 2, (out, err)
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
+    assert "Traceback" not in err
     assert not (tmp_path / "runs").exists()           # nothing half-written
 
 
-def test_a_different_recipe_in_an_existing_run_dir_is_refused(recipe, tmp_path):
-    assert clamp_cmd("run", recipe, "--out", tmp_path / "o", "--quiet", cwd=tmp_path).returncode == 0
-    r = clamp_cmd("run", recipe, "--out", tmp_path / "o", "--set", "train.lr=0.5", cwd=tmp_path)
-    assert r.returncode == 2 and "holds a different recipe" in r.stderr and "--fresh" in r.stderr
-    r = clamp_cmd("run", recipe, "--out", tmp_path / "o", "--set", "train.lr=0.5", "--fresh", "--quiet",
-                  cwd=tmp_path)
-    assert r.returncode == 0
+def test_a_different_recipe_in_an_existing_run_dir_is_refused(recipe, tmp_path, capsys, monkeypatch):
+    kw = dict(cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    code, out, err = clamp_main("run", recipe, "--out", tmp_path / "o", "--quiet", **kw)
+    assert code == 0, (out, err)
+    code, _, err = clamp_main("run", recipe, "--out", tmp_path / "o", "--set", "train.lr=0.5", **kw)
+    assert code == 2 and "holds a different recipe" in err and "--fresh" in err
+    assert clamp_main("run", recipe, "--out", tmp_path / "o", "--set", "train.lr=0.5", "--fresh", "--quiet",
+                      **kw)[0] == 0
 
 
 def test_demo_smoke(tmp_path):

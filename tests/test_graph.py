@@ -6,8 +6,6 @@ import csv
 import json
 import math
 import statistics
-import subprocess
-import sys
 
 import networkx as nx
 import pytest
@@ -167,14 +165,18 @@ def test_graph_files_round_trip(suite_dir, tmp_path):
     assert paths["png"].stat().st_size > 10_000
 
 
-def test_cli_graph_and_explain(suite_dir, tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "clamp.cli", *map(str, a)],  # noqa: E731
-                                    capture_output=True, text=True)
-    r = run("graph", suite_dir, "--out", tmp_path)
-    assert r.returncode == 0 and (tmp_path / "graph.graphml").exists(), r.stderr
-    r = run("explain", suite_dir, "--compare", "baseline", "labels3")
-    assert r.returncode == 0 and "isolated formation" in r.stdout, r.stderr
-    r = run("explain", suite_dir, "--predict", "ideal,copy", "--json")
-    assert r.returncode == 0 and json.loads(r.stdout)["actual"]["variant"].endswith("ideal_copy")
-    r = run("explain", suite_dir, "--compare", "baseline", "labelz3")
-    assert r.returncode == 2 and "did you mean 'labels3'" in r.stderr
+def test_cli_graph_and_explain(suite_dir, tmp_path, capsys):
+    from clamp.cli import main
+
+    def run(*a):
+        code = main([str(x) for x in a])
+        out, err = capsys.readouterr()
+        return code, out, err
+    code, out, err = run("graph", suite_dir, "--out", tmp_path)
+    assert code == 0 and (tmp_path / "graph.graphml").exists(), err
+    code, out, err = run("explain", suite_dir, "--compare", "baseline", "labels3")
+    assert code == 0 and "isolated formation" in out, err
+    code, out, err = run("explain", suite_dir, "--predict", "ideal,copy", "--json")
+    assert code == 0 and json.loads(out)["actual"]["variant"].endswith("ideal_copy")
+    code, out, err = run("explain", suite_dir, "--compare", "baseline", "labelz3")
+    assert code == 2 and "did you mean 'labels3'" in err and len(err.strip().splitlines()) == 1
