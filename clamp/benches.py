@@ -1,26 +1,10 @@
-"""Suites: a base recipe × named variants × grid points × seeds, with paired expectations.
+"""Running a suite: every variant × grid point × seed trained into its run directory.
 
-Run layer. Flow position: suite.yaml ─suite.py→ Suite ─bench→ many run dirs → results.csv
-(→ results.py judges, report.py renders report.md).
-A suite file (docs/design.md; every key in the README):
-
-    name: labels                      # default: file stem
-    base: ../recipes/x.yaml           # a path (relative to this file) or an inline recipe
-    seeds: [0, 1, 2]                  # replaces the recipe's seeds; runs are paired by seed
-    variants:                         # name → overrides (nested, or key.path form)
-      baseline: {}
-      copy: {recipe: copy.yaml, task.labels: 15}   # `recipe:` swaps the base for this variant
-      match: {interventions: [{clamp: blocks.1.attn.hook_pattern[3], to: induction}]}
-    grid: {task.labels: [5, 10, 15]}  # optional: every variant × every combination
-    set: [train.steps=500]            # optional: key.path=value applied to every run last (`--set` adds)
-    expect:
-      - name: match is at least 5x faster
-        ratio: [match, baseline]      # per seed (and grid point): value(match) / value(baseline)
-        of: crossing                  # crossing | crossing:<column>:<rule> | final:<column>
-        below: 0.2                    # judged on the median over seeds; a sign test is reported
-
-Every run trains into DIR/runs/<run id>/ and is resumable (train.py); results.csv and
-report.md are rewritten atomically after each run finishes.
+Run layer. Flow position: suite.yaml ─suite.py→ Suite ─benches→ many run dirs → results.csv
+(→ results.py judges the expectations, report.py renders report.md; api.bench does all three).
+The suite file's keys are documented in suite.py and the README. Every run trains into
+DIR/runs/<run id>/seed_<s>/ (store.run_dir) and is resumable (train.py); results.csv is rewritten
+atomically after each run finishes.
 """
 from __future__ import annotations
 
@@ -95,13 +79,7 @@ def run_suite(suite: Suite, out: str | os.PathLike, *, workers: int | None = Non
     def check() -> None:
         for r in runs:
             check_dir(dirs[r.id, r.seed], dump_recipe(replace(r.recipe, seeds=(r.seed,))))
-    if not fresh:
-        store.check_writable(out)
-        check()                                            # refused before anything is touched
-    with store.writer(out, "suite", fresh=fresh) as held:
-        if held["deleted"]:
-            emit({"event": "deleted", "dir": str(out), "files": held["deleted"]})
-        check()
+    with store.claimed(out, "suite", fresh, check, emit):
         return _run_suite(suite, out, runs, dirs, workers, backend, address, progress, on_rows or (lambda rows: None))
 
 

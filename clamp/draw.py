@@ -103,9 +103,15 @@ def draw_graph(g: nx.MultiDiGraph, png: str | os.PathLike, condition: str = "ref
     ax.set_title(f"subcircuit graph ({condition}): how an intervention on each subcircuit (clamp, ablate or "
                  "freeze, as labelled) moves each phase change\n(green: earlier, red: later; [the run, "
                  "against its parent]; censored: a run that never changed, counted at its length)", fontsize=9)
+    return save_figure(fig, png)
+
+
+def save_figure(fig, path: str | os.PathLike) -> Path:
+    """A matplotlib figure as a PNG, written atomically; the figure is closed either way."""
+    import matplotlib.pyplot as plt
     fig.tight_layout()
     try:
-        atomic_save(png, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+        atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
         plt.close(fig)
-    return Path(png)
+    return Path(path)

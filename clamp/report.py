@@ -11,7 +11,8 @@ from pathlib import Path
 
 from . import columns as C
 from .phases import spread
-from .store import atomic_save, atomic_write, run_dir, run_metrics
+from .draw import save_figure
+from .store import atomic_write, run_dir, run_metrics
 
 
 def _f(v, digits: int = 4) -> str:
@@ -179,12 +180,7 @@ def plot_curves(curves: dict, path: Path, title: str = "", ylabel: str = "train 
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    try:
-        atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def write_suite_report(res, curves: bool = True) -> list[Path]:

@@ -113,13 +113,7 @@ def run(recipe: Recipe | str | os.PathLike, out: str | os.PathLike | None = None
             check_dir(seed_dir(out, recipe, seed), dump_recipe(replace(recipe, seeds=(seed,))))
         if len(recipe.seeds) > 1:
             check_dir(out, dump_recipe(recipe))
-    if not fresh:
-        store.check_writable(out)
-        check()                                            # refused before anything is touched
-    with store.writer(out, "run", fresh=fresh) as held:
-        if held["deleted"]:
-            emit({"event": "deleted", "dir": str(out), "files": held["deleted"]})
-        check()
+    with store.claimed(out, "run", fresh, check, emit):
         if len(recipe.seeds) > 1:
             atomic_write(out / "recipe.yaml", dump_recipe(recipe))
             atomic_write(out / "plan.txt", compile_plan(recipe, metrics_of=run_metrics).text() + "\n")

@@ -240,6 +240,23 @@ def writer(directory: str | os.PathLike, kind: str, fresh: bool = False, what: s
             _held[key] = (fd, depth - 1)
 
 
+@contextmanager
+def claimed(directory: str | os.PathLike, kind: str, fresh: bool, check: Callable[[], None],
+            emit: Callable[[dict], None]) -> Iterator[dict]:
+    """Take a directory for a run or suite: `check()` (what is there fits what will be written) before
+    anything is touched, then hold the writer lock (--fresh first deletes what clamp made there, and
+    `emit` says so), and check again under the lock."""
+    directory = Path(directory)
+    if not fresh:
+        check_writable(directory)
+        check()                                            # refused before anything is touched
+    with writer(directory, kind, fresh=fresh) as held:
+        if held["deleted"]:
+            emit({"event": "deleted", "dir": str(directory), "files": held["deleted"]})
+        check()
+        yield held
+
+
 def _acquire(d: Path, what: str) -> int:
     fd = os.open(d / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
     try:
