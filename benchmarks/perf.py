@@ -46,7 +46,11 @@ CONDITIONS = {
     "ablate 7 heads": "interventions: [{ablate: blocks.1.attn.hook_v[0,1,2,4:8]}]",
     "ablate + preserve": "interventions: [{ablate: blocks.0.attn.hook_v[2], preserve: [patterns]}]",
     "freeze one head": "interventions: [{freeze: blocks.0.attn.W_Q[2]}]",
+    "nnsight backend, no interventions": "NNSIGHT",
+    "nnsight backend, clamp one head": ("NNSIGHT\n"
+                                        "interventions: [{clamp: blocks.1.attn.hook_pattern[3], to: induction}]"),
 }
+NNSIGHT_MODEL = "model: {layers: 2, heads: 8, d_model: 64, attn_only: true, norm: pre, pos: rope, backend: nnsight}"
 
 
 class Plain(torch.nn.Module):
@@ -126,7 +130,10 @@ def main():
                                rtol=1e-5, atol=1e-5)
     steps = {"plain PyTorch": plain_step}
     for name, extra in CONDITIONS.items():
-        r = recipe_from_data(*load_yaml(BASE + extra, "perf.yaml"))
+        text = BASE + extra
+        if extra.startswith("NNSIGHT"):                       # the same model, reached through nnsight traces
+            text = BASE.replace(BASE.splitlines()[1], NNSIGHT_MODEL) + extra.removeprefix("NNSIGHT")
+        r = recipe_from_data(*load_yaml(text, "perf.yaml"))
         tr = Trainer(r, 0)
         j = iter(range(10 ** 9))
 

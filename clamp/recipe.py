@@ -36,6 +36,8 @@ class ModelConfig:
     norm: Literal["pre", "none"] = opt("pre", doc="pre-LayerNorm or none")
     pos: Literal["rope", "learned", "none"] = opt("rope", doc="positional information")
     embed_std: float = opt(0.02, check=positive, doc="std of the token (and learned position) embeddings at init, as Singh et al. and nanoGPT")  # noqa: E501
+    backend: Literal["native", "nnsight"] = opt("native", doc="how clamp reaches the model's sites: its own hook "
+                                                 "points, or nnsight traces (same numbers, slower)")
 
     def validate(self):
         if self.d_head == 0 and self.d_model % self.heads:
@@ -183,7 +185,8 @@ class Recipe:
 def model_shape(m: ModelConfig, io: TaskIO) -> S.ModelShape:
     return S.ModelShape(layers=m.layers, heads=m.heads, d_model=m.d_model, d_head=m.head_width(), embed_std=m.embed_std,
                         attn_only=m.attn_only, d_mlp=m.d_mlp or 4 * m.d_model, norm=m.norm, pos=m.pos,
-                        vocab=io.vocab, n_out=io.n_out, n_ctx=io.n_ctx, vector_dim=io.vector_dim)
+                        vocab=io.vocab, n_out=io.n_out, n_ctx=io.n_ctx, vector_dim=io.vector_dim,
+                        backend=m.backend)
 
 
 TOP_KEYS = ("name", "seeds", "model", "task", "train", "subcircuits", "interventions", "measure", "phases",

@@ -73,6 +73,9 @@ def build(shape: ModelShape, seed: int) -> ModelSeam:
         raise InputError("", "model.family", show(shape.family), "a model family: " + ", ".join(sorted(MODELS)),
                          did_you_mean(shape.family, MODELS))
     seam = MODELS[shape.family](shape, seed)
+    if shape.backend == "nnsight":
+        from .nnsight_seam import NNsightSeam          # optional dependency, imported only when asked for
+        seam = NNsightSeam(seam)
     names = {i.name for i in seam.catalogue()}
     expected = {i.name for i in catalogue(shape)}
     assert names == expected, f"model and site catalogue disagree: {sorted(names ^ expected)}"

@@ -130,6 +130,7 @@ class ModelShape:
     vector_dim: int = 0          # >0: some positions carry vectors (the few-shot exemplars)
     embed_std: float = 0.02      # init std of W_E (not a site fact; carried for the model builder)
     family: str = "builtin"      # which model family (seam.py builds it; its catalogue names its sites)
+    backend: str = "native"      # how clamp reaches the sites: 'native' hook points or 'nnsight'
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
 import os
 from dataclasses import replace
 from typing import Any, Sequence
@@ -140,6 +141,9 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
     if mdata is None or isinstance(mdata, dict):          # the task's own model defaults (e.g. embed_std)
         mdata = {**TASKS[task.name].default_model, **(mdata or {})}
     model = build_dataclass(ModelConfig, mdata, ("model",), src)
+    if model.backend == "nnsight" and importlib.util.find_spec("nnsight") is None:
+        raise src.error(("model", "backend"), "nnsight, which is not installed", "native, or nnsight installed",
+                        "pip install 'clamp[nnsight]'")
     tdata = data.get("train")
     if tdata is None or isinstance(tdata, dict):          # the task's own training defaults
         tdata = {**TASKS[task.name].default_train, **(tdata or {})}

@@ -1,0 +1,90 @@
+"""The nnsight backend of the model seam: interventions applied through nnsight's tracing.
+
+Model layer, beside seam.py. `NNsightSeam` wraps a model family's seam (today the built-in
+transformer; foreign models next) and reaches its sites through nnsight (nnsight.NNsight over
+the torch module) instead of the family's own hook points: every forward pass is one
+`trace`, in which the function installed at each site replaces that module's output
+(`envoy.output = fn(envoy.output)`), sites taken in forward order as nnsight requires.
+Parameters, freezes, measures and everything else are the wrapped seam's.
+
+A recipe asks for it with `model: {backend: nnsight}`. On the built-in model it gives the same
+losses, gradients and parameters bit for bit as the native hook points
+(tests/test_nnsight_backend.py): the same operations run in the same order, nnsight only
+carries them. nnsight is optional (`pip install 'clamp[nnsight]'`, part of the test extra).
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from torch import Tensor, nn
+
+from .errors import InputError
+from .sites import ModelShape, SiteInfo
+from .tasks import Batch
+
+HookFn = Any
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
+def import_nnsight():
+    try:
+        import nnsight
+    except ImportError:
+        raise InputError("model.backend", "", "nnsight, which is not installed", "the native backend, or nnsight",
+                         "pip install 'clamp[nnsight]'") from None
+    return nnsight
+
+
+class NNsightSeam:
+    """A seam whose site functions run inside an nnsight trace of the wrapped seam's module."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self.nn = import_nnsight().NNsight(inner.module)
+        self._order = {i.name: i.order for i in inner.catalogue() if i.kind == "activation"}
+        self._fns: dict[str, HookFn] = {}
+
+    @property
+    def shape(self) -> ModelShape:
+        return self.inner.shape
+
+    @property
+    def module(self) -> nn.Module:
+        return self.inner.module
+
+    def catalogue(self) -> list[SiteInfo]:
+        return self.inner.catalogue()
+
+    def install(self, fns: Mapping[str, HookFn]) -> None:
+        self._fns = dict(fns)
+        # the family runs those sites' modules (the built-in model skips a hook point that has no
+        # function, e.g. a LayerNorm's fast path); nnsight then replaces their outputs
+        self.inner.install({name: _identity for name in fns})
+
+    def parameter_slice(self, site: str, heads: tuple[int, ...] | None) -> tuple[nn.Parameter, tuple]:
+        return self.inner.parameter_slice(site, heads)
+
+    def weight(self, name: str) -> Tensor:
+        return self.inner.weight(name)
+
+    def attention_scores(self, layer: int, xq: Tensor, xk: Tensor) -> Tensor:
+        return self.inner.attention_scores(layer, xq, xk)
+
+    def _envoy(self, site: str):
+        node = self.nn
+        for part in site.split("."):
+            node = node[int(part)] if part.isdigit() else getattr(node, part)
+        return node
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Logits [batch, pos, n_out]: one trace, each installed function at its site's output."""
+        sites = sorted(self._fns, key=lambda n: self._order[n])      # nnsight needs forward order
+        with self.nn.trace(batch.tokens, batch.vectors, batch.is_vector):
+            for name in sites:
+                envoy = self._envoy(name)
+                envoy.output = self._fns[name](envoy.output)
+            logits = self.nn.output.save()
+        return logits
