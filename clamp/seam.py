@@ -27,6 +27,7 @@ from typing import Callable, Mapping, Protocol
 
 from torch import Tensor, nn
 
+from . import hf
 from . import model as builtin
 from .errors import InputError, did_you_mean, show
 from .sites import ModelShape, SiteInfo, catalogue
@@ -56,7 +57,7 @@ class ModelSeam(Protocol):
 
 
 Builder = Callable[[ModelShape, int], ModelSeam]
-MODELS: dict[str, Builder] = {"builtin": builtin.build}
+MODELS: dict[str, Builder] = {"builtin": builtin.build, "gpt2": hf.build_gpt2}
 
 
 def register_model(family: str) -> Callable[[Builder], Builder]:
@@ -73,7 +74,7 @@ def build(shape: ModelShape, seed: int) -> ModelSeam:
         raise InputError("", "model.family", show(shape.family), "a model family: " + ", ".join(sorted(MODELS)),
                          did_you_mean(shape.family, MODELS))
     seam = MODELS[shape.family](shape, seed)
-    if shape.backend == "nnsight":
+    if shape.backend == "nnsight" and not hasattr(seam, "nn"):      # a family already on nnsight stays as it is
         from .nnsight_seam import NNsightSeam          # optional dependency, imported only when asked for
         seam = NNsightSeam(seam)
     names = {i.name for i in seam.catalogue()}

@@ -131,6 +131,7 @@ class ModelShape:
     embed_std: float = 0.02      # init std of W_E (not a site fact; carried for the model builder)
     family: str = "builtin"      # which model family (seam.py builds it; its catalogue names its sites)
     backend: str = "native"      # how clamp reaches the sites: 'native' hook points or 'nnsight'
+    config: tuple = ()           # a foreign family's own config keys, as sorted (key, value) pairs
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from . import outputs
 from . import sites as S
 from .columns import MEASURES
 from .errors import InputError, did_you_mean, show
+from . import hf  # noqa: F401  (registers the gpt2 family's sites)
 from .overrides import apply_override, deep_merge
 from .phases import PLATEAU, PLATEAU_DOC
 from .recipe import (KINDS, PHASE_RULES, PRESERVE, TOP_KEYS, FreezeOptions, Intervention, ModelConfig, Recipe,
@@ -141,7 +142,18 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
     if mdata is None or isinstance(mdata, dict):          # the task's own model defaults (e.g. embed_std)
         mdata = {**TASKS[task.name].default_model, **(mdata or {})}
     model = build_dataclass(ModelConfig, mdata, ("model",), src)
-    if model.backend == "nnsight" and importlib.util.find_spec("nnsight") is None:
+    if model.family not in S.CATALOGUES:
+        raise src.error(("model", "family"), repr(model.family), "a model family: " + ", ".join(sorted(S.CATALOGUES)),
+                        did_you_mean(model.family, S.CATALOGUES))
+    if model.family != "builtin":
+        if task.io().vector_dim:
+            raise src.error(("model", "family"), model.family, f"a task of tokens only for {model.family} "
+                            f"({task.name} puts vectors at some positions; the built-in model takes them)")
+        for k in ("n_layer", "n_head", "n_embd", "n_inner", "vocab_size", "n_positions"):
+            if k in model.config:
+                raise src.error(("model", "config", k), repr(k), "a key clamp does not set itself: the shape is "
+                                "layers, heads, d_model and d_mlp; the task sets vocab_size and n_positions")
+    if (model.backend == "nnsight" or model.family != "builtin") and importlib.util.find_spec("nnsight") is None:
         raise src.error(("model", "backend"), "nnsight, which is not installed", "native, or nnsight installed",
                         "pip install 'clamp[nnsight]'")
     tdata = data.get("train")

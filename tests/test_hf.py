@@ -1,0 +1,122 @@
+"""GPT-2 from config behind the seam (clamp/hf.py): clamp's interventions against the same ones
+written by hand in plain PyTorch (a patched eager attention), and a per-head freeze of the fused
+c_attn weight checked bit for bit."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from clamp.errors import InputError
+from clamp.spec import recipe_from_data
+from clamp.train import Trainer
+from clamp.yamlio import load_yaml
+
+pytest.importorskip("nnsight")
+pytest.importorskip("transformers")
+from transformers import GPT2LMHeadModel  # noqa: E402
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
+
+GPT2 = """
+model: {family: gpt2, layers: 2, heads: 4, d_model: 32}
+task: {name: repeat_tokens, vocab: 16, length: 24, segment: 6}
+train: {steps: 20, batch: 8, lr: 1.0e-2, optimizer: adamw, weight_decay: 0.1, eval_every: 5, eval_size: 8}
+"""
+
+
+def gpt2(extra: str = ""):
+    return recipe_from_data(*load_yaml(GPT2 + extra, "gpt2.yaml"))
+
+
+def previous_token(T: int) -> torch.Tensor:
+    p = torch.zeros(T, T)
+    p[0, 0] = 1.0
+    p[torch.arange(1, T), torch.arange(T - 1)] = 1.0
+    return p
+
+
+def by_hand(model, tokens, layer: int, head: int, pattern):
+    """A fresh GPT-2 with the same weights whose attention is a hand-written eager attention in
+    which `pattern(T)` (or zeros, for None) stands for one head's pattern in one layer (registered
+    as transformers' attention implementation "by_hand"); returns (logits, that model)."""
+    def eager(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        w = torch.matmul(query, key.transpose(-1, -2)) * scaling             # [batch, head, q, k]
+        T = w.shape[-1]
+        w = w.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))   # causal, written here
+        w = torch.nn.functional.softmax(w, dim=-1)
+        if module.layer_idx == layer:
+            T = w.shape[-1]
+            new = torch.zeros(T, T) if pattern is None else pattern(T)
+            pick = (torch.arange(w.shape[1]) == head)[None, :, None, None]
+            w = torch.where(pick, new, w)
+        out = torch.matmul(w, value).transpose(1, 2)
+        return out, w
+    ALL_ATTENTION_FUNCTIONS["by_hand"] = eager
+    config = copy.deepcopy(model.config)
+    config._attn_implementation = "by_hand"
+    fresh = GPT2LMHeadModel(config)
+    fresh.load_state_dict(model.state_dict())
+    return fresh(tokens).logits, fresh
+
+
+@pytest.mark.parametrize("extra, layer, head, pattern", [
+    ("interventions: [{clamp: 'blocks.0.attn.hook_pattern[1]', to: previous_token}]", 0, 1, previous_token),
+    ("interventions: [{ablate: 'blocks.1.attn.hook_pattern[2]'}]", 1, 2, None),
+], ids=["pattern clamp", "head ablation"])
+def test_gpt2_interventions_equal_a_patched_eager_attention(extra, layer, head, pattern):
+    tr = Trainer(gpt2(extra), 0)
+    batch = tr.task.train_batch(0, 8)
+    tr.intervener.set_step(0)
+    ours = tr.intervener.forward(batch)
+    ours.logsumexp(-1).sum().backward()
+    ours_grad = {n: p.grad.clone() for n, p in tr.model.named_parameters() if p.grad is not None}
+    tr.model.zero_grad(set_to_none=True)
+    ref, fresh = by_hand(tr.model, batch.tokens, layer, head, pattern)
+    ref.logsumexp(-1).sum().backward()
+    assert torch.equal(ours, ref)
+    ref_grad = {n: p.grad for n, p in fresh.named_parameters() if p.grad is not None}
+    assert ours_grad.keys() == ref_grad.keys()
+    assert all(torch.equal(ours_grad[n], ref_grad[n]) for n in ours_grad)
+    plain = tr.model(batch.tokens).logits
+    assert not torch.equal(plain, ours)                     # the intervention did act
+
+
+def test_a_per_head_freeze_of_the_fused_c_attn_holds_exactly_that_head():
+    tr = Trainer(gpt2("interventions: [{freeze: 'blocks.0.attn.W_Q[1]'}]"), 0)
+    W = tr.model.transformer.h[0].attn.c_attn.weight                       # [d, 3·H·e]: Q | K | V, head-major
+    before = W.detach().clone()
+    for _ in range(6):
+        tr.train_step()
+    e, H = 32 // 4, 4
+    held = torch.zeros(W.shape[1], dtype=torch.bool)
+    held[1 * e:2 * e] = True                                               # head 1's query columns
+    assert torch.equal(W[:, held], before[:, held])                        # bit for bit under AdamW
+    moved = (W[:, ~held] != before[:, ~held]).any(0)
+    assert moved.all()                                                     # every other column learned
+    assert H * e * 3 == W.shape[1]
+
+
+def test_gpt2_measures_and_sites():
+    tr = Trainer(gpt2("""
+interventions: [{clamp: 'blocks.0.attn.hook_pattern[1]', to: previous_token}]
+measure: [loss, prev_token_score, induction_score]
+"""), 0)
+    for _ in range(3):
+        tr.train_step()
+    row = tr.evaluate()
+    assert row["prev_token_score/blocks.0.attn.hook_pattern[1]"] == pytest.approx(1.0)
+    assert "induction_score/blocks.1.attn.hook_pattern[3]" in row
+    names = {i.name for i in tr.seam.catalogue()}
+    assert {"hook_embed", "blocks.1.attn.hook_pattern", "blocks.0.hook_mlp_out", "hook_logits",
+            "blocks.1.attn.W_O"} <= names
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model: {family: gpt3}\n", "model.family: found 'gpt3'; expected a model family: builtin, gpt2"),
+    ("model: {family: gpt2}\ntask: {name: fewshot}\n", "a task of tokens only for gpt2"),
+    ("model: {family: gpt2, config: {n_layer: 3}}\ntask: {name: repeat_tokens}\n", "a key clamp does not set"),
+])
+def test_bad_families_are_located_errors(text, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        recipe_from_data(*load_yaml(text, "bad.yaml"))
