@@ -38,8 +38,8 @@ class ModelConfig:
     embed_std: float = opt(0.02, check=positive, doc="std of the token (and learned position) embeddings at init, as Singh et al. and nanoGPT")  # noqa: E501
     backend: Literal["native", "nnsight"] = opt("native", doc="how clamp reaches the model's sites: its own hook "
                                                  "points, or nnsight traces (same numbers, slower)")
-    family: str = opt("builtin", doc="builtin (clamp's transformer) or gpt2 (transformers' GPT-2 from config, "
-                      "through nnsight)")
+    family: str = opt("builtin", doc="builtin (clamp's transformer), gpt2 or llama (transformers' model from "
+                      "config, through nnsight)")
     config: dict[str, Any] = opt(factory=dict, doc="a foreign family's other config keys (e.g. GPT2Config's "
                                  "activation_function); shape keys are layers, heads, d_model, d_mlp")
 
@@ -189,7 +189,8 @@ class Recipe:
 def model_shape(m: ModelConfig, io: TaskIO) -> S.ModelShape:
     if m.family != "builtin":                      # GPT-2's own architecture: MLPs, learned positions, LayerNorm
         return S.ModelShape(layers=m.layers, heads=m.heads, d_model=m.d_model, d_head=m.d_model // m.heads,
-                            attn_only=False, d_mlp=m.d_mlp or 4 * m.d_model, norm="pre", pos="learned",
+                            attn_only=False, d_mlp=m.d_mlp or 4 * m.d_model, norm="pre",
+                            pos="learned" if m.family == "gpt2" else "rope",
                             vocab=io.vocab, n_out=io.n_out, n_ctx=io.n_ctx, vector_dim=io.vector_dim,
                             family=m.family, backend="nnsight", config=tuple(sorted(m.config.items())))
     return S.ModelShape(layers=m.layers, heads=m.heads, d_model=m.d_model, d_head=m.head_width(), embed_std=m.embed_std,

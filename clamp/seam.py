@@ -57,7 +57,7 @@ class ModelSeam(Protocol):
 
 
 Builder = Callable[[ModelShape, int], ModelSeam]
-MODELS: dict[str, Builder] = {"builtin": builtin.build, "gpt2": hf.build_gpt2}
+MODELS: dict[str, Builder] = {"builtin": builtin.build, **{name: hf.build for name in hf.FAMILIES}}
 
 
 def register_model(family: str) -> Callable[[Builder], Builder]:

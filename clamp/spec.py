@@ -23,7 +23,7 @@ from . import outputs
 from . import sites as S
 from .columns import MEASURES
 from .errors import InputError, did_you_mean, show
-from . import hf  # noqa: F401  (registers the gpt2 family's sites)
+from . import hf                  # the transformers families (their sites are registered on import)
 from .overrides import apply_override, deep_merge
 from .phases import PLATEAU, PLATEAU_DOC
 from .recipe import (KINDS, PHASE_RULES, PRESERVE, TOP_KEYS, FreezeOptions, Intervention, ModelConfig, Recipe,
@@ -149,7 +149,7 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
         if task.io().vector_dim:
             raise src.error(("model", "family"), model.family, f"a task of tokens only for {model.family} "
                             f"({task.name} puts vectors at some positions; the built-in model takes them)")
-        for k in ("n_layer", "n_head", "n_embd", "n_inner", "vocab_size", "n_positions"):
+        for k in hf.RESERVED[model.family]:
             if k in model.config:
                 raise src.error(("model", "config", k), repr(k), "a key clamp does not set itself: the shape is "
                                 "layers, heads, d_model and d_mlp; the task sets vocab_size and n_positions")

@@ -15,18 +15,20 @@ from clamp.yamlio import load_yaml
 
 pytest.importorskip("nnsight")
 pytest.importorskip("transformers")
-from transformers import GPT2LMHeadModel  # noqa: E402
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # noqa: E402
 
 GPT2 = """
-model: {family: gpt2, layers: 2, heads: 4, d_model: 32}
+model: {family: FAMILY, layers: 2, heads: 4, d_model: 32}
 task: {name: repeat_tokens, vocab: 16, length: 24, segment: 6}
 train: {steps: 20, batch: 8, lr: 1.0e-2, optimizer: adamw, weight_decay: 0.1, eval_every: 5, eval_size: 8}
 """
 
 
-def gpt2(extra: str = ""):
-    return recipe_from_data(*load_yaml(GPT2 + extra, "gpt2.yaml"))
+FAMILIES = ["gpt2", "llama"]
+
+
+def gpt2(extra: str = "", family: str = "gpt2"):
+    return recipe_from_data(*load_yaml(GPT2.replace("FAMILY", family) + extra, f"{family}.yaml"))
 
 
 def previous_token(T: int) -> torch.Tensor:
@@ -55,7 +57,7 @@ def by_hand(model, tokens, layer: int, head: int, pattern):
     ALL_ATTENTION_FUNCTIONS["by_hand"] = eager
     config = copy.deepcopy(model.config)
     config._attn_implementation = "by_hand"
-    fresh = GPT2LMHeadModel(config)
+    fresh = type(model)(config)
     fresh.load_state_dict(model.state_dict())
     return fresh(tokens).logits, fresh
 
@@ -64,8 +66,9 @@ def by_hand(model, tokens, layer: int, head: int, pattern):
     ("interventions: [{clamp: 'blocks.0.attn.hook_pattern[1]', to: previous_token}]", 0, 1, previous_token),
     ("interventions: [{ablate: 'blocks.1.attn.hook_pattern[2]'}]", 1, 2, None),
 ], ids=["pattern clamp", "head ablation"])
-def test_gpt2_interventions_equal_a_patched_eager_attention(extra, layer, head, pattern):
-    tr = Trainer(gpt2(extra), 0)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_interventions_equal_a_patched_eager_attention(extra, layer, head, pattern, family):
+    tr = Trainer(gpt2(extra, family), 0)
     batch = tr.task.train_batch(0, 8)
     tr.intervener.set_step(0)
     ours = tr.intervener.forward(batch)
@@ -82,31 +85,37 @@ def test_gpt2_interventions_equal_a_patched_eager_attention(extra, layer, head, 
     assert not torch.equal(plain, ours)                     # the intervention did act
 
 
-def test_a_per_head_freeze_of_the_fused_c_attn_holds_exactly_that_head():
-    tr = Trainer(gpt2("interventions: [{freeze: 'blocks.0.attn.W_Q[1]'}]"), 0)
-    W = tr.model.transformer.h[0].attn.c_attn.weight                       # [d, 3·H·e]: Q | K | V, head-major
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_per_head_freeze_holds_exactly_that_heads_slice_of_the_weight(family):
+    """GPT-2: head 1's query columns of the fused c_attn [d, 3·H·e]; Llama: head 1's rows of q_proj
+    [H·e, d]. Held bit for bit under AdamW while every other column (row) learns."""
+    tr = Trainer(gpt2("interventions: [{freeze: 'blocks.0.attn.W_Q[1]'}]", family), 0)
+    e = 32 // 4
+    if family == "gpt2":
+        W = tr.model.transformer.h[0].attn.c_attn.weight
+    else:
+        W = tr.model.model.layers[0].self_attn.q_proj.weight.T             # columns = output features
     before = W.detach().clone()
     for _ in range(6):
         tr.train_step()
-    e, H = 32 // 4, 4
     held = torch.zeros(W.shape[1], dtype=torch.bool)
-    held[1 * e:2 * e] = True                                               # head 1's query columns
-    assert torch.equal(W[:, held], before[:, held])                        # bit for bit under AdamW
-    moved = (W[:, ~held] != before[:, ~held]).any(0)
-    assert moved.all()                                                     # every other column learned
-    assert H * e * 3 == W.shape[1]
+    held[1 * e:2 * e] = True
+    assert torch.equal(W[:, held], before[:, held])
+    assert (W[:, ~held] != before[:, ~held]).any(0).all()
 
 
-def test_gpt2_measures_and_sites():
+@pytest.mark.parametrize("family", FAMILIES)
+def test_measures_and_sites(family):
     tr = Trainer(gpt2("""
 interventions: [{clamp: 'blocks.0.attn.hook_pattern[1]', to: previous_token}]
-measure: [loss, prev_token_score, induction_score]
-"""), 0)
+measure: [loss, prev_token_score, induction_score, composition]
+""", family), 0)
     for _ in range(3):
         tr.train_step()
     row = tr.evaluate()
     assert row["prev_token_score/blocks.0.attn.hook_pattern[1]"] == pytest.approx(1.0)
     assert "induction_score/blocks.1.attn.hook_pattern[3]" in row
+    assert 0 < row["k_composition/blocks.0.attn.W_O[0]>blocks.1.attn.W_K[0]"] < 1     # weights in TL layout
     names = {i.name for i in tr.seam.catalogue()}
     assert {"hook_embed", "blocks.1.attn.hook_pattern", "blocks.0.hook_mlp_out", "hook_logits",
             "blocks.1.attn.W_O"} <= names
@@ -116,6 +125,8 @@ measure: [loss, prev_token_score, induction_score]
     ("model: {family: gpt3}\n", "model.family: found 'gpt3'; expected a model family: builtin, gpt2"),
     ("model: {family: gpt2}\ntask: {name: fewshot}\n", "a task of tokens only for gpt2"),
     ("model: {family: gpt2, config: {n_layer: 3}}\ntask: {name: repeat_tokens}\n", "a key clamp does not set"),
+    ("model: {family: llama, config: {num_key_value_heads: 1}}\ntask: {name: repeat_tokens}\n",
+     "a key clamp does not set"),
 ])
 def test_bad_families_are_located_errors(text, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(")):
