@@ -357,6 +357,12 @@ class PreviousTokenInput(ValueSource):
     def needs(self, site, shape):
         return _embedding_needs(shape)
 
+    def check(self, site, shape):
+        if shape.family != "builtin":                    # it rebuilds the layer's scores from its own weights
+            return ("to", f"previous_token_input on {shape.family}",
+                    "the built-in model (on other families: previous_token)")
+        return None
+
     def value(self, x, site, ctx):                      # x [batch, head, query, key]
         r = embedding_residual(ctx)                      # [batch, pos, d_model]
         shifted = torch.cat([r[:, :1], r[:, :-1]], dim=1)

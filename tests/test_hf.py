@@ -127,6 +127,9 @@ measure: [loss, prev_token_score, induction_score, composition]
     ("model: {family: gpt2, config: {n_layer: 3}}\ntask: {name: repeat_tokens}\n", "a key clamp does not set"),
     ("model: {family: llama, config: {num_key_value_heads: 1}}\ntask: {name: repeat_tokens}\n",
      "a key clamp does not set"),
+    ("model: {family: gpt2}\ntask: {name: repeat_tokens}\n"
+     "interventions: [{clamp: 'blocks.0.attn.hook_pattern[0]', to: previous_token_input}]\n",
+     "previous_token_input on gpt2; expected the built-in model"),
 ])
 def test_bad_families_are_located_errors(text, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(")):
