@@ -1,7 +1,7 @@
-"""Hugging Face transformers behind the model seam, reached through nnsight: GPT-2 and Llama.
+"""Hugging Face transformers behind the model seam, reached through nnsight: GPT-2, GPT-NeoX, Llama.
 
 Model layer, beside model.py (the built-in family) and nnsight_seam.py. A recipe asks for one
-with `model: {family: gpt2 | llama, layers: 2, heads: 4, d_model: 64, d_mlp: 0, config: {...}}`:
+with `model: {family: gpt2 | gpt_neox | llama, layers: 2, heads: 4, d_model: 64, d_mlp: 0, config: {...}}`:
 clamp's shape keys become the config's layer, head, width and MLP-width keys, the task decides
 the vocabulary and positions, `config` passes any other key of the family's config through;
 weights are the family's own random init (seeded), eager attention, no dropout, nothing
@@ -18,7 +18,8 @@ Sites use the same TransformerLens names, mapped onto the family's modules:
     hook_logits                       lm_head output
 
 and parameters `blocks.L.attn.W_Q|W_K|W_V|W_O` per head (GPT-2: columns of the fused c_attn and
-rows of c_proj; Llama: rows of q/k/v_proj and columns of o_proj), `blocks.L.ln1|ln2.w` (and `.b`
+rows of c_proj; GPT-NeoX: each head's rows of query_key_value and columns of dense; Llama: rows
+of q/k/v_proj and columns of o_proj), `blocks.L.ln1|ln2.w` (and `.b`
 where the norm has a bias), `embed.W_E`, `pos_embed.W_pos` (GPT-2), `ln_final.w` (`.b`). A freeze
 of `blocks.L.attn.W_Q[h]` holds exactly head h's slice of the fused or separate weight. Only
 token tasks run on these families (vector inputs are refused when the recipe is loaded).
@@ -54,7 +55,10 @@ class Family:
     lns: tuple[str, str]           # the two norms inside a block
     ln_bias: bool
     final_ln: str
-    fused_qkv: bool                # GPT-2's c_attn [d, 3·H·e] (x @ W); else q/k/v_proj [H·e, d] (x @ W.T)
+    qkv: str                       # 'c_attn': GPT-2's fused [d, 3·H·e] (x @ W, Q|K|V blocks of heads);
+                                   # 'neox': query_key_value [H·3·e, d] (x @ W.T, each head's q, k, v together);
+                                   # 'separate': q/k/v_proj [H·e, d] (x @ W.T)
+    lm_head: str = "lm_head"
     extra: tuple[tuple[str, Any], ...] = ()                # config keys clamp fixes (no dropout, no tokens)
 
 
@@ -62,14 +66,20 @@ FAMILIES = {
     "gpt2": Family("gpt2", "GPT2Config", "GPT2LMHeadModel",
                    ("n_layer", "n_head", "n_embd", "n_inner", "vocab_size", "n_positions"),
                    "transformer.h", "transformer.wte", "transformer.wpe", "attn", "attn.c_proj", ("ln_1", "ln_2"),
-                   True, "transformer.ln_f", True,
-                   (("attn_pdrop", 0.0), ("resid_pdrop", 0.0), ("embd_pdrop", 0.0))),
+                   True, "transformer.ln_f", "c_attn",
+                   extra=(("attn_pdrop", 0.0), ("resid_pdrop", 0.0), ("embd_pdrop", 0.0))),
     "llama": Family("llama", "LlamaConfig", "LlamaForCausalLM",
                     ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "vocab_size",
                      "max_position_embeddings"),
                     "model.layers", "model.embed_tokens", None, "self_attn", "self_attn.o_proj",
-                    ("input_layernorm", "post_attention_layernorm"), False, "model.norm", False,
-                    (("attention_dropout", 0.0),)),
+                    ("input_layernorm", "post_attention_layernorm"), False, "model.norm", "separate",
+                    extra=(("attention_dropout", 0.0),)),
+    "gpt_neox": Family("gpt_neox", "GPTNeoXConfig", "GPTNeoXForCausalLM",
+                       ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "vocab_size",
+                        "max_position_embeddings"),
+                       "gpt_neox.layers", "gpt_neox.embed_in", None, "attention", "attention.dense",
+                       ("input_layernorm", "post_attention_layernorm"), True, "gpt_neox.final_layer_norm", "neox",
+                       lm_head="embed_out", extra=(("attention_dropout", 0.0), ("hidden_dropout", 0.0))),
 }
 # keys clamp sets itself, per family (the recipe's `config` may not)
 RESERVED = {name: f.shape_keys + (("num_key_value_heads",) if name == "llama" else ())
@@ -193,11 +203,18 @@ class HFSeam:
             return torch.tensor([base + h * e + i for h in heads for i in range(e)])
         if leaf == "W_O":
             p = _get(block, f.attn_out).weight
-            if f.fused_qkv:                                                   # c_proj [H·e, d]
+            if f.qkv == "c_attn":                                             # c_proj [H·e, d]
                 return p, (lambda w: w.reshape(H, e, -1)), (lambda hs: (span(hs),))
             return p, (lambda w: w.reshape(-1, H, e).permute(1, 2, 0)), (lambda hs: (slice(None), span(hs)))
         k = "QKV".index(leaf[-1])
-        if f.fused_qkv:                                                       # c_attn [d, 3·H·e]
+        if f.qkv == "neox":                                                   # query_key_value [H·3·e, d]
+            p = _get(block, f"{f.attn}.query_key_value").weight
+
+            def interleaved(w: Tensor, k: int = k) -> Tensor:                 # [H, d, e]
+                return w.reshape(H, 3, e, -1)[:, k].transpose(1, 2)
+            return p, interleaved, (lambda hs, k=k: (torch.tensor([h * 3 * e + k * e + i for h in hs
+                                                                    for i in range(e)]),))
+        if f.qkv == "c_attn":                                                 # c_attn [d, 3·H·e]
             p = _get(block, f"{f.attn}.c_attn").weight
 
             def fused(w: Tensor, k: int = k) -> Tensor:                       # [H, d, e]
@@ -227,7 +244,7 @@ class HFSeam:
         if site == "hook_pos_embed":
             return _get(self.nn, f.pos_embed or "")
         if site == "hook_logits":
-            return self.nn.lm_head
+            return _get(self.nn, f.lm_head)
         _, L, *rest = site.split(".")
         block = _get(self.nn, f"{f.blocks}.{L}")
         leaf = rest[-1]

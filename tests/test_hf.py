@@ -24,7 +24,7 @@ train: {steps: 20, batch: 8, lr: 1.0e-2, optimizer: adamw, weight_decay: 0.1, ev
 """
 
 
-FAMILIES = ["gpt2", "llama"]
+FAMILIES = ["gpt2", "gpt_neox", "llama"]
 
 
 def gpt2(extra: str = "", family: str = "gpt2"):
@@ -87,19 +87,24 @@ def test_interventions_equal_a_patched_eager_attention(extra, layer, head, patte
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_per_head_freeze_holds_exactly_that_heads_slice_of_the_weight(family):
-    """GPT-2: head 1's query columns of the fused c_attn [d, 3·H·e]; Llama: head 1's rows of q_proj
-    [H·e, d]. Held bit for bit under AdamW while every other column (row) learns."""
+    """GPT-2: head 1's query columns of the fused c_attn [d, 3·H·e]; GPT-NeoX: head 1's query rows of
+    query_key_value [H·3·e, d] (each head's q, k, v together); Llama: head 1's rows of q_proj [H·e, d].
+    Held bit for bit under AdamW while every other column (row) learns."""
     tr = Trainer(gpt2("interventions: [{freeze: 'blocks.0.attn.W_Q[1]'}]", family), 0)
     e = 32 // 4
+    held = torch.zeros(3 * 4 * e if family != "llama" else 4 * e, dtype=torch.bool)
     if family == "gpt2":
-        W = tr.model.transformer.h[0].attn.c_attn.weight
+        W = tr.model.transformer.h[0].attn.c_attn.weight                   # [d, 3·H·e]: Q | K | V blocks
+        held[1 * e:2 * e] = True
+    elif family == "gpt_neox":
+        W = tr.model.gpt_neox.layers[0].attention.query_key_value.weight.T  # features: head-major, q|k|v each
+        held[1 * 3 * e:1 * 3 * e + e] = True
     else:
         W = tr.model.model.layers[0].self_attn.q_proj.weight.T             # columns = output features
+        held[1 * e:2 * e] = True
     before = W.detach().clone()
     for _ in range(6):
         tr.train_step()
-    held = torch.zeros(W.shape[1], dtype=torch.bool)
-    held[1 * e:2 * e] = True
     assert torch.equal(W[:, held], before[:, held])
     assert (W[:, ~held] != before[:, ~held]).any(0).all()
 
