@@ -154,7 +154,9 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
                 raise src.error(("model", "config", k), repr(k), "a key clamp does not set itself: the shape is "
                                 "layers, heads, d_model and d_mlp; the task sets vocab_size and n_positions")
     if (model.backend == "nnsight" or model.family != "builtin") and importlib.util.find_spec("nnsight") is None:
-        raise src.error(("model", "backend"), "nnsight, which is not installed", "native, or nnsight installed",
+        key = "backend" if model.family == "builtin" else "family"
+        raise src.error(("model", key), f"{getattr(model, key)}, which needs nnsight (not installed)",
+                        "the built-in model with the native backend, or nnsight installed",
                         "pip install 'clamp[nnsight]'")
     tdata = data.get("train")
     if tdata is None or isinstance(tdata, dict):          # the task's own training defaults

@@ -139,3 +139,13 @@ measure: [loss, prev_token_score, induction_score, composition]
 def test_bad_families_are_located_errors(text, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(")):
         recipe_from_data(*load_yaml(text, "bad.yaml"))
+
+
+@pytest.mark.parametrize("model, key", [("{family: gpt2}", "model.family: found gpt2"),
+                                        ("{backend: nnsight}", "model.backend: found nnsight")])
+def test_without_nnsight_a_foreign_model_is_a_located_error(monkeypatch, model, key):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nnsight" else real(name, *a))
+    with pytest.raises(InputError, match=key + r", which needs nnsight \(not installed\)"):
+        recipe_from_data(*load_yaml(f"model: {model}\ntask: {{name: repeat_tokens}}\n", "m.yaml"))
