@@ -11,17 +11,17 @@ the copy, backward, torch's fused Adam. CPU time, medians over blocks, the condi
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from clamp.spec import load_recipe  # noqa: E402
 from clamp.train import Trainer, loss_fn  # noqa: E402
+from perf import interleaved  # noqa: E402  (benchmarks/perf.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLAMP = "interventions: [{clamp: 'blocks.0.attn.hook_pattern[0]', to: previous_token}]"
@@ -49,14 +49,7 @@ def steps_for(family: str, batches: list) -> dict:
         j = iter(range(10 ** 9))
 
         def step(tr=tr, j=j):
-            tr.intervener.set_step(tr.step)
-            b = batches[next(j) % len(batches)]
-            loss = loss_fn(tr.intervener.forward(b), b.targets)
-            tr.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            tr.optimizer.step()
-            tr.intervener.after_optimizer_step()
-            tr.step += 1
+            tr.train_step(batches[next(j) % len(batches)])     # clamp's own step, on the shared batches
         out[f"{family}: {name}"] = step
     return out
 
@@ -71,17 +64,7 @@ def main() -> None:
     for family in ("gpt2", "llama"):
         task = Trainer(load_recipe(ROOT / "recipes" / family / "two_layer.yaml"), 0).task
         fns.update(steps_for(family, [task.train_batch(k, 32) for k in range(32)]))
-    for fn in fns.values():                                # warm-up
-        for _ in range(5):
-            fn()
-    per: dict = {k: [] for k in fns}
-    for _ in range(a.repeats):
-        for k, fn in fns.items():
-            t0 = time.process_time()
-            for _ in range(a.steps):
-                fn()
-            per[k].append(1e3 * (time.process_time() - t0) / a.steps)
-    med = {k: statistics.median(v) for k, v in per.items()}
+    med = interleaved(fns, a.steps, a.repeats)                # perf.py's interleaved CPU-time loop
     print(f"torch {torch.__version__}, 1 thread, CPU time, batch 32, length 64; "
           f"median of {a.repeats} x {a.steps} steps")
     print("| condition | ms/step | ratio to plain PyTorch |\n|---|---|---|")

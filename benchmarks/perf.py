@@ -138,14 +138,7 @@ def main():
         j = iter(range(10 ** 9))
 
         def step(tr=tr, j=j):
-            tr.intervener.set_step(tr.step)
-            b = batches[next(j) % 64]
-            loss = loss_fn(tr.intervener.forward(b), b.targets)
-            tr.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            tr.optimizer.step()
-            tr.intervener.after_optimizer_step()
-            tr.step += 1
+            tr.train_step(batches[next(j) % 64])               # clamp's own step, on the shared batches
         steps[f"clamp: {name}"] = step
     steps.update(optimizer_steps(ref.model))
     times = interleaved(steps, a.steps, a.repeats)

@@ -73,11 +73,12 @@ class Trainer:
         self._repeats: Batch | None = None
         self._probes: dict[str, Intervener] = {}      # probe name → its Intervener (static heads)
 
-    def train_step(self) -> float:
-        """One optimizer step at self.step with that step's interventions; returns the loss."""
+    def train_step(self, batch: Batch | None = None) -> float:
+        """One optimizer step at self.step with that step's interventions; returns the loss.
+        `batch` (benchmarks: pre-generated batches) replaces the task's batch for this step."""
         r = self.recipe
         self.intervener.set_step(self.step)
-        batch = self.task.train_batch(self.step, r.train.batch)
+        batch = batch if batch is not None else self.task.train_batch(self.step, r.train.batch)
         loss = loss_fn(self.intervener.forward(batch), batch.targets)
         value = loss.item()
         if not math.isfinite(value):
