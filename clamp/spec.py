@@ -152,7 +152,7 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
         for k in hf.RESERVED[model.family]:
             if k in model.config:
                 raise src.error(("model", "config", k), repr(k), "a key clamp does not set itself: the shape is "
-                                "layers, heads, d_model and d_mlp; the task sets vocab_size and n_positions")
+                                "layers, heads, d_model and d_mlp; the task sets the vocabulary and positions")
     if (model.backend == "nnsight" or model.family != "builtin") and importlib.util.find_spec("nnsight") is None:
         key = "backend" if model.family == "builtin" else "family"
         raise src.error(("model", key), f"{getattr(model, key)}, which needs nnsight (not installed)",
