@@ -266,7 +266,7 @@ def _check_needs(edits: list[Edit], recipe: Recipe, shape: S.ModelShape) -> None
             if need not in order:
                 raise recipe.source.error(e.origin, repr(need),
                                           "a site of this model for the value source to read")
-            if order[need] >= order[e.site.name] and need != e.site.name:
+            if order[e.site.name] and order[need] >= order[e.site.name] and need != e.site.name:   # raw: unordered
                 raise recipe.source.error(
                     e.origin, f"{e.source.name} at {e.site} reading {need}",
                     f"a site computed before {e.site.name} in the forward pass")

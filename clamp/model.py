@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .sites import ModelShape, SiteInfo, catalogue
+from .sites import ModelShape, SiteInfo, builtin_catalogue
 from .tasks import Batch
 
 HookFn = Callable[[Tensor], Tensor]
@@ -247,11 +247,15 @@ class Transformer(nn.Module):
         return self.hook_logits(resid @ self.unembed.W_U + self.unembed.b_U)   # [batch, pos, n_out]
 
 
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
 def build_model(shape: ModelShape, seed: int) -> Transformer:
     model = Transformer(shape)
     model.reset_parameters(torch.Generator().manual_seed(seed))
     names = {n for n, _ in model.named_parameters()} | set(model.hook_points)
-    expected = {i.name for i in catalogue(shape)}
+    expected = {i.name for i in builtin_catalogue(shape)}
     assert names == expected, f"model and site catalogue disagree: {sorted(names ^ expected)}"
     return model
 
@@ -265,11 +269,17 @@ class BuiltinSeam:
         self._hooks = model.hook_points
 
     def catalogue(self) -> list[SiteInfo]:
-        return catalogue(self.shape)
+        return builtin_catalogue(self.shape)
 
     def install(self, fns: Mapping[str, HookFn]) -> None:
         for name, hp in self._hooks.items():
             hp.fn = fns.get(name)
+
+    def run_sites(self, names: list[str]) -> None:
+        """Make these hook points run (as identities) though nothing is installed at them, so another
+        mechanism (nnsight_seam.py) can reach them: a site without a function may be skipped (e.g.
+        LayerNorm's fused fast path skips hook_normalized)."""
+        self.install({name: _identity for name in names})
 
     def parameter_slice(self, site: str, heads: tuple[int, ...] | None) -> tuple[nn.Parameter, tuple]:
         p = self.module.get_parameter(site)

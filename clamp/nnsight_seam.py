@@ -1,7 +1,7 @@
 """The nnsight backend of the model seam: interventions applied through nnsight's tracing.
 
-Model layer, beside seam.py. `NNsightSeam` wraps a model family's seam (today the built-in
-transformer; foreign models next) and reaches its sites through nnsight (nnsight.NNsight over
+Model layer, beside seam.py. `NNsightSeam` wraps the built-in transformer's seam
+(foreign models are adapter.py's) and reaches its sites through nnsight (nnsight.NNsight over
 the torch module) instead of the family's own hook points: every forward pass is one
 `trace`, in which the function installed at each site replaces that module's output
 (`envoy.output = fn(envoy.output)`), sites taken in forward order as nnsight requires.
@@ -25,10 +25,6 @@ from .tasks import Batch
 HookFn = Any
 
 
-def _identity(x: Tensor) -> Tensor:
-    return x
-
-
 def import_nnsight():
     try:
         import nnsight
@@ -45,7 +41,7 @@ class NNsightSeam:
         self.inner = inner
         self.nn = import_nnsight().NNsight(inner.module)
         self._order = {i.name: i.order for i in inner.catalogue() if i.kind == "activation"}
-        self._fns: dict[str, HookFn] = {}
+        self._sites: list[tuple[Any, HookFn]] = []
 
     @property
     def shape(self) -> ModelShape:
@@ -59,10 +55,9 @@ class NNsightSeam:
         return self.inner.catalogue()
 
     def install(self, fns: Mapping[str, HookFn]) -> None:
-        self._fns = dict(fns)
-        # the family runs those sites' modules (the built-in model skips a hook point that has no
-        # function, e.g. a LayerNorm's fast path); nnsight then replaces their outputs
-        self.inner.install({name: _identity for name in fns})
+        """Sites in forward order (as nnsight requires), their modules made to run by the family."""
+        self._sites = [(self._envoy(name), fns[name]) for name in sorted(fns, key=lambda n: self._order[n])]
+        self.inner.run_sites(list(fns))
 
     def parameter_slice(self, site: str, heads: tuple[int, ...] | None) -> tuple[nn.Parameter, tuple]:
         return self.inner.parameter_slice(site, heads)
@@ -81,10 +76,8 @@ class NNsightSeam:
 
     def forward(self, batch: Batch) -> Tensor:
         """Logits [batch, pos, n_out]: one trace, each installed function at its site's output."""
-        sites = sorted(self._fns, key=lambda n: self._order[n])      # nnsight needs forward order
         with self.nn.trace(batch.tokens, batch.vectors, batch.is_vector):
-            for name in sites:
-                envoy = self._envoy(name)
-                envoy.output = self._fns[name](envoy.output)
+            for envoy, fn in self._sites:
+                envoy.output = fn(envoy.output)
             logits = self.nn.output.save()
         return logits

@@ -9,6 +9,7 @@ recipe.yaml and a suite's variants are printed, saved and diffed.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -42,6 +43,8 @@ class ModelConfig:
                       "model from config, through nnsight)")
     config: dict[str, Any] = opt(factory=dict, doc="a foreign family's other config keys (e.g. GPT2Config's "
                                  "activation_function); shape keys are layers, heads, d_model, d_mlp")
+    module: str = opt("", doc="a user's model: '<plug-in module>:<factory>' from a module plugins: lists")
+    options: dict[str, Any] = opt(factory=dict, doc="keyword arguments for the user's factory (model.module)")
 
     def validate(self):
         if self.d_head == 0 and self.d_model % self.heads:
@@ -180,26 +183,33 @@ class Recipe:
     measure: tuple[str, ...]
     phases: dict[str, dict[str, float]]
     probes: dict[str, tuple[Intervention, ...]] = field(default_factory=dict)
+    plugins: tuple[str, ...] = ()              # plug-ins to import: absolute paths, or installed module names
     source: Source = field(default_factory=Source, compare=False, repr=False)
 
     def shape(self) -> S.ModelShape:
-        return model_shape(self.model, self.task.io())
+        return model_shape(self.model, self.task.io(), self.plugins)
 
 
-def model_shape(m: ModelConfig, io: TaskIO) -> S.ModelShape:
-    if m.family != "builtin":                      # GPT-2's own architecture: MLPs, learned positions, LayerNorm
-        return S.ModelShape(layers=m.layers, heads=m.heads, d_model=m.d_model, d_head=m.d_model // m.heads,
-                            attn_only=False, d_mlp=m.d_mlp or 4 * m.d_model, norm="pre",
-                            pos="learned" if m.family == "gpt2" else "rope",
-                            vocab=io.vocab, n_out=io.n_out, n_ctx=io.n_ctx, vector_dim=io.vector_dim,
-                            family=m.family, backend="nnsight", config=tuple(sorted(m.config.items())))
-    return S.ModelShape(layers=m.layers, heads=m.heads, d_model=m.d_model, d_head=m.head_width(), embed_std=m.embed_std,
-                        attn_only=m.attn_only, d_mlp=m.d_mlp or 4 * m.d_model, norm=m.norm, pos=m.pos,
-                        vocab=io.vocab, n_out=io.n_out, n_ctx=io.n_ctx, vector_dim=io.vector_dim,
-                        backend=m.backend)
+def model_shape(m: ModelConfig, io: TaskIO, plugins: tuple[str, ...] = ()) -> S.ModelShape:
+    """The recipe's model keys and the task's sizes as a ModelShape, completed by its family
+    (sites.family_shape: e.g. GPT-2 has MLPs, LayerNorm and learned positions whatever the keys say)."""
+    if m.module:
+        family, config = "module", user_config(m.module, m.options, plugins)
+    else:
+        family, config = m.family, tuple(sorted(m.config.items()))
+    base = S.ModelShape(layers=m.layers, heads=m.heads, d_model=m.d_model, d_head=m.head_width(),
+                        embed_std=m.embed_std, attn_only=m.attn_only, d_mlp=m.d_mlp or 4 * m.d_model, norm=m.norm,
+                        pos=m.pos, vocab=io.vocab, n_out=io.n_out, n_ctx=io.n_ctx, vector_dim=io.vector_dim,
+                        family=family, backend="nnsight" if family != "builtin" else m.backend, config=config)
+    return S.family_shape(base)
 
 
-TOP_KEYS = ("name", "seeds", "model", "task", "train", "subcircuits", "interventions", "measure", "phases",
+def user_config(module: str, options: dict, plugins: tuple[str, ...]) -> tuple:
+    """ModelShape.config of a user's module (hashable: options as canonical JSON)."""
+    return (("module", module), ("options", json.dumps(options, sort_keys=True)), ("plugins", tuple(plugins)))
+
+
+TOP_KEYS = ("name", "seeds", "plugins", "model", "task", "train", "subcircuits", "interventions", "measure", "phases",
             "probes")
 PRESERVE = ("patterns", "values")
 PHASE_RULES = ("below", "above", "relative", "band", "logistic", "max_slope")
@@ -238,6 +248,7 @@ def recipe_to_dict(r: Recipe) -> dict:
     return {
         "name": r.name,
         "seeds": list(r.seeds),
+        **({"plugins": list(r.plugins)} if r.plugins else {}),
         "model": unbuild(r.model),
         "task": {"name": r.task.name, **unbuild(r.task.options)},
         "train": unbuild(r.train),

@@ -16,21 +16,29 @@ composition) sees a model only as a `ModelSeam`:
                            query-side and key-side residuals [batch, pos, d_model] (its LayerNorm
                            applied, no hook runs) — the 'perfect previous-token input' clamp uses it
 
-A model family registers a builder with `@register_model("name")`; `ModelShape.family`
-picks it, and sites.py's catalogue registry (`register_catalogue`) names its sites, so a
-recipe, its plan and the training loop work unchanged on any family. The built-in
-transformer (model.py) is the family "builtin".
+`FAMILIES` below is the one table of model families: for each, how to build it, its
+TransformerLens sites (for a skeleton of the model), how it completes a shape from a recipe's
+keys, and a skeleton on the meta device (module structure, no memory) for raw `module:` sites
+(modsites.py). `register_model` adds one, and registers its sites with sites.py, so a recipe,
+its plan and the training loop work unchanged on any family. The built-in transformer
+(model.py) is "builtin"; hf.py's transformers families "gpt2", "gpt_neox", "llama"; a user's
+own module (usermodel.py) "module". Every seam `build` returns also has the raw module sites.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping, Protocol
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Protocol
 
+import torch
 from torch import Tensor, nn
 
-from . import hf
+from . import hf, usermodel
 from . import model as builtin
+from .adapter import adapter_catalogue
 from .errors import InputError, did_you_mean, show
-from .sites import ModelShape, SiteInfo, catalogue
+from .modsites import ModuleSites, module_sites
+from .sites import ModelShape, SiteInfo, builtin_catalogue, catalogue, register_family
 from .tasks import Batch
 
 HookFn = Callable[[Tensor], Tensor]
@@ -57,28 +65,65 @@ class ModelSeam(Protocol):
 
 
 Builder = Callable[[ModelShape, int], ModelSeam]
-MODELS: dict[str, Builder] = {"builtin": builtin.build, **{name: hf.build for name in hf.FAMILIES}}
 
 
-def register_model(family: str) -> Callable[[Builder], Builder]:
-    """Register `builder(shape, seed) -> ModelSeam` for `ModelShape.family == family`."""
-    def deco(builder: Builder) -> Builder:
-        MODELS[family] = builder
-        return builder
-    return deco
+@dataclass(frozen=True)
+class Family:
+    build: Builder                                         # (shape, seed) -> a seam
+    sites: Callable[[ModelShape, nn.Module], list[SiteInfo]]   # TransformerLens sites, given a skeleton
+    skeleton: Callable[[ModelShape], nn.Module]            # the module on the meta device
+    derive: Callable[[ModelShape], ModelShape] | None = None   # the family's facts filled into a shape
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_model(name: str, family: Family) -> None:
+    """Add a model family: seam.build builds it, sites.catalogue names its sites (TransformerLens and raw)."""
+    FAMILIES[name] = family
+
+    def sites(shape: ModelShape) -> list[SiteInfo]:
+        skeleton = _skeleton(shape)
+        return family.sites(shape, skeleton) + module_sites(skeleton)
+    register_family(name, sites, family.derive)
+
+
+@functools.lru_cache(maxsize=32)
+def _skeleton(shape: ModelShape) -> nn.Module:
+    return FAMILIES[shape.family].skeleton(shape)
+
+
+def _builtin_skeleton(shape: ModelShape) -> nn.Module:
+    with torch.device("meta"):
+        return builtin.Transformer(shape)
+
+
+def _hf_sites(shape: ModelShape, skeleton: nn.Module) -> list[SiteInfo]:
+    return adapter_catalogue(hf.FAMILIES[shape.family].adapter, shape, skeleton)
+
+
+def _user_sites(shape: ModelShape, skeleton: nn.Module) -> list[SiteInfo]:
+    return adapter_catalogue(usermodel.skeleton(shape)[1], shape, skeleton)
+
+
+register_model("builtin", Family(builtin.build, lambda shape, _: builtin_catalogue(shape), _builtin_skeleton))
+for _name in hf.FAMILIES:
+    register_model(_name, Family(hf.build, _hf_sites, functools.partial(hf.module, device="meta"), hf.shape_of))
+register_model("module", Family(usermodel.build, _user_sites, lambda shape: usermodel.skeleton(shape)[0],
+                                usermodel.shape_of))
 
 
 def build(shape: ModelShape, seed: int) -> ModelSeam:
     """A freshly initialised model of this shape (init drawn from `seed`), behind the seam."""
-    if shape.family not in MODELS:
-        raise InputError("", "model.family", show(shape.family), "a model family: " + ", ".join(sorted(MODELS)),
-                         did_you_mean(shape.family, MODELS))
-    seam = MODELS[shape.family](shape, seed)
+    if shape.family not in FAMILIES:
+        raise InputError("", "model.family", show(shape.family), "a model family: " + ", ".join(sorted(FAMILIES)),
+                         did_you_mean(shape.family, FAMILIES))
+    seam: Any = FAMILIES[shape.family].build(shape, seed)
     if shape.backend == "nnsight" and not hasattr(seam, "nn"):      # a family already on nnsight stays as it is
         from .nnsight_seam import NNsightSeam          # optional dependency, imported only when asked for
         seam = NNsightSeam(seam)
+    seam = ModuleSites(seam)
     names = {i.name for i in seam.catalogue()}
     expected = {i.name for i in catalogue(shape)}
     assert names == expected, f"model and site catalogue disagree: {sorted(names ^ expected)}"
     return seam
-

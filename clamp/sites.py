@@ -10,6 +10,8 @@ A name is a dotted TransformerLens path with an optional head selection:
     blocks.*.attn.W_Q[*]                 every layer, every head
     blocks.0.mlp.*                       every parameter of one MLP
 
+    module:transformer.h.0.mlp.output    a raw module path (modsites.py: .input, .output, a parameter)
+
 `*` matches within one path segment (`blocks.*.attn.W_*`), never across a dot. Layers and heads are 0-based.
 `parse` and `format_site` are inverse on canonical text (no spaces); `expand` resolves a
 name against a `ModelShape` into concrete `Site`s (one per matching name, heads as a
@@ -74,9 +76,10 @@ def parse(text: str) -> SiteRef:
         heads = tuple(items)
     else:
         path = s
-    if "[" in path or not _PATH_RE.match(path):
+    raw = path.startswith("module:")
+    if "[" in path or not _PATH_RE.match(path[len("module:"):] if raw else path):
         raise InputError("", "", show(text), "a dotted name such as 'blocks.1.attn.hook_z' "
-                         "with an optional head selection such as [0,1,4:8]")
+                         "with an optional head selection such as [0,1,4:8], or module:<module path>.output")
     return SiteRef(path, heads)
 
 
@@ -160,14 +163,22 @@ class Site:
 
 
 CATALOGUES: dict[str, Callable[[ModelShape], list[SiteInfo]]] = {}
+SHAPES: dict[str, Callable[[ModelShape], ModelShape]] = {}
 
 
-def register_catalogue(family: str) -> Callable:
-    """Register `fn(shape) -> [SiteInfo]`, the sites of a model family (seam.py builds the model)."""
-    def deco(fn):
-        CATALOGUES[family] = fn
-        return fn
-    return deco
+def register_family(family: str, sites: Callable[[ModelShape], list[SiteInfo]],
+                    derive: Callable[[ModelShape], ModelShape] | None = None) -> None:
+    """Name a model family's sites (`sites(shape) -> [SiteInfo]`) and how it completes a shape from a
+    recipe's keys (`derive`). seam.py registers every family it can build, in one table."""
+    CATALOGUES[family] = sites
+    if derive is not None:
+        SHAPES[family] = derive
+
+
+def family_shape(base: ModelShape) -> ModelShape:
+    """`base` (the recipe's keys) with the family's own facts filled in."""
+    derive = SHAPES.get(base.family)
+    return derive(base) if derive else base
 
 
 def catalogue(shape: ModelShape) -> list[SiteInfo]:
@@ -178,7 +189,6 @@ def catalogue(shape: ModelShape) -> list[SiteInfo]:
     return CATALOGUES[shape.family](shape)
 
 
-@register_catalogue("builtin")
 def builtin_catalogue(shape: ModelShape) -> list[SiteInfo]:
     """The built-in transformer's sites (model.py builds exactly these)."""
     out: list[SiteInfo] = []
@@ -247,6 +257,8 @@ def _template(name: str) -> str:
 
 
 def _matches(pattern: str, name: str) -> bool:
+    if pattern.startswith("module:") != name.startswith("module:"):       # raw sites only by raw names
+        return False
     ps, ns = pattern.split("."), name.split(".")
     return len(ps) == len(ns) and all(fnmatch.fnmatchcase(n, p) for p, n in zip(ps, ns))
 

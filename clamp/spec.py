@@ -23,7 +23,7 @@ from . import outputs
 from . import sites as S
 from .columns import MEASURES
 from .errors import InputError, did_you_mean, show
-from . import hf                  # the transformers families (their sites are registered on import)
+from . import hf, seam, usermodel       # seam: the table of model families (their sites, their shapes)
 from .overrides import apply_override, deep_merge
 from .phases import PLATEAU, PLATEAU_DOC
 from .recipe import (KINDS, PHASE_RULES, PRESERVE, TOP_KEYS, FreezeOptions, Intervention, ModelConfig, Recipe,
@@ -142,22 +142,8 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
     if mdata is None or isinstance(mdata, dict):          # the task's own model defaults (e.g. embed_std)
         mdata = {**TASKS[task.name].default_model, **(mdata or {})}
     model = build_dataclass(ModelConfig, mdata, ("model",), src)
-    if model.family not in S.CATALOGUES:
-        raise src.error(("model", "family"), repr(model.family), "a model family: " + ", ".join(sorted(S.CATALOGUES)),
-                        did_you_mean(model.family, S.CATALOGUES))
-    if model.family != "builtin":
-        if task.io().vector_dim:
-            raise src.error(("model", "family"), model.family, f"a task of tokens only for {model.family} "
-                            f"({task.name} puts vectors at some positions; the built-in model takes them)")
-        for k in hf.RESERVED[model.family]:
-            if k in model.config:
-                raise src.error(("model", "config", k), repr(k), "a key clamp does not set itself: the shape is "
-                                "layers, heads, d_model and d_mlp; the task sets the vocabulary and positions")
-    if (model.backend == "nnsight" or model.family != "builtin") and importlib.util.find_spec("nnsight") is None:
-        key = "backend" if model.family == "builtin" else "family"
-        raise src.error(("model", key), f"{getattr(model, key)}, which needs nnsight (not installed)",
-                        "the built-in model with the native backend, or nnsight installed",
-                        "pip install 'clamp[nnsight]'")
+    plugins = _plugins(data.get("plugins"), src)
+    _check_model(model, plugins, task, src)
     tdata = data.get("train")
     if tdata is None or isinstance(tdata, dict):          # the task's own training defaults
         tdata = {**TASKS[task.name].default_train, **(tdata or {})}
@@ -167,7 +153,7 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
         if ev not in known:
             raise src.error(("train", "evaluators", i), show(ev), f"an evaluator of {task.name}: " + ", ".join(known),
                             did_you_mean(ev, known))
-    shape = model_shape(model, task.io())
+    shape = _shape(model, task, plugins, src)
     subcircuits = _subcircuits(data.get("subcircuits"), src, shape)
     interventions = tuple(_intervention(item, ("interventions", i), src, shape, subcircuits, train.steps)
                           for i, item in enumerate(_list(data.get("interventions"), ("interventions",), src)))
@@ -181,11 +167,71 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
     measure = _measures(data.get("measure"), src, task.name)
     phases = _phases(data.get("phases"), src, TASKS[task.name].default_phases(task.options))
     probes = _probes(data.get("probes"), src, shape, subcircuits, train.steps)
-    recipe = Recipe(name, seeds, model, task, train, subcircuits, interventions, measure, phases, probes, src)
+    recipe = Recipe(name, seeds, model, task, train, subcircuits, interventions, measure, phases, probes, plugins,
+                    src)
     if data.get("phases") is None:           # the task's default rules, for the columns this recipe measures
         recipe = replace(recipe, phases=outputs.measured_phases(recipe))
     outputs.check(recipe)
     return recipe
+
+
+def _plugins(value, src) -> tuple[str, ...]:
+    """`plugins:` a list of .py files or package directories (relative to the recipe), or installed
+    module names; each imported here, so a broken one is an error at its entry."""
+    out = []
+    for i, entry in enumerate(_list(value, ("plugins",), src)):
+        path = ("plugins", i)
+        if not isinstance(entry, str) or not entry or "\x00" in entry:
+            raise src.error(path, show(entry), "a path to a .py file or package directory, or a module name")
+        if entry.endswith(".py") or "/" in entry or os.sep in entry:
+            entry = src.resolve(path, entry)
+        try:
+            usermodel.load_plugin(entry)
+        except InputError as e:
+            raise src.error(path, e.found, e.expected, e.hint) from None
+        out.append(entry)
+    return tuple(out)
+
+
+def _check_model(model: ModelConfig, plugins: tuple[str, ...], task: TaskSpec, src: Source) -> None:
+    if model.family not in seam.FAMILIES or model.family == "module":
+        names = [f for f in seam.FAMILIES if f != "module"]
+        raise src.error(("model", "family"), repr(model.family), "a model family: " + ", ".join(sorted(names)),
+                        did_you_mean(model.family, names) or "a model of your own is model.module: <plug-in>:<factory>")
+    if model.module and model.family != "builtin":
+        raise src.error(("model", "family"), model.family, "no family with model.module (the factory builds the model)")
+    if model.options and not model.module:
+        raise src.error(("model", "options"), show(model.options), "options only with model.module (a factory's "
+                        "keyword arguments)", "a transformers family takes model.config")
+    foreign = model.module or model.family != "builtin"
+    if foreign and task.io().vector_dim:
+        what = model.module or model.family
+        raise src.error(("model", "module" if model.module else "family"), what, f"a task of tokens only for {what} "
+                        f"({task.name} puts vectors at some positions; the built-in model takes them)")
+    if model.family in hf.RESERVED:
+        for k in hf.RESERVED[model.family]:
+            if k in model.config:
+                raise src.error(("model", "config", k), repr(k), "a key clamp does not set itself: the shape is "
+                                "layers, heads, d_model and d_mlp; the task sets the vocabulary and positions")
+    elif model.config:
+        raise src.error(("model", "config"), show(model.config), "config only with a transformers family "
+                        "(model.family: gpt2, gpt_neox or llama)", "a user's factory takes model.options")
+    if (model.backend == "nnsight" or foreign) and importlib.util.find_spec("nnsight") is None:
+        key = "backend" if not foreign else "module" if model.module else "family"
+        raise src.error(("model", key), f"{getattr(model, key)}, which needs nnsight (not installed)",
+                        "the built-in model with the native backend, or nnsight installed",
+                        "pip install 'clamp[nnsight]'")
+
+
+def _shape(model: ModelConfig, task: TaskSpec, plugins: tuple[str, ...], src: Source) -> S.ModelShape:
+    """The model's shape and its sites, checked now (a user's factory is called on the meta device)."""
+    try:
+        shape = model_shape(model, task.io(), plugins)
+        S.catalogue(shape)
+    except InputError as e:
+        key = "module" if model.module else "family"
+        raise src.error(("model", key), e.found, e.expected, e.hint) from None
+    return shape
 
 
 def _probes(value, src, shape, subcircuits, steps) -> dict[str, tuple[Intervention, ...]]:

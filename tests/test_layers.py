@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent / "clamp"
 LAYERS = {
     "names": ["errors", "sites", "yamlio", "schema", "columns", "phases"],
     "model": ["model", "tasks", "tasks.base", "tasks.fewshot", "tasks.repeat_tokens", "values", "measures",
-              "optim", "seam", "nnsight_seam", "hf"],
+              "optim", "adapter", "modsites", "usermodel", "seam", "nnsight_seam", "hf"],
     "recipe": ["recipe", "overrides", "outputs", "spec", "budget", "compile", "suite"],
     "store": ["store"],
     "run": ["hooks", "donor", "train", "runs", "pool", "raybackend", "posthoc", "benches"],

@@ -46,7 +46,7 @@ interventions:
 def losses_and_params(extra: str, backend: str, steps: int = 10):
     r = tiny(extra, model={"layers": 2, "heads": 4, "d_model": 16, "backend": backend})
     tr = Trainer(r, 0)
-    assert type(tr.seam).__name__ == ("NNsightSeam" if backend == "nnsight" else "BuiltinSeam")
+    assert type(tr.seam.inner).__name__ == ("NNsightSeam" if backend == "nnsight" else "BuiltinSeam")
     losses = [tr.train_step() for _ in range(steps)]
     row = tr.evaluate()
     return losses, {n: p.detach().clone() for n, p in tr.model.named_parameters()}, row

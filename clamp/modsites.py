@@ -1,0 +1,123 @@
+"""Raw module sites: any module's input or output, and any parameter, by its path in the model.
+
+Model layer, under seam.py (which wraps every seam it builds in `ModuleSites`). For what the
+TransformerLens names do not cover, a site can name the model's own modules:
+
+    module:<path>.output      the module's output          e.g. module:transformer.h.0.mlp.output
+    module:<path>.input       its first input              e.g. module:blocks.1.ln1.input
+    module:<path>.<param>     one of its own parameters    e.g. module:transformer.h.0.mlp.c_fc.weight
+    module:output             the whole model's output (module:input its input)
+
+`<path>` is the dotted name `model.named_modules()` gives (a digit indexes a ModuleList), so
+`print(model)` shows every path and `clamp sites RECIPE` lists them. Where a module returns
+a tuple, its output here is the tuple's first item (a transformers output object: its
+`.logits`). Raw sites have no head axis (no `[h]` selections) and no layer; they are reached with
+plain torch hooks (forward pre-hooks and forward hooks), on any model and either backend, and
+take everything a TransformerLens site takes: clamps, ablations, probes, freezes of parameters.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from torch import Tensor, nn
+
+from .sites import SiteInfo
+
+PREFIX = "module:"
+HookFn = Callable[[Tensor], Tensor]
+
+
+def raw_name(path: str, leaf: str) -> str:
+    """The site name of `leaf` ('input', 'output' or a parameter name) of the module at `path`."""
+    return f"{PREFIX}{path}.{leaf}" if path else f"{PREFIX}{leaf}"
+
+
+def split(name: str) -> tuple[str, str]:
+    """'module:a.b.output' → ('a.b', 'output')."""
+    path, _, leaf = name[len(PREFIX):].rpartition(".")
+    return path, leaf
+
+
+def module_sites(module: nn.Module) -> list[SiteInfo]:
+    """Every raw site of `module`: each submodule's input and output, and its own parameters."""
+    out: list[SiteInfo] = []
+    for path, m in module.named_modules():
+        params = dict(m.named_parameters(recurse=False))
+        for io in ("input", "output") if not isinstance(m, _CONTAINERS) else ():     # containers never run
+            if io not in params:
+                out.append(SiteInfo(raw_name(path, io), "activation", None, False, None,
+                                    f"{type(m).__name__} {io}"))
+        for pname, p in params.items():
+            out.append(SiteInfo(raw_name(path, pname), "parameter", None, False, None,
+                                "[" + ", ".join(map(str, p.shape)) + "]"))
+    return out
+
+
+_CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
+
+
+def _apply(value: Any, fn: HookFn) -> Any:
+    """fn applied to the tensor a value carries: itself, a tuple's first item, or `.logits`."""
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, tuple) and value and isinstance(value[0], Tensor):
+        return (fn(value[0]), *value[1:])
+    if hasattr(value, "logits"):
+        value.logits = fn(value.logits)
+        return value
+    raise TypeError(f"the module's value is a {type(value).__name__}, not a tensor")
+
+
+class ModuleSites:
+    """A seam with raw `module:` sites added: torch hooks for those, the wrapped seam for the rest."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+        self._handles: list[Any] = []
+        self._raw = module_sites(inner.module)
+
+    def __getattr__(self, name: str) -> Any:           # shape, module, forward, attention_scores, nn, ...
+        return getattr(self.inner, name)
+
+    def catalogue(self) -> list[SiteInfo]:
+        return self.inner.catalogue() + self._raw
+
+    def install(self, fns: Mapping[str, HookFn]) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        own = {}
+        for name, fn in fns.items():
+            if not name.startswith(PREFIX):
+                own[name] = fn
+                continue
+            path, io = split(name)
+            m = self.inner.module.get_submodule(path)
+            if io == "output":
+                self._handles.append(m.register_forward_hook(lambda _m, _a, out, fn=fn: _apply(out, fn)))
+            else:
+                self._handles.append(m.register_forward_pre_hook(
+                    lambda _m, args, kw, fn=fn: _first_input(args, kw, fn), with_kwargs=True))
+        self.inner.install(own)
+
+    def parameter_slice(self, site: str, heads: tuple[int, ...] | None) -> tuple[nn.Parameter, tuple]:
+        if site.startswith(PREFIX):
+            return self.inner.module.get_parameter(".".join(split(site)).strip(".")), (slice(None),)
+        return self.inner.parameter_slice(site, heads)
+
+    def weight(self, name: str) -> Tensor:
+        if name.startswith(PREFIX):
+            return self.inner.module.get_parameter(".".join(split(name)).strip("."))
+        return self.inner.weight(name)
+
+    def forward(self, batch: Any) -> Tensor:
+        return self.inner.forward(batch)
+
+
+def _first_input(args: tuple, kw: dict, fn: HookFn) -> tuple[tuple, dict]:
+    if args:
+        return (_apply(args[0], fn), *args[1:]), kw
+    for k, v in kw.items():                             # called with keywords only: the first tensor one
+        if isinstance(v, Tensor):
+            return args, {**kw, k: fn(v)}
+    raise TypeError("the module was called without a tensor input")
