@@ -16,8 +16,10 @@ from .results import SuiteResult, load_results
 from .graph import Graph
 from .explanations import compare, explain, predict
 from .api import bench, plan
+from .adapter import Adapter
+from .usermodel import model_factory
 
 __all__ = ["InputError", "RunError", "Recipe", "load_recipe", "recipe_from_data", "dump_recipe",
            "with_overrides", "Plan", "compile_plan", "plan", "Run", "run", "Suite", "load_suite", "bench",
-           "SuiteResult", "load_results", "Graph", "explain", "compare", "predict"]
+           "SuiteResult", "load_results", "Graph", "explain", "compare", "predict", "Adapter", "model_factory"]
 __version__ = "0.1.0"

@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import InputError
+from .modsites import carried
 from .sites import ModelShape, SiteInfo
 from .tasks import Batch
 
@@ -221,20 +222,23 @@ def _span(heads: tuple[int, ...], e: int, base: int = 0, stride: int = 0) -> Ten
     return torch.tensor([base + h * (stride or e) + i for h in heads for i in range(e)])
 
 
+def _whole(heads: tuple[int, ...]) -> tuple:
+    return (slice(None),)
+
+
 def _weight_param(a: Adapter, m: nn.Module, shape: ModelShape, name: str
                   ) -> tuple[nn.Parameter, Callable[[Tensor], Tensor], Callable[[tuple[int, ...]], tuple]]:
     """(parameter, its view in the catalogue's layout, the index of some heads in the parameter)."""
     H, e = shape.heads, shape.d_head
-    whole = (lambda hs: (slice(None),))
     parts = name.split(".")
     if parts[0] != "blocks":
         path = {"embed": a.embed, "pos_embed": a.pos_embed, "ln_final": a.final_norm}[parts[0]] or ""
-        return get(m, join(path, "bias" if name.endswith(".b") else "weight")), _same, whole
+        return get(m, join(path, "bias" if name.endswith(".b") else "weight")), _same, _whole
     L, leaf = parts[1], parts[-1]
     block = join(a.blocks, L)
     if parts[2] in ("ln1", "ln2"):
         ln = get(m, join(block, a.norms[parts[2] == "ln2"]))
-        return (ln.weight if leaf == "w" else ln.bias), _same, whole
+        return (ln.weight if leaf == "w" else ln.bias), _same, _whole
     attn = join(block, a.attn)
     conv = a.layout == "conv1d"                       # Conv1D weight [in, out] (x @ W); Linear [out, in] (x @ W.T)
 
@@ -277,6 +281,7 @@ class AdaptedSeam:
         self._routes = routes(adapter, shape)
         self._order = {i.name: i.order for i in self._infos if i.kind == "activation"}
         self._groups: list[tuple[str, str, list[tuple[Route, HookFn]]]] = []
+        self._sources: list[str] = []
 
     @property
     def shape(self) -> ModelShape:
@@ -296,6 +301,9 @@ class AdaptedSeam:
             r = self._routes[name]
             groups.setdefault((r.path, r.io), []).append((r, fns[name]))
         self._groups = [(path, io, edits) for (path, io), edits in groups.items()]
+        # modules whose `.source` operations are reached: named to nnsight first in each trace
+        self._sources = sorted({path.split(".source.")[0] for path, _, _ in self._groups if ".source." in path},
+                               key=lambda p: min(self._order[n] for n in fns if self._routes[n].path.startswith(p)))
 
     def parameter_slice(self, site: str, heads: tuple[int, ...] | None) -> tuple[nn.Parameter, tuple]:
         p, _, index = _weight_param(self.adapter, self._module, self._shape, site)
@@ -313,14 +321,15 @@ class AdaptedSeam:
     def forward(self, batch: Batch) -> Tensor:
         """Logits [batch, pos, vocab]: one trace, each group's functions applied to its envoy's value."""
         with self.nn.trace(batch.tokens):
+            for path in self._sources:
+                get(self.nn, path).source                  # noqa: B018 - nnsight prepares the module's operations
             for path, io, edits in self._groups:
                 envoy = get(self.nn, path)
-                value = getattr(envoy, io)
-                x = _tensor(value)
+                x, rewrap = carried(getattr(envoy, io))
                 for r, fn in edits:
                     x = r.put(x, fn(r.view(x)))
-                setattr(envoy, io, _rewrap(value, x))
-            logits = _tensor(self.nn.output).save()
+                setattr(envoy, io, rewrap(x))
+            logits = carried(self.nn.output)[0].save()
         return logits
 
     def check_order(self, batch: Batch) -> None:
@@ -331,7 +340,7 @@ class AdaptedSeam:
         try:
             self.forward(batch)
         except Exception as e:                      # nnsight's OutOfOrderError, or a route that does not exist
-            raise InputError("", "model.adapter", f"{self.what}: {type(e).__name__}: {str(e)[:160]}",
+            raise InputError("", "", f"{self.what}: {type(e).__name__}: {str(e)[:160]}",
                              "an adapter whose parts exist and run in the order " + " → ".join(_ORDER),
                              "check the adapter's paths against print(model)") from None
         finally:
@@ -339,19 +348,3 @@ class AdaptedSeam:
 
 
 _ORDER = ("resid_pre", "q", "k", "v", "attn_scores", "pattern", "z", "attn_out", "mlp_out", "resid_post")
-
-
-def _tensor(value: Any) -> Tensor:
-    """The tensor a module's input or output carries: itself, a tuple's first item, or `.logits`."""
-    if isinstance(value, tuple):
-        return value[0]
-    return getattr(value, "logits", value)
-
-
-def _rewrap(value: Any, x: Tensor) -> Any:
-    if isinstance(value, tuple):
-        return (x, *value[1:])
-    if hasattr(value, "logits") and not isinstance(value, Tensor):
-        value.logits = x
-        return value
-    return x

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -179,18 +180,27 @@ def cmd_sites(a) -> int:
     from .spec import load_recipe
     recipe = load_recipe(a.recipe or _builtin("demo.yaml"), a.set)
     shape = recipe.shape()
+    infos = catalogue(shape)
     rows = [[i.name.replace(f"blocks.{i.layer}.", "blocks.{L}.") if i.layer is not None else i.name,
              i.kind, f"{shape.heads} heads" if i.per_head else "", i.shape]
-            for i in catalogue(shape)]
-    seen, uniq = set(), []
+            for i in infos if not i.name.startswith("module:")]
+    raw = [[re.sub(r"\.\d+(?=\.)", ".{i}", i.name), i.kind, i.shape] for i in infos if i.name.startswith("module:")]
+    print(f"model: {shape.family}, {shape.layers} layers (L = 0..{shape.layers - 1}), {shape.heads} heads, "
+          f"d_model {shape.d_model}, d_head {shape.d_head}; head selections: name[3], name[0,2,4:8], name[*]")
+    print(table(["name", "kind", "per head", "layout"], _unique(rows)))
+    print("\nraw module sites ({i}: the index in a ModuleList; module:<path>.input|output|<parameter>):")
+    print(table(["name", "kind", "module / shape"], _unique(raw)))
+    return 0
+
+
+def _unique(rows: list[list[str]]) -> list[list[str]]:
+    seen: set[str] = set()
+    out = []
     for r in rows:
         if r[0] not in seen:
             seen.add(r[0])
-            uniq.append(r)
-    print(f"model: {shape.layers} layers (L = 0..{shape.layers - 1}), {shape.heads} heads, "
-          f"d_model {shape.d_model}, d_head {shape.d_head}; head selections: name[3], name[0,2,4:8], name[*]")
-    print(table(["name", "kind", "per head", "layout"], uniq))
-    return 0
+            out.append(r)
+    return out
 
 
 def _builtin(name: str) -> str:

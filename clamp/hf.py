@@ -59,7 +59,7 @@ FAMILIES = {
                        Adapter(blocks="gpt_neox.layers", attn="attention", pattern=_EAGER_SOFTMAX,
                                qkv="query_key_value", fused="per_head", o="dense", mlp="mlp",
                                norms=("input_layernorm", "post_attention_layernorm"), embed="gpt_neox.embed_in",
-                               final_norm="gpt_neox.final_layer_norm", unembed="embed_out"),
+                               final_norm="gpt_neox.final_layer_norm", unembed="lm_head"),
                        "rope", extra=(("attention_dropout", 0.0), ("hidden_dropout", 0.0))),
 }
 # config keys clamp sets itself, per family (the recipe's `config` may not)

@@ -10,8 +10,8 @@ TransformerLens names do not cover, a site can name the model's own modules:
 
 `<path>` is the dotted name `model.named_modules()` gives (a digit indexes a ModuleList), so
 `print(model)` shows every path and `clamp sites RECIPE` lists them. Where a module returns
-a tuple, its output here is the tuple's first item (a transformers output object: its
-`.logits`). Raw sites have no head axis (no `[h]` selections) and no layer; they are reached with
+a tuple, its output here is the tuple's first item (a transformers output object: its first
+field, e.g. `.logits`). Raw sites have no head axis (no `[h]` selections) and no layer; they are reached with
 plain torch hooks (forward pre-hooks and forward hooks), on any model and either backend, and
 take everything a TransformerLens site takes: clamps, ablations, probes, freezes of parameters.
 """
@@ -56,16 +56,25 @@ def module_sites(module: nn.Module) -> list[SiteInfo]:
 _CONTAINERS = (nn.ModuleList, nn.ModuleDict, nn.ParameterList, nn.ParameterDict)
 
 
-def _apply(value: Any, fn: HookFn) -> Any:
-    """fn applied to the tensor a value carries: itself, a tuple's first item, or `.logits`."""
+def carried(value: Any) -> tuple[Tensor, Callable[[Tensor], Any]]:
+    """(the tensor a module's input or output carries, how to put a new one in its place): a tensor
+    itself, a tuple's first item, or a transformers output object's first field (e.g. `.logits`)."""
     if isinstance(value, Tensor):
-        return fn(value)
+        return value, (lambda new: new)
     if isinstance(value, tuple) and value and isinstance(value[0], Tensor):
-        return (fn(value[0]), *value[1:])
-    if hasattr(value, "logits"):
-        value.logits = fn(value.logits)
-        return value
+        return value[0], (lambda new: (new, *value[1:]))
+    keys = list(value.keys()) if hasattr(value, "to_tuple") else []      # a transformers ModelOutput
+    if keys and isinstance(value[keys[0]], Tensor):
+        def put(new: Tensor) -> Any:
+            value[keys[0]] = new
+            return value
+        return value[keys[0]], put
     raise TypeError(f"the module's value is a {type(value).__name__}, not a tensor")
+
+
+def _apply(value: Any, fn: HookFn) -> Any:
+    x, put = carried(value)
+    return put(fn(x))
 
 
 class ModuleSites:

@@ -183,12 +183,13 @@ def _plugins(value, src) -> tuple[str, ...]:
         path = ("plugins", i)
         if not isinstance(entry, str) or not entry or "\x00" in entry:
             raise src.error(path, show(entry), "a path to a .py file or package directory, or a module name")
+        written = entry
         if entry.endswith(".py") or "/" in entry or os.sep in entry:
             entry = src.resolve(path, entry)
         try:
             usermodel.load_plugin(entry)
         except InputError as e:
-            raise src.error(path, e.found, e.expected, e.hint) from None
+            raise src.error(path, show(written), e.expected, e.hint) from None
         out.append(entry)
     return tuple(out)
 

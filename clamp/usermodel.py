@@ -46,6 +46,7 @@ from torch import nn
 from .adapter import AdaptedSeam, Adapter, get
 from .errors import InputError, did_you_mean, show
 from .sites import ModelShape
+from .tasks import Batch
 
 ATTR = "__clamp_adapter__"
 SHAPE_KEYS = ("layers", "heads", "d_model", "d_head", "d_mlp", "vocab", "n_ctx")
@@ -231,4 +232,7 @@ def build(shape: ModelShape, seed: int) -> AdaptedSeam:
     with torch.random.fork_rng():                          # the init is the seed's, the global RNG untouched
         torch.manual_seed(seed)
         model, adapter = make(shape)
-    return AdaptedSeam(model, adapter, shape, f"the model {_parts(shape)[0]}")
+    seam = AdaptedSeam(model, adapter, shape, f"the model {_parts(shape)[0]}")
+    T = max(2, min(shape.n_ctx, 4))
+    seam.check_order(Batch(torch.zeros(1, T, dtype=torch.long), torch.zeros(1, T, dtype=torch.long)))
+    return seam

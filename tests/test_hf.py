@@ -149,3 +149,51 @@ def test_without_nnsight_a_foreign_model_is_a_located_error(monkeypatch, model, 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nnsight" else real(name, *a))
     with pytest.raises(InputError, match=key + r", which needs nnsight \(not installed\)"):
         recipe_from_data(*load_yaml(f"model: {model}\ntask: {{name: repeat_tokens}}\n", "m.yaml"))
+
+
+@pytest.mark.parametrize("family, module, which, cols", [
+    ("gpt2", "transformer.h.1.attn.c_attn", "hook_k[2]", (4 * 8 + 2 * 8, 8)),         # [Q|K|V] blocks of H·e
+    ("gpt_neox", "gpt_neox.layers.1.attention.query_key_value", "hook_v[1]", (1 * 24 + 16, 8)),   # head-major q,k,v
+    ("llama", "model.layers.1.self_attn.k_proj", "hook_k[2]", (2 * 8, 8)),
+    ("gpt2", "transformer.h.1.attn.c_proj", "hook_z[3]", None),
+])
+def test_per_head_q_k_v_z_ablations_zero_those_features(family, module, which, cols):
+    """clamp's per-head views of fused and separate projections against forward hooks on the
+    projection that zero the same features, computed here by hand from each layout."""
+    tr = Trainer(gpt2(f"interventions: [{{ablate: 'blocks.1.attn.{which}'}}]", family), 0)
+    batch = tr.task.train_batch(0, 8)
+    tr.intervener.set_step(0)
+    ours = tr.intervener.forward(batch)
+    tr.intervener.detach()
+    m = tr.model.get_submodule(module)
+    if cols is None:                                    # hook_z: the output projection's input, head 3
+        def pre(_m, args):
+            x = args[0].clone()
+            x[..., 24:32] = 0
+            return (x, *args[1:])
+        h = m.register_forward_pre_hook(pre)
+    else:
+        def post(_m, _a, out):
+            out = out.clone()
+            out[..., cols[0]:cols[0] + cols[1]] = 0
+            return out
+        h = m.register_forward_hook(post)
+    ref = tr.model(batch.tokens).logits
+    h.remove()
+    assert torch.equal(ours, ref)
+    assert not torch.equal(ours, tr.model(batch.tokens).logits)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_site_at_once_in_one_trace_changes_nothing(family):
+    """Identity functions at every activation site (TransformerLens and raw) give the plain logits."""
+    from clamp.seam import build
+    r = gpt2("", family)
+    seam = build(r.shape(), 0)
+    batch = r.task and Trainer(r, 0).task.train_batch(0, 4)
+    plain = seam.module(batch.tokens).logits
+    seam.install({i.name: (lambda x: x) for i in seam.catalogue() if i.kind == "activation"})
+    assert torch.equal(seam.forward(batch), plain)
+    sites = {i.name for i in seam.catalogue()}
+    assert {"blocks.0.hook_resid_pre", "blocks.1.attn.hook_q", "blocks.1.attn.hook_attn_scores",
+            "blocks.1.attn.hook_z"} <= sites
