@@ -49,12 +49,24 @@ class ModelConfig:
     def validate(self):
         if self.d_head == 0 and self.d_model % self.heads:
             return ("d_head", f"set (d_model {self.d_model} is not divisible by heads {self.heads})")
-        if self.pos == "rope" and self.head_width() % 2:
+        if self.pos == "rope" and self.head_width() % 2 and self.family == "builtin" and not self.module:
             return ("pos", "'learned' or 'none' (RoPE needs an even d_head)")
         return None
 
     def head_width(self) -> int:
         return self.d_head or self.d_model // self.heads
+
+    def unused_keys(self) -> tuple[str, ...]:
+        """Keys that mean nothing for this kind of model (a recipe may not set them; dumps leave them out)."""
+        if self.module:
+            return BUILTIN_ONLY + ("family", "config")
+        if self.family != "builtin":
+            return BUILTIN_ONLY + ("d_head", "module", "options")
+        return ("config", "module", "options")
+
+
+# the built-in transformer's own architecture keys (a foreign model has its own architecture)
+BUILTIN_ONLY = ("attn_only", "norm", "pos", "embed_std", "backend")
 
 
 EvalEvery = int | tuple[tuple[int, int], ...]
@@ -249,7 +261,7 @@ def recipe_to_dict(r: Recipe) -> dict:
         "name": r.name,
         "seeds": list(r.seeds),
         **({"plugins": list(r.plugins)} if r.plugins else {}),
-        "model": unbuild(r.model),
+        "model": {k: v for k, v in unbuild(r.model).items() if k not in r.model.unused_keys()},
         "task": {"name": r.task.name, **unbuild(r.task.options)},
         "train": unbuild(r.train),
         "subcircuits": {k: subcircuit(v) for k, v in r.subcircuits.items()},

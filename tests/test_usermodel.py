@@ -236,3 +236,38 @@ def test_raw_sites_are_listed_and_checked():
     builtin = recipe_from_data(*load_yaml("task: {name: repeat_tokens}\n"
                                           "interventions: [{ablate: 'module:blocks.1.attn.hook_z.output'}]\n"))
     assert builtin.interventions[0].target == "module:blocks.1.attn.hook_z.output"
+
+
+USER_SUITE = """\
+name: user_suite
+base: {base}
+seeds: [0, 1]
+set: ["train.steps=6", "train.batch=4", "train.eval_every=3", "train.eval_size=8", "train.checkpoint_every=0",
+      "model.d_model=32", "task.length=16", "task.segment=5"]
+variants:
+  plain: {{}}
+  clamped:
+    interventions: [{{clamp: "blocks.0.attn.hook_pattern[0]", to: previous_token}}]
+"""
+
+
+@pytest.mark.parametrize("backend", ["local", pytest.param("ray", marks=pytest.mark.ray)])
+def test_suites_ship_plugins_to_their_workers(tmp_path, backend):
+    """Two workers (forked processes, or Ray workers that import the plug-in from its recorded path)
+    run a suite of a user's module; every run matches the same run done here."""
+    if backend == "ray":
+        pytest.importorskip("ray")
+    from clamp.api import bench
+    from clamp.suite import load_suite
+    (tmp_path / "suite.yaml").write_text(USER_SUITE.format(base=ROOT / "recipes" / "user_model" / "tiny_lm.yaml"))
+    suite = load_suite(tmp_path / "suite.yaml")
+    res = bench(suite, tmp_path / "out", workers=2, backend=backend)
+    assert [r["status"] for r in res.rows] == ["ok"] * 4
+    recorded = (tmp_path / "out" / "suite.yaml").read_text()
+    assert str(PLUGIN) in recorded                                       # an absolute path, usable anywhere
+    spec = next(r for r in suite.runs() if r.variant == "clamped" and r.seed == 1)
+    here = Trainer(spec.recipe, 1)
+    for _ in range(6):
+        here.train_step()
+    assert next(r for r in res.rows if r["run"] == "clamped" and r["seed"] == 1)["final:loss"] == pytest.approx(
+        here.evaluate()["loss"], rel=1e-6)
