@@ -76,8 +76,8 @@ def parse(text: str) -> SiteRef:
         heads = tuple(items)
     else:
         path = s
-    raw = path.startswith("module:")
-    if "[" in path or not _PATH_RE.match(path[len("module:"):] if raw else path):
+    bare = path[len("module:"):] if path.startswith("module:") else path
+    if "[" in path or not _PATH_RE.match(bare):
         raise InputError("", "", show(text), "a dotted name such as 'blocks.1.attn.hook_z' "
                          "with an optional head selection such as [0,1,4:8], or module:<module path>.output")
     return SiteRef(path, heads)

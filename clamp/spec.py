@@ -26,8 +26,8 @@ from .errors import InputError, did_you_mean, show
 from . import hf, seam, usermodel       # seam: the table of model families (their sites, their shapes)
 from .overrides import apply_override, deep_merge
 from .phases import PLATEAU, PLATEAU_DOC
-from .recipe import (BUILTIN_ONLY, KINDS, PHASE_RULES, PRESERVE, TOP_KEYS, FreezeOptions, Intervention, ModelConfig, Recipe,
-                     Subcircuit, TaskSpec, TrainConfig, model_shape, recipe_to_dict)
+from .recipe import (BUILTIN_ONLY, KINDS, PHASE_RULES, PRESERVE, TOP_KEYS, FreezeOptions, Intervention, ModelConfig,
+                     Recipe, Subcircuit, TaskSpec, TrainConfig, model_shape, recipe_to_dict)
 from .schema import build, build_dataclass
 from .yamlio import Source, check_name, safe_name, load_yaml, load_yaml_file, read_text
 from .tasks import TASKS, get_task
@@ -107,9 +107,10 @@ def absolute_paths(data: Any, src: Source, prefix: tuple = ()) -> Any:
 
     items(data.get("interventions"), prefix + ("interventions",))
     plugins = data.get("plugins")
-    for i, entry in enumerate(plugins if isinstance(plugins, list) else []):
-        if isinstance(entry, str) and (entry.endswith(".py") or "/" in entry or os.sep in entry):
-            plugins[i] = src.resolve(prefix + ("plugins", i), entry)
+    if isinstance(plugins, list):
+        for i, entry in enumerate(plugins):
+            if isinstance(entry, str) and (entry.endswith(".py") or "/" in entry or os.sep in entry):
+                plugins[i] = src.resolve(prefix + ("plugins", i), entry)
     probes = data.get("probes")
     for name, lst in (probes.items() if isinstance(probes, dict) else ()):
         items(lst if isinstance(lst, list) else [lst], prefix + ("probes", name))
@@ -148,7 +149,7 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
     model = build_dataclass(ModelConfig, mdata, ("model",), src)
     plugins = _plugins(data.get("plugins"), src)
     _check_model(model, plugins, task, src)
-    written = data.get("model") if isinstance(data.get("model"), dict) else {}
+    written: dict = data["model"] if isinstance(data.get("model"), dict) else {}
     for k in model.unused_keys():
         if k in written and k in BUILTIN_ONLY + ("d_head",):
             what = model.module or model.family
