@@ -26,7 +26,7 @@ subcircuits:
 # (recipe text after HEAD, the exact message)
 BAD = [
     ("modle: {layers: 2}\n",
-     "t.yaml:7: modle: found unknown key 'modle'; expected one of name, seeds, model, task, train, subcircuits, "
+     "t.yaml:7: modle: found unknown key 'modle'; expected one of name, seeds, plugins, model, task, train, subcircuits, "
      "interventions, measure, phases, probes; did you mean 'model'?"),
     ("task: {name: fewshoot}\n",
      "t.yaml:7: task.name: found 'fewshoot'; expected a task: one of fewshot, repeat_tokens; did you mean 'fewshot'?"),
