@@ -84,6 +84,7 @@ class ModuleSites:
         self.inner = inner
         self._handles: list[Any] = []
         self._raw = module_sites(inner.module)
+        self._acts = {i.name for i in inner.catalogue() if i.kind == "activation"}
 
     def __getattr__(self, name: str) -> Any:           # shape, module, forward, attention_scores, nn, ...
         return getattr(self.inner, name)
@@ -95,13 +96,15 @@ class ModuleSites:
         for h in self._handles:
             h.remove()
         self._handles = []
-        own = {}
+        own = {name: fn for name, fn in fns.items() if not name.startswith(PREFIX)}
         for name, fn in fns.items():
             if not name.startswith(PREFIX):
-                own[name] = fn
                 continue
             path, io = split(name)
             m = self.inner.module.get_submodule(path)
+            site = getattr(m, "name", None)                # a hook point (the built-in model): make it run,
+            if site in self._acts and site not in own:     # as a model may skip one with nothing installed
+                own[site] = _identity
             if io == "output":
                 self._handles.append(m.register_forward_hook(lambda _m, _a, out, fn=fn: _apply(out, fn)))
             else:
@@ -121,6 +124,10 @@ class ModuleSites:
 
     def forward(self, batch: Any) -> Tensor:
         return self.inner.forward(batch)
+
+
+def _identity(x: Tensor) -> Tensor:
+    return x
 
 
 def _first_input(args: tuple, kw: dict, fn: HookFn) -> tuple[tuple, dict]:

@@ -212,6 +212,10 @@ def _check_model(model: ModelConfig, plugins: tuple[str, ...], task: TaskSpec, s
                         did_you_mean(model.family, names) or "a model of your own is model.module: <plug-in>:<factory>")
     if model.module and model.family != "builtin":
         raise src.error(("model", "family"), model.family, "no family with model.module (the factory builds the model)")
+    for k in model.options:
+        if k in usermodel.SHAPE_KEYS:
+            raise src.error(("model", "options", k), repr(k), "a factory option other than the shape keys",
+                            f"set model.{k}" if k not in ("vocab", "n_ctx") else "the task sets vocab and n_ctx")
     if model.options and not model.module:
         raise src.error(("model", "options"), show(model.options), "options only with model.module (a factory's "
                         "keyword arguments)", "a transformers family takes model.config")

@@ -6,7 +6,8 @@ from hypothesis import strategies as st
 junk = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-10, 10_000), st.floats(allow_nan=True),
                               st.text(max_size=12), st.sampled_from(["end", "zero", "prev_token", "blocks.0.attn.hook_z[9]",  # noqa: E501
                                                                      "blocks.*.attn.hook_pattern", "fewshot", "crossing",  # noqa: E501
-                                                                     "final:loss", "baseline"])),
+                                                                     "final:loss", "baseline", "module:blocks.0.output",  # noqa: E501
+                                                                     "module:", "tiny_lm:tiny_lm", "gpt2", "x.py"])),
                     lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=8), c, max_size=3)),
                     max_leaves=6)
 

@@ -174,6 +174,8 @@ GOOD = PLUGIN.read_text()
     ("[my_model.py]", "{module: 'my_model:tiny_lm', family: gpt2}", "no family with model.module"),
     ("[my_model.py]", "{module: 'my_model:tiny_lm', config: {a: 1}}", "config only with a transformers family"),
     ("[my_model.py]", "{module: 'my_model:tiny_lm', options: {depth: 3}}", "unexpected keyword argument 'depth'"),
+    ("[my_model.py]", "{module: 'my_model:tiny_lm', options: {layers: 3}}", r"model.options.layers: .*set model.layers"),
+    ("[my_model.py]", "{module: 'my_model:tiny_lm', pos: rope}", r"model.pos: found 'rope'; expected no pos for my_model"),
 ])
 def test_bad_user_models_are_located_errors(tmp_path, plugin, model, message):
     write_plugin(tmp_path, GOOD)
@@ -271,3 +273,30 @@ def test_suites_ship_plugins_to_their_workers(tmp_path, backend):
         here.train_step()
     assert next(r for r in res.rows if r["run"] == "clamped" and r["seed"] == 1)["final:loss"] == pytest.approx(
         here.evaluate()["loss"], rel=1e-6)
+
+
+def test_clamp_sites_lists_both_kinds_for_a_user_model(capsys):
+    from clamp.cli import main
+    assert main(["sites", str(ROOT / "recipes" / "user_model" / "tiny_lm.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "model: module, 2 layers" in out
+    for name in ("blocks.{L}.attn.hook_pattern", "blocks.{L}.attn.W_Q", "module:blocks.{i}.mlp.output",
+                 "module:blocks.{i}.attn.q.weight"):
+        assert name in out
+
+
+def test_a_raw_site_on_a_builtin_hook_point_acts_even_where_the_model_skips_it():
+    """LayerNorm's fused fast path skips hook_normalized when nothing is installed there; the raw
+    site on that hook point still acts, exactly as the named site does."""
+    def run(site):
+        r = recipe_from_data(*load_yaml("task: {name: repeat_tokens, length: 16, segment: 5}\n"
+                                        f"interventions: [{{ablate: '{site}', how: mean}}]\n"))
+        tr = Trainer(r, 0)
+        b = tr.task.train_batch(0, 4)
+        tr.intervener.set_step(0)
+        ours = tr.intervener.forward(b)
+        tr.intervener.detach()
+        return ours, tr.model(b.tokens)
+    raw, _ = run("module:blocks.1.ln1.hook_normalized.output")
+    named, plain = run("blocks.1.ln1.hook_normalized")
+    assert torch.equal(raw, named) and not torch.equal(raw, plain)
