@@ -26,8 +26,8 @@ subcircuits:
 # (recipe text after HEAD, the exact message)
 BAD = [
     ("modle: {layers: 2}\n",
-     "t.yaml:7: modle: found unknown key 'modle'; expected one of name, seeds, plugins, model, task, train, subcircuits, "
-     "interventions, measure, phases, probes; did you mean 'model'?"),
+     "t.yaml:7: modle: found unknown key 'modle'; expected one of name, seeds, plugins, model, task, train, "
+     "subcircuits, interventions, measure, phases, probes; did you mean 'model'?"),
     ("task: {name: fewshoot}\n",
      "t.yaml:7: task.name: found 'fewshoot'; expected a task: one of fewshot, repeat_tokens; did you mean 'fewshot'?"),
     ("task: {name: fewshot, clases: 10}\n",

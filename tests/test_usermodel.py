@@ -174,8 +174,10 @@ GOOD = PLUGIN.read_text()
     ("[my_model.py]", "{module: 'my_model:tiny_lm', family: gpt2}", "no family with model.module"),
     ("[my_model.py]", "{module: 'my_model:tiny_lm', config: {a: 1}}", "config only with a transformers family"),
     ("[my_model.py]", "{module: 'my_model:tiny_lm', options: {depth: 3}}", "unexpected keyword argument 'depth'"),
-    ("[my_model.py]", "{module: 'my_model:tiny_lm', options: {layers: 3}}", r"model.options.layers: .*set model.layers"),
-    ("[my_model.py]", "{module: 'my_model:tiny_lm', pos: rope}", r"model.pos: found 'rope'; expected no pos for my_model"),
+    ("[my_model.py]", "{module: 'my_model:tiny_lm', options: {layers: 3}}",
+     r"model.options.layers: .*set model.layers"),
+    ("[my_model.py]", "{module: 'my_model:tiny_lm', pos: rope}",
+     r"model.pos: found 'rope'; expected no pos for my_model"),
 ])
 def test_bad_user_models_are_located_errors(tmp_path, plugin, model, message):
     write_plugin(tmp_path, GOOD)
