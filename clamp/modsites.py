@@ -103,8 +103,8 @@ class ModuleSites:
             path, io = split(name)
             m = self.inner.module.get_submodule(path)
             site = getattr(m, "name", None)                # a hook point (the built-in model): make it run,
-            if site in self._acts and site not in own:     # as a model may skip one with nothing installed
-                own[site] = _identity
+            if isinstance(site, str) and site in self._acts and site not in own:   # as a model may skip one
+                own[site] = _identity                                              # with nothing installed
             if io == "output":
                 self._handles.append(m.register_forward_hook(lambda _m, _a, out, fn=fn: _apply(out, fn)))
             else:
