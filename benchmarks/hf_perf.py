@@ -1,12 +1,13 @@
-"""The cost of clamp's path on a transformers model: a training step through clamp (nnsight traces)
-against a plain PyTorch training step of the same Hugging Face model, in one process.
+"""The cost of clamp's path on foreign models: a training step through clamp (nnsight traces)
+against a plain PyTorch training step of the same model, in one process.
 
-    python benchmarks/hf_perf.py [--steps 100] [--repeats 5]     # ≈2 min on 1 core
+    python benchmarks/hf_perf.py [--steps 100] [--repeats 5]     # ≈4 min on 1 core
 
-Both train the same GPT2LMHeadModel / LlamaForCausalLM (the recipes of benchmarks/gpt2_tokens.yaml
-and llama_tokens.yaml: 2 layers, 4 heads, d_model 64, repeated tokens of length 64, batch 32) with
-Adam on the same pre-generated batches; the plain step is `model(tokens).logits`, cross-entropy on
-the copy, backward, torch's fused Adam. CPU time, medians over blocks, the conditions interleaved.
+Both train the same GPT2LMHeadModel / LlamaForCausalLM / GPTNeoXForCausalLM / the user module of
+recipes/user_model/tiny_lm.py (the recipes of benchmarks/*_tokens.yaml: 2 layers, 4 heads, d_model
+64, repeated tokens of length 64, batch 32) with Adam on the same pre-generated batches; the plain
+step is `model(tokens)` (its `.logits`), cross-entropy on the copy, backward, torch's fused Adam.
+CPU time, medians over blocks, the conditions interleaved.
 """
 from __future__ import annotations
 
@@ -27,8 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 CLAMP = "interventions: [{clamp: 'blocks.0.attn.hook_pattern[0]', to: previous_token}]"
 
 
+MODELS = {"gpt2": "gpt2/two_layer.yaml", "llama": "llama/two_layer.yaml", "gpt_neox": "gpt_neox/two_layer.yaml",
+          "tiny_lm (user module)": "user_model/tiny_lm.yaml"}
+
+
 def steps_for(family: str, batches: list) -> dict:
-    path = ROOT / "recipes" / family / "two_layer.yaml"
+    path = ROOT / "recipes" / MODELS[family]
     out = {}
     plain_tr = Trainer(load_recipe(path), 0)
     model = plain_tr.model
@@ -37,7 +42,8 @@ def steps_for(family: str, batches: list) -> dict:
 
     def plain():
         b = batches[next(i) % len(batches)]
-        loss = loss_fn(model(b.tokens).logits, b.targets)
+        y = model(b.tokens)
+        loss = loss_fn(getattr(y, "logits", y), b.targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -61,8 +67,8 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(1)
     fns: dict = {}
-    for family in ("gpt2", "llama"):
-        task = Trainer(load_recipe(ROOT / "recipes" / family / "two_layer.yaml"), 0).task
+    for family in MODELS:
+        task = Trainer(load_recipe(ROOT / "recipes" / MODELS[family]), 0).task
         fns.update(steps_for(family, [task.train_batch(k, 32) for k in range(32)]))
     med = interleaved(fns, a.steps, a.repeats)                # perf.py's interleaved CPU-time loop
     print(f"torch {torch.__version__}, 1 thread, CPU time, batch 32, length 64; "

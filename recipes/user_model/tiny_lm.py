@@ -49,16 +49,19 @@ class Block(nn.Module):
 
 
 class TinyLM(nn.Module):
-    def __init__(self, layers: int, heads: int, d_model: int, d_head: int, d_mlp: int, vocab: int, n_ctx: int):
+    def __init__(self, layers: int, heads: int, d_model: int, d_head: int, d_mlp: int, vocab: int, n_ctx: int,
+                 embed_std: float = 0.02):
         super().__init__()
         self.embed = nn.Embedding(vocab, d_model)
         self.pos = nn.Embedding(n_ctx, d_model)
         self.blocks = nn.ModuleList([Block(d_model, heads, d_head, d_mlp) for _ in range(layers)])
         self.ln_f = nn.LayerNorm(d_model)
         self.unembed = nn.Linear(d_model, vocab, bias=False)
-        for p in self.parameters():                       # GPT-2-style small init
+        for p in self.parameters():                       # GPT-2-style small init ...
             if p.dim() == 2:
                 nn.init.normal_(p, std=0.02)
+        for emb in (self.embed, self.pos):                # ... embeddings as the option says
+            nn.init.normal_(emb.weight, std=embed_std)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:                 # [batch, pos] → [batch, pos, vocab]
         x = self.embed(tokens) + self.pos(torch.arange(tokens.shape[1], device=tokens.device))
@@ -71,5 +74,5 @@ class TinyLM(nn.Module):
     blocks="blocks", attn="attn", pattern="source.torch_softmax_0", q="q", k="k", v="v", o="o",
     mlp="mlp", norms=("ln1", "ln2"), embed="embed", pos_embed="pos", final_norm="ln_f", unembed="unembed"))
 def tiny_lm(*, layers: int, heads: int, d_model: int, d_head: int, vocab: int, n_ctx: int,
-            mlp_ratio: int = 4) -> TinyLM:
-    return TinyLM(layers, heads, d_model, d_head, mlp_ratio * d_model, vocab, n_ctx)
+            mlp_ratio: int = 4, embed_std: float = 0.02) -> TinyLM:
+    return TinyLM(layers, heads, d_model, d_head, mlp_ratio * d_model, vocab, n_ctx, embed_std)
