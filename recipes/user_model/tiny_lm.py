@@ -74,5 +74,7 @@ class TinyLM(nn.Module):
     blocks="blocks", attn="attn", pattern="source.torch_softmax_0", q="q", k="k", v="v", o="o",
     mlp="mlp", norms=("ln1", "ln2"), embed="embed", pos_embed="pos", final_norm="ln_f", unembed="unembed"))
 def tiny_lm(*, layers: int, heads: int, d_model: int, d_head: int, vocab: int, n_ctx: int,
-            mlp_ratio: int = 4, embed_std: float = 0.02) -> TinyLM:
+            mlp_ratio: int = 4, embed_std: float = 1.0) -> TinyLM:
+    """embed_std 1.0 (nn.Embedding's own init, as the built-in model on repeated tokens): with GPT-2's
+    0.02 this model, like GPT-2, forms no induction head in 3000 steps (benchmarks/RESULTS.md)."""
     return TinyLM(layers, heads, d_model, d_head, mlp_ratio * d_model, vocab, n_ctx, embed_std)
