@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping
+from typing import Callable, Literal, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from .errors import InputError
-from .modsites import carried
+from .modsites import carried, get
 from .sites import ModelShape, SiteInfo
 from .tasks import Batch
 
@@ -73,13 +73,6 @@ class Adapter:
         if len(self.norms) > 2:
             return "norms", "at most two block norms (before attention, before the MLP)"
         return None
-
-
-def get(root: Any, path: str) -> Any:
-    """root.a.b.0.c for path 'a.b.0.c' ('' is root itself); works on modules and nnsight envoys."""
-    for part in path.split(".") if path else ():
-        root = root[int(part)] if part.isdigit() else getattr(root, part)
-    return root
 
 
 def join(*parts: str | None) -> str:
@@ -302,8 +295,8 @@ class AdaptedSeam:
             groups.setdefault((r.path, r.io), []).append((r, fns[name]))
         self._groups = [(path, io, edits) for (path, io), edits in groups.items()]
         # modules whose `.source` operations are reached: named to nnsight first in each trace
-        self._sources = sorted({path.split(".source.")[0] for path, _, _ in self._groups if ".source." in path},
-                               key=lambda p: min(self._order[n] for n in fns if self._routes[n].path.startswith(p)))
+        owners = [path.split(".source.")[0] for path, _, _ in self._groups if ".source." in path]
+        self._sources = list(dict.fromkeys(owners))                # forward order, each module once
 
     def parameter_slice(self, site: str, heads: tuple[int, ...] | None) -> tuple[nn.Parameter, tuple]:
         p, _, index = _weight_param(self.adapter, self._module, self._shape, site)

@@ -69,8 +69,7 @@ RESERVED = {name: f.shape_keys + f.reserved for name, f in FAMILIES.items()}
 def shape_of(base: ModelShape) -> ModelShape:
     """The family's facts filled into a shape from the recipe's keys: MLPs, pre-norm, its positions."""
     f = FAMILIES[base.family]
-    return replace(base, d_head=base.d_model // base.heads, attn_only=False, d_mlp=base.d_mlp or 4 * base.d_model,
-                   norm="pre", pos=f.pos, backend="nnsight", vector_dim=0)
+    return replace(base, d_head=base.d_model // base.heads, attn_only=False, norm="pre", pos=f.pos)
 
 
 def module(shape: ModelShape, device: str | None = None) -> torch.nn.Module:

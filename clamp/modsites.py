@@ -27,6 +27,13 @@ PREFIX = "module:"
 HookFn = Callable[[Tensor], Tensor]
 
 
+def get(root: Any, path: str) -> Any:
+    """root.a.b.0.c for path 'a.b.0.c' ('' is root itself); works on modules and nnsight envoys."""
+    for part in path.split(".") if path else ():
+        root = root[int(part)] if part.isdigit() else getattr(root, part)
+    return root
+
+
 def raw_name(path: str, leaf: str) -> str:
     """The site name of `leaf` ('input', 'output' or a parameter name) of the module at `path`."""
     return f"{PREFIX}{path}.{leaf}" if path else f"{PREFIX}{leaf}"
@@ -83,6 +90,7 @@ class ModuleSites:
     def __init__(self, inner: Any):
         self.inner = inner
         self._handles: list[Any] = []
+        self._installed: Mapping[str, HookFn] | None = None
         self._raw = module_sites(inner.module)
         self._acts = {i.name for i in inner.catalogue() if i.kind == "activation"}
 
@@ -93,6 +101,11 @@ class ModuleSites:
         return self.inner.catalogue() + self._raw
 
     def install(self, fns: Mapping[str, HookFn]) -> None:
+        """Install `fns` (a new mapping each time the functions change: the Intervener attaches its
+        same mapping before every forward, and that is a no-op here)."""
+        if fns is self._installed:
+            return
+        self._installed = fns
         for h in self._handles:
             h.remove()
         self._handles = []

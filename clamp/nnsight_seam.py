@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 from torch import Tensor, nn
 
+from .modsites import get
 from .errors import InputError
 from .sites import ModelShape, SiteInfo
 from .tasks import Batch
@@ -69,10 +70,7 @@ class NNsightSeam:
         return self.inner.attention_scores(layer, xq, xk)
 
     def _envoy(self, site: str):
-        node = self.nn
-        for part in site.split("."):
-            node = node[int(part)] if part.isdigit() else getattr(node, part)
-        return node
+        return get(self.nn, site)              # the built-in model's hook points sit at their site names
 
     def forward(self, batch: Batch) -> Tensor:
         """Logits [batch, pos, n_out]: one trace, each installed function at its site's output."""

@@ -43,7 +43,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .adapter import AdaptedSeam, Adapter, get
+from .adapter import AdaptedSeam, Adapter
+from .modsites import get
 from .errors import InputError, did_you_mean, show
 from .sites import ModelShape
 from .tasks import Batch
@@ -225,7 +226,7 @@ def shape_of(base: ModelShape) -> ModelShape:
     text, _, plugins = _parts(base)
     _, a = resolve(text, plugins)
     return replace(base, attn_only=a.mlp is None, norm="pre" if a.norms else "none",
-                   pos="learned" if a.pos_embed else "none", vector_dim=0)
+                   pos="learned" if a.pos_embed else "none")
 
 
 def build(shape: ModelShape, seed: int) -> AdaptedSeam:
