@@ -28,6 +28,7 @@ freeze of `W_Q[h]` holds exactly head h's rows or columns, fused or not), `block
 from __future__ import annotations
 
 import itertools
+import re
 from dataclasses import dataclass
 from typing import Callable, Literal, Mapping
 
@@ -333,9 +334,10 @@ class AdaptedSeam:
         try:
             self.forward(batch)
         except Exception as e:                      # nnsight's OutOfOrderError, or a route that does not exist
-            raise InputError("", "", f"{self.what}: {type(e).__name__}: {str(e)[:160]}",
-                             "an adapter whose parts exist and run in the order " + " → ".join(_ORDER),
-                             "check the adapter's paths against print(model)") from None
+            late = re.search(r"'model\.(.+?)(?:\.i\d+)?' was requested but the model already ran past it", str(e))
+            what = f"{late.group(1)} reached after the model ran past it" if late else f"{type(e).__name__}: {e}"
+            raise InputError("", "", f"{self.what}: {what[:120]}", "an adapter whose parts run in the order "
+                             + " → ".join(_ORDER), "check the adapter's paths against print(model)") from None
         finally:
             self.install({})
 

@@ -217,8 +217,13 @@ def _check(model: nn.Module, a: Adapter, shape: ModelShape, text: str) -> None:
 
 @functools.lru_cache(maxsize=16)
 def skeleton(shape: ModelShape) -> tuple[nn.Module, Adapter]:
-    """The module on the meta device (structure and parameter shapes, no memory): what its sites are."""
-    return make(shape, "meta")
+    """The module on the meta device (structure and parameter shapes, no memory): what its sites are.
+    One trace of it with every site checks that they run in the adapter's order."""
+    model, adapter = make(shape, "meta")
+    T = max(2, min(shape.n_ctx, 4))
+    tokens = torch.zeros(1, T, dtype=torch.long, device="meta")
+    AdaptedSeam(model, adapter, shape, f"the model {_parts(shape)[0]}").check_order(Batch(tokens, tokens))
+    return model, adapter
 
 
 def shape_of(base: ModelShape) -> ModelShape:
@@ -233,7 +238,4 @@ def build(shape: ModelShape, seed: int) -> AdaptedSeam:
     with torch.random.fork_rng():                          # the init is the seed's, the global RNG untouched
         torch.manual_seed(seed)
         model, adapter = make(shape)
-    seam = AdaptedSeam(model, adapter, shape, f"the model {_parts(shape)[0]}")
-    T = max(2, min(shape.n_ctx, 4))
-    seam.check_order(Batch(torch.zeros(1, T, dtype=torch.long), torch.zeros(1, T, dtype=torch.long)))
-    return seam
+    return AdaptedSeam(model, adapter, shape, f"the model {_parts(shape)[0]}")   # sites checked by skeleton()

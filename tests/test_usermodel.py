@@ -220,10 +220,10 @@ def test_an_adapter_whose_sites_run_out_of_order_is_told_so(tmp_path):
     write_plugin(tmp_path, swapped)
     (tmp_path / "r.yaml").write_text("plugins: [my_model.py]\nmodel: {module: 'my_model:tiny_lm', d_model: 32}\n"
                                      "task: {name: repeat_tokens}\n")
-    r = load_recipe(tmp_path / "r.yaml")
-    from clamp.seam import build
-    with pytest.raises(InputError, match="OutOfOrderError.*run in the order resid_pre → q → k → v"):
-        build(r.shape(), 0)
+    with pytest.raises(InputError, match="model.module: ") as e:
+        load_recipe(tmp_path / "r.yaml")                   # when loaded: a trace on the meta device
+    assert e.value.found.endswith("blocks.0.attn.k.output reached after the model ran past it")
+    assert e.value.expected.startswith("an adapter whose parts run in the order resid_pre → q → k → v")
     sys.modules.pop("my_model", None)
 
 
