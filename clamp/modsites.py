@@ -110,9 +110,7 @@ class ModuleSites:
             h.remove()
         self._handles = []
         own = {name: fn for name, fn in fns.items() if not name.startswith(PREFIX)}
-        for name, fn in fns.items():
-            if not name.startswith(PREFIX):
-                continue
+        for name, fn in ((n, f) for n, f in fns.items() if n.startswith(PREFIX)):
             path, io = split(name)
             m = self.inner.module.get_submodule(path)
             site = getattr(m, "name", None)                # a hook point (the built-in model): make it run,
@@ -127,12 +125,12 @@ class ModuleSites:
 
     def parameter_slice(self, site: str, heads: tuple[int, ...] | None) -> tuple[nn.Parameter, tuple]:
         if site.startswith(PREFIX):
-            return self.inner.module.get_parameter(".".join(split(site)).strip(".")), (slice(None),)
+            return self.inner.module.get_parameter(site[len(PREFIX):]), (slice(None),)
         return self.inner.parameter_slice(site, heads)
 
     def weight(self, name: str) -> Tensor:
         if name.startswith(PREFIX):
-            return self.inner.module.get_parameter(".".join(split(name)).strip("."))
+            return self.inner.module.get_parameter(name[len(PREFIX):])
         return self.inner.weight(name)
 
     def forward(self, batch: Any) -> Tensor:
