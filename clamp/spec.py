@@ -109,7 +109,7 @@ def absolute_paths(data: Any, src: Source, prefix: tuple = ()) -> Any:
     plugins = data.get("plugins")
     if isinstance(plugins, list):
         for i, entry in enumerate(plugins):
-            if isinstance(entry, str) and (entry.endswith(".py") or "/" in entry or os.sep in entry):
+            if isinstance(entry, str) and usermodel.is_path(entry):
                 plugins[i] = src.resolve(prefix + ("plugins", i), entry)
     probes = data.get("probes")
     for name, lst in (probes.items() if isinstance(probes, dict) else ()):
@@ -195,7 +195,7 @@ def _plugins(value, src) -> tuple[str, ...]:
         if not isinstance(entry, str) or not entry or "\x00" in entry:
             raise src.error(path, show(entry), "a path to a .py file or package directory, or a module name")
         written = entry
-        if entry.endswith(".py") or "/" in entry or os.sep in entry:
+        if usermodel.is_path(entry):
             entry = src.resolve(path, entry)
         try:
             usermodel.load_plugin(entry)

@@ -68,20 +68,23 @@ def model_factory(adapter: Adapter) -> Callable[[Callable[..., nn.Module]], Call
 # Plug-ins
 
 
+def is_path(entry: str) -> bool:
+    """A plug-in entry that is a file or directory path (else an installed module's dotted name)."""
+    return entry.endswith(".py") or "/" in entry or os.sep in entry
+
+
 def plugin_name(entry: str) -> str:
     """The module name a plug-in entry is imported under."""
     if entry.endswith(".py"):
         return os.path.splitext(os.path.basename(entry))[0]
-    if os.sep in entry or os.path.isdir(entry):
-        return os.path.basename(os.path.normpath(entry))
-    return entry
+    return os.path.basename(os.path.normpath(entry)) if is_path(entry) else entry
 
 
 def load_plugin(entry: str) -> Any:
     """Import one plug-in (an absolute path to a .py file or package directory, or a dotted name);
     InputError (unlocated) when it cannot be. Importing the same file twice returns the first import."""
     name = plugin_name(entry)
-    if not (entry.endswith(".py") or os.sep in entry):
+    if not is_path(entry):
         try:
             return importlib.import_module(entry)
         except ImportError as e:
