@@ -119,7 +119,7 @@ def build(shape: ModelShape, seed: int) -> ModelSeam:
         raise InputError("", "model.family", show(shape.family), "a model family: " + ", ".join(sorted(FAMILIES)),
                          did_you_mean(shape.family, FAMILIES))
     seam: Any = FAMILIES[shape.family].build(shape, seed)
-    if shape.backend == "nnsight" and not hasattr(seam, "nn"):      # a family already on nnsight stays as it is
+    if shape.family == "builtin" and shape.backend == "nnsight":   # the other families are on nnsight already
         from .nnsight_seam import NNsightSeam          # optional dependency, imported only when asked for
         seam = NNsightSeam(seam)
     seam = ModuleSites(seam)
