@@ -159,6 +159,8 @@ class Intervener:
                 x = ctx.reference[name]
             for source, site, hmask in writers:
                 v, rows = source.value(x, site, ctx)
+                if hmask is not None and hmask.device != x.device:
+                    hmask = hmask.to(x.device)
                 m = rows if hmask is None else (hmask if rows is None else hmask & rows)
                 x = v if m is None else torch.where(m, v, x)
             if keep:
@@ -183,15 +185,29 @@ class Intervener:
 
     def forward(self, batch: Batch) -> Tensor:
         """Logits [batch, pos, n_out] of the model with the active edits applied."""
+        out = None
+        for fns in self.passes(batch):
+            self.attach(fns)
+            out = self.seam.forward(batch)
+        assert out is not None
+        return out
+
+    @property
+    def n_passes(self) -> int:
+        """Forward passes per forward: 2 when a preserving edit is active (a reference pass first)."""
+        return 1 if self._ref is None else 2
+
+    def passes(self, batch: Batch) -> Iterator[dict[str, HookFn]]:
+        """The site functions of each forward pass over `batch`, in order (the reference pass first
+        when preserving); a pass must have run before the next is asked for. An ensemble
+        (ensemble.py) runs its members' passes side by side."""
         ctx = self.ctx
         ctx.batch = batch
         if self._ref is not None:
             ctx.cache, ctx.reference = {}, {}
-            self.attach(self._ref)
-            self.seam.forward(batch)
-        self.attach()
+            yield self._ref
         ctx.cache = {}
-        return self.seam.forward(batch)
+        yield self._main
 
     def after_optimizer_step(self) -> None:
         assert self.optimizer is not None or not self._frozen

@@ -45,7 +45,7 @@ def prev_token_scores(A: Tensor, rows: Tensor | None = None) -> Tensor:
     """A [batch, head, query, key] → [head]: mean over rows i>=1 (or the rows marked in
     `rows` [batch, query]) of A[i, i-1]."""
     T = A.shape[-1]
-    i = torch.arange(1, T)
+    i = torch.arange(1, T, device=A.device)
     prev = A[:, :, i, i - 1]                                   # [batch, head, T-1]
     if rows is None:
         return prev.mean(dim=(0, 2))
@@ -63,23 +63,57 @@ def induction_strengths(A: Tensor, keys: Tensor, others: Tensor | None) -> Tenso
     return (good * w).sum(dim=(0, 2)) / w.sum(dim=(0, 2)).clamp_min(1)
 
 
+REPEATS = "(repeated segments)"      # the key of the induction-score forward in `forwards`/`score`
+
+Outputs = dict[str, tuple[Tensor, dict[str, Tensor]]]     # forward key → (logits, recorded site values)
+
+
+def forwards(evaluators: dict[str, Batch], repeats: Batch | None, measures: Iterable[str],
+             shape: ModelShape) -> list[tuple[str, Batch, list[str]]]:
+    """The forward passes an evaluation needs: (key, batch, sites to record) for each."""
+    measures = tuple(measures)
+    patterns = [pattern_site(L) for L in range(shape.layers)]
+    want_heads = any(m in HEAD_MEASURES for m in measures)
+    out = [(name, batch, patterns if name == "train" and want_heads else []) for name, batch in evaluators.items()]
+    if "induction_score" in measures and repeats is not None:
+        out.append((REPEATS, repeats, patterns))
+    return out
+
+
 @torch.no_grad()
 def evaluate(intervener, evaluators: dict[str, Batch], repeats: Batch | None, measures: Iterable[str],
-             shape: ModelShape) -> dict[str, float]:
+             shape: ModelShape, outputs: Outputs | None = None) -> dict[str, float]:
+    """One row of metric columns. The forwards run here through `intervener` unless their `outputs`
+    are given (an ensemble runs its members' forwards together: ensemble.py)."""
+    todo = forwards(evaluators, repeats, measures, shape)
+    if outputs is None:
+        outputs = {}
+        for key, batch, record in todo:
+            with intervener.recording(record) as rec:
+                outputs[key] = (intervener.forward(batch), rec)
+    return score(outputs, todo, measures, shape)
+
+
+def score(outputs: Outputs, todo: list[tuple[str, Batch, list[str]]], measures: Iterable[str],
+          shape: ModelShape) -> dict[str, float]:
+    """The metric columns of forwards already run (`forwards` lists them; `outputs` holds their results)."""
     measures = tuple(measures)
-    layers = range(shape.layers)
-    want_heads = [m for m in measures if m in HEAD_MEASURES]
     row: dict[str, float] = {}
-    for name, batch in evaluators.items():
-        record = [pattern_site(L) for L in layers] if name == "train" and want_heads else []
-        with intervener.recording(record) as rec:
-            logits = intervener.forward(batch)
+    for name, batch, record in todo:
+        logits, rec = outputs[name]
+        if name == REPEATS:
+            keys = batch.induction_keys
+            assert keys is not None, "a task's repeated segments mark their induction keys"
+            for L in range(shape.layers):
+                for h, v in enumerate(induction_strengths(rec[pattern_site(L)], keys, None).tolist()):
+                    row[head_column("induction_score", L, h)] = v
+            continue
         loss, acc = loss_and_accuracy(logits, batch.targets)
         if "loss" in measures:
             row[evaluator_column("loss", name)] = loss
         if "accuracy" in measures:
             row[evaluator_column("accuracy", name)] = acc
-        for L in layers if record else ():
+        for L in range(shape.layers) if record else ():
             A = rec[pattern_site(L)]                            # [batch, head, query, key]
             if "prev_token_score" in measures:
                 for h, v in enumerate(prev_token_scores(A).tolist()):
@@ -90,15 +124,6 @@ def evaluate(intervener, evaluators: dict[str, Batch], repeats: Batch | None, me
             if "induction_strength" in measures and batch.induction_keys is not None:
                 for h, v in enumerate(induction_strengths(A, batch.induction_keys, batch.induction_others).tolist()):
                     row[head_column("induction_strength", L, h)] = v
-    if "induction_score" in measures and repeats is not None:
-        with intervener.recording([pattern_site(L) for L in layers]) as rec:
-            intervener.forward(repeats)
-        for L in layers:
-            A = rec[pattern_site(L)]
-            keys = repeats.induction_keys
-            assert keys is not None, "a task's repeated segments mark their induction keys"
-            for h, v in enumerate(induction_strengths(A, keys, None).tolist()):
-                row[head_column("induction_score", L, h)] = v
     return row
 
 

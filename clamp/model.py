@@ -116,13 +116,18 @@ class Attention(nn.Module):
     def scores_from(self, xq: Tensor, xk: Tensor, mask: Tensor, rope) -> Tensor:
         """Masked pre-softmax scores [batch, head, query, key] of this layer's W_Q/W_K applied to
         given (already normalised) query-side and key-side inputs [batch, pos, d_model]; no hooks."""
-        T = xq.shape[1]
-        q = torch.einsum("btd,hde->bthe", xq, self.W_Q)              # [batch, pos, head, d_head]
-        k = torch.einsum("btd,hde->bthe", xk, self.W_K)
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        s = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)) * self.scale
-        return s.masked_fill(~mask[:T, :T], float("-inf"))
+        return scores_from(self.W_Q, self.W_K, xq, xk, mask, rope)
+
+
+def scores_from(W_Q: Tensor, W_K: Tensor, xq: Tensor, xk: Tensor, mask: Tensor, rope) -> Tensor:
+    """The scores of `Attention.scores_from` for given W_Q, W_K [head, d_model, d_head]."""
+    T = xq.shape[1]
+    q = torch.einsum("btd,hde->bthe", xq, W_Q)                         # [batch, pos, head, d_head]
+    k = torch.einsum("btd,hde->bthe", xk, W_K)
+    if rope is not None:
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    s = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)) * (1.0 / math.sqrt(W_Q.shape[-1]))
+    return s.masked_fill(~mask[:T, :T], float("-inf"))
 
 
 class MLP(nn.Module):

@@ -44,15 +44,24 @@ class Adam(Optimizer):
     """Adam (`decoupled=False`, L2 weight decay added to the gradient) or AdamW (`decoupled=True`)."""
 
     def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, decoupled: bool = False):
+                 eps: float = 1e-8, weight_decay: float = 0.0, decoupled: bool = False, members: bool = False):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                                       decoupled=decoupled))
+        self.members = members
         for group in self.param_groups:
             for p in group["params"]:
                 st = self.state[p]
-                st["step"] = torch.zeros((), dtype=torch.float32)
+                st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)   # fused Adam: on p's device
                 st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def load_state_dict(self, state_dict) -> None:
+        """torch's, with every step count moved to its parameter's device (torch's fused Adam wants it
+        there; torch's loader leaves it on the device it was saved from)."""
+        super().load_state_dict(state_dict)
+        for p, st in self.state.items():
+            if isinstance(st.get("step"), Tensor) and st["step"].device != p.device:
+                st["step"] = st["step"].to(p.device)
 
     def split_step(self, p: Tensor) -> None:
         """Give every element of `p` its own step count (from now on; values unchanged)."""
@@ -74,9 +83,21 @@ class Adam(Optimizer):
                     self._per_count(p, group)
             if whole:
                 st = [self.state[p] for p in whole]
-                _adam(whole, [p.grad for p in whole], [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
-                      [s["step"] for s in st], group)
+                self._adam(whole, [p.grad for p in whole], [s["exp_avg"] for s in st], [s["exp_avg_sq"] for s in st],
+                           [s["step"] for s in st], group)
         return None
+
+    def _adam(self, params, grads, exp_avgs, exp_avg_sqs, steps, group) -> None:
+        """torch's fused update; with `members`, every tensor's leading-axis slices are updated as tensors
+        of their own, so each member's elements take the same code path (vectorised or not) that they
+        would take in a tensor of its own: an ensemble member moves bit for bit as its run alone."""
+        if not self.members:
+            return _adam(params, grads, exp_avgs, exp_avg_sqs, steps, group)
+        split = [[t for x in ts for t in x.unbind(0)] for ts in (params, grads, exp_avgs, exp_avg_sqs)]
+        counts = [c.clone() for c, p in zip(steps, params) for _ in range(p.shape[0])]
+        _adam(*split, counts, group)
+        for c in steps:
+            c.add_(1)
 
     def _per_count(self, p: Tensor, group: dict) -> None:
         """One step of a tensor whose elements have their own step counts: torch's fused update on a
@@ -86,7 +107,7 @@ class Adam(Optimizer):
         base_p, base_m, base_v = p.clone(), st["exp_avg"].clone(), st["exp_avg_sq"].clone()
         for i, n in enumerate(torch.unique(t).tolist()):
             q, m, v = base_p.clone(), base_m.clone(), base_v.clone()
-            _adam([q], [p.grad], [m], [v], [torch.tensor(float(n))], group)
+            self._adam([q], [p.grad], [m], [v], [torch.tensor(float(n), device=p.device)], group)
             if i == 0:                                     # moments do not depend on the count
                 st["exp_avg"].copy_(m)
                 st["exp_avg_sq"].copy_(v)
@@ -105,8 +126,9 @@ def _adam(params, grads, exp_avgs, exp_avg_sqs, steps, group) -> None:
 class SGD(Optimizer):
     """Plain SGD with L2 weight decay (no state: a freeze has nothing to hold but the values)."""
 
-    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, weight_decay: float = 0.0):
+    def __init__(self, params: Iterable[Tensor], lr: float = 1e-3, weight_decay: float = 0.0, members: bool = False):
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+        self.members = members
 
     def split_step(self, p: Tensor) -> None:
         pass
@@ -119,8 +141,10 @@ class SGD(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                g = p.grad if not wd else p.grad.add(p, alpha=wd)
-                p.add_(g, alpha=-lr)
+                for q, g in zip(p.unbind(0), p.grad.unbind(0)) if self.members else ((p, p.grad),):
+                    if wd:
+                        g = g.add(q, alpha=wd)
+                    q.add_(g, alpha=-lr)
         return None
 
 
@@ -128,8 +152,9 @@ STATE_KEYS = ("step", "exp_avg", "exp_avg_sq")
 
 
 def make_optimizer(name: str, params: Iterable[Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                   weight_decay: float = 0.0) -> Optimizer:
-    """The optimizer a recipe names: adam | adamw | sgd."""
+                   weight_decay: float = 0.0, members: bool = False) -> Optimizer:
+    """The optimizer a recipe names: adam | adamw | sgd. `members`: every parameter has a leading
+    member axis (an ensemble's stack) and each member's slice is updated as a tensor of its own."""
     if name == "sgd":
-        return SGD(params, lr=lr, weight_decay=weight_decay)
-    return Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, decoupled=(name == "adamw"))
+        return SGD(params, lr=lr, weight_decay=weight_decay, members=members)
+    return Adam(params, lr=lr, betas=betas, weight_decay=weight_decay, decoupled=(name == "adamw"), members=members)

@@ -89,6 +89,8 @@ class TrainConfig:
     stop: dict[str, dict[str, float]] = opt(factory=dict, doc="stop at the first evaluation meeting every rule, "
                                             "e.g. {loss: {below: 0.05}}")
     threads: int = opt(1, check=positive, doc="torch threads per run")
+    device: Literal["cpu", "cuda", "auto"] = opt("cpu", doc="where the run trains: cpu, cuda, or auto (cuda when "
+                                                 "present)")
 
     def validate(self):
         if not all(0.0 <= b < 1.0 for b in self.betas):

@@ -23,7 +23,7 @@ import math
 import os
 import time
 import traceback
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -34,7 +34,7 @@ from .columns import probe_column
 from .compile import Plan, compile_plan
 from .errors import InputError, RunError
 from .hooks import Intervener
-from .measures import composition_baseline, composition_scores, evaluate
+from .measures import Outputs, composition_baseline, composition_scores, evaluate, forwards, score
 from .donor import Donors
 from .seam import ModelSeam, build
 from .phases import column_value, phase_times
@@ -46,9 +46,9 @@ from .tasks import TASKS, Batch, Task
 Progress = Callable[[dict], None]
 
 
-def make_optimizer(recipe: Recipe, model: torch.nn.Module) -> optim.Optimizer:
+def make_optimizer(recipe: Recipe, model: torch.nn.Module, members: bool = False) -> optim.Optimizer:
     t = recipe.train
-    return optim.make_optimizer(t.optimizer, model.parameters(), t.lr, t.betas, t.weight_decay)
+    return optim.make_optimizer(t.optimizer, model.parameters(), t.lr, t.betas, t.weight_decay, members=members)
 
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -58,14 +58,22 @@ def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 class Trainer:
     """The pieces of one run, built from a recipe and a seed (usable without a directory)."""
 
-    def __init__(self, recipe: Recipe, seed: int, plan: Plan | None = None):
+    def __init__(self, recipe: Recipe, seed: int, plan: Plan | None = None, *, seam: ModelSeam | None = None,
+                 optimizer: optim.Optimizer | None = None):
+        """`seam` and `optimizer`, when given, are a model (and its optimizer) built elsewhere: an
+        ensemble's member (ensemble.py); otherwise the recipe's model is built from `seed` on the
+        recipe's device."""
         self.recipe = recipe
         self.seed = seed
+        self.device = resolve_device(recipe.train.device)
         self.plan = plan or compile_plan(recipe, seed, metrics_of=run_metrics)
         self.task: Task = TASKS[recipe.task.name](recipe.task.options, seed)
-        self.seam: ModelSeam = build(recipe.shape(), seed)
+        if seam is None:
+            seam = build(recipe.shape(), seed)
+            seam.module.to(self.device)
+        self.seam: ModelSeam = seam
         self.model = self.seam.module
-        self.optimizer = make_optimizer(recipe, self.model)
+        self.optimizer = optimizer if optimizer is not None else make_optimizer(recipe, self.model)
         self.donors = Donors()
         self.intervener = Intervener(self.seam, self.plan, self.optimizer, seed=seed, donor=self.donors)
         self.step = 0
@@ -78,7 +86,7 @@ class Trainer:
         `batch` (benchmarks: pre-generated batches) replaces the task's batch for this step."""
         r = self.recipe
         self.intervener.set_step(self.step)
-        batch = batch if batch is not None else self.task.train_batch(self.step, r.train.batch)
+        batch = batch if batch is not None else self.batch()
         loss = loss_fn(self.intervener.forward(batch), batch.targets)
         value = loss.item()
         if not math.isfinite(value):
@@ -88,23 +96,40 @@ class Trainer:
                            "to it is clamped or ablated")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        fill_grads(self.model.parameters())
         self.optimizer.step()
         self.intervener.after_optimizer_step()
         self.step += 1
         return value
 
-    def evaluate(self, probes: bool = True) -> dict:
-        """One metrics row: measures at this step, then each probe's loss/accuracy (`col@probe`)."""
+    def batch(self) -> Batch:
+        """This step's training batch, on the run's device."""
+        return to_device(self.task.train_batch(self.step, self.recipe.train.batch), self.device)
+
+    def eval_forwards(self) -> list[tuple[str, Batch, list[str]]]:
+        """The forwards an evaluation at this step runs (measures.forwards), with the step's edits set."""
         r = self.recipe
         if self._evaluators is None:
             evs = self.task.evaluators(r.train.eval_size)
-            self._evaluators = {k: v for k, v in evs.items() if not r.train.evaluators or k in r.train.evaluators}
-            self._repeats = self.task.repeated_segments(r.train.eval_size) if "induction_score" in r.measure else None
-        at = min(self.step, r.train.steps - 1)
-        self.intervener.set_step(at)
+            self._evaluators = {k: to_device(v, self.device) for k, v in evs.items()
+                                if not r.train.evaluators or k in r.train.evaluators}
+            rep = self.task.repeated_segments(r.train.eval_size) if "induction_score" in r.measure else None
+            self._repeats = None if rep is None else to_device(rep, self.device)
+        self.intervener.set_step(min(self.step, r.train.steps - 1))
+        return forwards(self._evaluators, self._repeats, r.measure, self.plan.shape)
+
+    def evaluate(self, probes: bool = True, outputs: Outputs | None = None) -> dict:
+        """One metrics row: measures at this step, then each probe's loss/accuracy (`col@probe`).
+        `outputs`: the results of `eval_forwards()` when they ran elsewhere (an ensemble)."""
+        r = self.recipe
+        todo = self.eval_forwards()
         self.model.eval()
         row: dict = {"step": self.step, "sequences": self.step * r.train.batch, "seed": self.seed}
-        row.update(evaluate(self.intervener, self._evaluators, self._repeats, r.measure, self.plan.shape))
+        if outputs is None:
+            assert self._evaluators is not None
+            row.update(evaluate(self.intervener, self._evaluators, self._repeats, r.measure, self.plan.shape))
+        else:
+            row.update(score(outputs, todo, r.measure, self.plan.shape))
         if "composition" in r.measure:
             row.update(composition_scores(self.seam))
         if probes:
@@ -149,6 +174,41 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
+
+
+def fill_grads(params) -> None:
+    """A parameter no path reaches (its site fully replaced) gets a zero gradient instead of None, so
+    the optimizer steps it as optax does in Singh et al.'s JAX code (moments decay, weight decay
+    applies, its step count moves), and a run trained in an ensemble, where the stacked
+    parameter always has a gradient, moves exactly as it would alone."""
+    for p in params:
+        if p.grad is None and p.requires_grad:
+            p.grad = torch.zeros_like(p)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`train.device`: cpu, cuda (refused where there is none), or auto (cuda when present)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("", "train.device", "'cuda'", "a device this machine has: cpu (no CUDA device is visible)",
+                         "use device: auto (cuda where present, else cpu), or run on a machine with a GPU")
+    return torch.device(name)
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """The batch with every tensor on `device` (the batch itself when it is there already)."""
+    if batch.tokens.device == device:
+        return batch
+    return Batch(**{f.name: _moved(getattr(batch, f.name), device) for f in fields(Batch)})
+
+
+def _moved(v, device):
+    if isinstance(v, torch.Tensor):
+        return v.to(device)
+    if isinstance(v, dict):
+        return {k: t.to(device) for k, t in v.items()}
+    return v
 
 
 def stop_now(row: dict, rules: dict) -> bool:
@@ -285,7 +345,7 @@ def _train(recipe: Recipe, seed: int, run_dir: Path, emit: Progress, st: _Progre
 
 
 def _finish(recipe: Recipe, seed: int, run_dir: Path, st: _Progress, t0: float, status: str,
-            error: str | None) -> dict:
+            error: str | None, extra: dict | None = None) -> dict:
     t = recipe.train
     summary = {
         "name": recipe.name, "seed": seed, "status": status, "error": error,
@@ -303,5 +363,6 @@ def _finish(recipe: Recipe, seed: int, run_dir: Path, st: _Progress, t0: float, 
             summary["error_log"] = ERROR_LOG
     if "composition" in recipe.measure and st.plan is not None:
         summary["composition_baseline"] = composition_baseline(st.plan.shape)
+    summary.update(extra or {})
     write_json(run_dir / "summary.json", summary)
     return summary

@@ -174,8 +174,8 @@ class PreviousToken(ValueSource):
     def value(self, x, site, ctx):                      # x [batch, head, query, key]
         T = x.shape[-1]
         p = self.options.strength
-        pat = torch.eye(T, dtype=x.dtype) * (1 - p)
-        idx = torch.arange(1, T)
+        pat = torch.eye(T, dtype=x.dtype, device=x.device) * (1 - p)
+        idx = torch.arange(1, T, device=x.device)
         pat[idx, idx - 1] = p
         pat[0, 0] = 1.0
         return pat.expand_as(x), row_mask(ctx.batch, self.options.rows, T)
@@ -203,7 +203,7 @@ class Induction(ValueSource):
         keys = b.induction_keys[:, :T, :T].to(x.dtype)                     # [batch, query, key]
         others = b.induction_others[:, :T, :T] if b.induction_others is not None else None
         if others is None or not others.any():
-            causal = torch.ones(T, T, dtype=torch.bool).tril()
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             others = causal & (keys == 0)
         others = others.to(x.dtype)
         s = self.options.strength
@@ -225,8 +225,8 @@ class DisallowPreviousToken(ValueSource):
 
     def value(self, x, site, ctx):                      # x [batch, head, query, key], pre-softmax
         T = x.shape[-1]
-        m = torch.zeros(T, T, dtype=torch.bool)
-        i = torch.arange(1, T)
+        m = torch.zeros(T, T, dtype=torch.bool, device=x.device)
+        i = torch.arange(1, T, device=x.device)
         m[i, i - 1] = True
         rows = row_mask(ctx.batch, self.options.rows, T)
         mask = m if rows is None else m & rows
@@ -253,8 +253,8 @@ class Match(ValueSource):
         T = x.shape[-1]
         v = torch.nn.functional.normalize(b.vectors[:, :T].float(), dim=-1)   # [batch, pos, dim]
         cos = v @ v.transpose(1, 2)                                          # [batch, query, key]
-        earlier = torch.ones(T, T, dtype=torch.bool).tril(-1)
-        src = b.is_vector[:, None, :T] & earlier & (torch.arange(T) < T - 1)  # exemplar j with j+1 inside
+        earlier = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(-1)
+        src = b.is_vector[:, None, :T] & earlier & (torch.arange(T, device=x.device) < T - 1)  # exemplar j with j+1 inside
         t = self.options.temperature
         if t == 0:
             best = cos.masked_fill(~src, float("-inf")).amax(-1, keepdim=True)
