@@ -35,17 +35,18 @@ def plan(recipe: Recipe, seed: int | None = None) -> Plan:
 def bench(suite: str | os.PathLike | Suite, out: str | os.PathLike | None = None, *,
           workers: int | None = None, backend: str = "local", address: str | None = None,
           progress: Callable[[dict], None] | None = None, fresh: bool = False,
-          max_memory: float | None = None) -> SuiteResult:
+          max_memory: float | None = None, ensemble: bool = True) -> SuiteResult:
     """`clamp bench` from Python: run a suite (a path or a Suite) into `out` (default
     runs/<suite name>), resuming what is there; report.md is rewritten as each run finishes and
-    the loss curves drawn at the end. Returns the judged results."""
+    the loss curves drawn at the end. Runs that can share train as ensembles unless `ensemble` is
+    False (ensemble.py). Returns the judged results."""
     s = suite if isinstance(suite, Suite) else load_suite(suite)
     d = Path(out) if out is not None else Path("runs") / s.name
 
     def report(rows: list[dict]) -> None:
         write_suite_report(suite_result(s, d, rows), curves=False)
     rows = run_suite(s, d, workers=workers, backend=backend, address=address, progress=progress, fresh=fresh,
-                     max_memory=max_memory, on_rows=report)
+                     max_memory=max_memory, on_rows=report, ensemble=ensemble)
     res = suite_result(s, d, rows)
     write_suite_report(res)
     return res

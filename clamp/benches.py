@@ -18,30 +18,13 @@ from typing import Callable
 from . import budget, store
 from . import columns as C
 from .phases import column_value
+from .ensemble import expand, make_jobs
 from .pool import Job, Outcome, available_cores, run_jobs
 from .yamlio import dump_yaml
 from .recipe import Recipe, dump_recipe
 from .store import atomic_write, read_json, write_json
 from .suite import RunSpec, Suite
-from .train import check_dir, train_seed
-
-
-def extensions_for(recipe: Recipe) -> dict:
-    """The task and value-source classes a recipe uses, so a worker that did not import the
-    caller's code (a Ray worker, a spawned process) can register them before training."""
-    from .tasks import TASKS
-    from .values import VALUES
-    return {"tasks": {recipe.task.name: TASKS[recipe.task.name]},
-            "values": {iv.source: VALUES[iv.source] for iv in recipe.interventions if iv.source}}
-
-
-def install_extensions(ext: dict) -> None:
-    from .tasks import TASKS
-    from .values import VALUES
-    for name, cls in ext.get("tasks", {}).items():
-        TASKS.setdefault(name, cls)
-    for name, cls in ext.get("values", {}).items():
-        VALUES.setdefault(name, cls)
+from .train import check_dir, extensions_for, install_extensions, train_seed
 
 
 def _train_job(recipe: Recipe, seed: int, run_dir: str, run_key: str, ext: dict | None = None,
@@ -60,7 +43,7 @@ Rows = list[dict]
 def run_suite(suite: Suite, out: str | os.PathLike, *, workers: int | None = None, backend: str = "local",
               address: str | None = None, progress: Callable[[dict], None] | None = None,
               fresh: bool = False, max_memory: float | None = None,
-              on_rows: Callable[[Rows], None] | None = None) -> Rows:
+              on_rows: Callable[[Rows], None] | None = None, ensemble: bool = True) -> Rows:
     """Run every variant × grid point × seed of a suite into `out` (resuming what is there) and
     return the rows of results.csv (one per run). results.csv is rewritten atomically as each run
     finishes, and `on_rows(rows)` called with the table so far (the API and CLI render report.md
@@ -68,7 +51,9 @@ def run_suite(suite: Suite, out: str | os.PathLike, *, workers: int | None = Non
 
     Refused before anything is written (InputError) when a run's memory estimate is above
     `max_memory`, when `out` is another process's or not clamp's, or when a run directory holds a
-    different recipe; `fresh` first deletes `out`'s contents (only if clamp made it)."""
+    different recipe; `fresh` first deletes `out`'s contents (only if clamp made it). With `ensemble`
+    (the default) runs that can share train together as ensembles (ensemble.py), each writing the
+    run directory it would write alone."""
     out = Path(out)
     runs = suite.runs()
     for recipe in suite.recipes.values():
@@ -80,15 +65,18 @@ def run_suite(suite: Suite, out: str | os.PathLike, *, workers: int | None = Non
         for r in runs:
             check_dir(dirs[r.id, r.seed], dump_recipe(replace(r.recipe, seeds=(r.seed,))))
     with store.claimed(out, "suite", fresh, check, emit):
-        return _run_suite(suite, out, runs, dirs, workers, backend, address, progress, on_rows or (lambda rows: None))
+        return _run_suite(suite, out, runs, dirs, workers, backend, address, progress, on_rows or (lambda rows: None),
+                          ensemble)
 
 
 def _run_suite(suite: Suite, out: Path, runs: list[RunSpec], dirs: dict, workers, backend, address,
-               progress, on_rows) -> Rows:
+               progress, on_rows, ensemble: bool) -> Rows:
     atomic_write(out / "suite.yaml", dump_yaml(suite.data))
-    jobs = [Job((r.id, r.seed), _train_job, (r.recipe, r.seed, str(dirs[r.id, r.seed]), store.run_label(r.id, r.seed),
-                                             extensions_for(r.recipe)),
-                r.recipe.train.threads) for r in runs]
+    def solo(key, recipe, seed, run_dir, label) -> Job:
+        return Job(key, _train_job, (recipe, seed, str(run_dir), label, extensions_for(recipe)), recipe.train.threads)
+    n_workers = workers or available_cores()
+    jobs = make_jobs([((r.id, r.seed), r.recipe, r.seed, dirs[r.id, r.seed], store.run_label(r.id, r.seed))
+                      for r in runs], n_workers, ensemble, solo, extensions_for)
     done: dict = {}
 
     def write() -> Rows:
@@ -97,18 +85,19 @@ def _run_suite(suite: Suite, out: Path, runs: list[RunSpec], dirs: dict, workers
         on_rows(rows)
         return rows
 
-    def finished(o: Outcome) -> None:
-        done[o.key] = o
+    def finished(job: Outcome) -> None:
+        for o in expand(job):
+            done[o.key] = o
+            if progress and o.error is not None:
+                progress({"event": "done", "run": store.run_label(*o.key), "status": "failed", "error": o.error})
         write()
-        if progress and o.error is not None:
-            progress({"event": "done", "run": store.run_label(*o.key), "status": "failed", "error": o.error})
 
     write()
     if backend == "ray":
         from .raybackend import run_jobs_ray
         run_jobs_ray(jobs, address=address, on_event=progress, on_done=finished)
     else:
-        run_jobs(jobs, workers or available_cores(), on_event=progress, on_done=finished)
+        run_jobs(jobs, n_workers, on_event=progress, on_done=finished)
     for r in runs:                                     # a run whose worker died still has a summary
         o = done.get((r.id, r.seed))
         d = dirs[r.id, r.seed]

@@ -135,15 +135,20 @@ def _failures(runs: Sequence[tuple[str, str | Path, dict]]) -> int:
     return 1 if bad or not runs else 0
 
 
+def _sets(a) -> list[str]:
+    """--set overrides, with --device as train.device."""
+    return list(a.set) + ([f"train.device={a.device}"] if getattr(a, "device", None) else [])
+
+
 def cmd_run(a) -> int:
     from .runs import run
     from .spec import load_recipe
-    recipe = load_recipe(a.recipe, a.set)
+    recipe = load_recipe(a.recipe, _sets(a))
     out = _out(a, Path("runs") / recipe.name)
     prog = Progress(len(recipe.seeds), quiet=a.quiet)
     t0 = time.time()
     result = run(recipe, out, workers=a.workers, progress=_deleted(prog), fresh=a.fresh,
-                 max_memory=_max_memory(a))
+                 max_memory=_max_memory(a), ensemble=not a.no_ensemble)
     prog.close()
     rows = []
     cols = [(c, r) for c, rules in recipe.phases.items() for r in rules]
@@ -241,7 +246,7 @@ def cmd_bench(a) -> int:
     from .api import bench
     from .report import suite_text
     from .suite import load_suite
-    suite = load_suite(a.suite, a.set)
+    suite = load_suite(a.suite, _sets(a))
     out = _out(a, Path("runs") / suite.name)
     if a.backend == "ray":
         from .raybackend import _import_ray
@@ -249,7 +254,7 @@ def cmd_bench(a) -> int:
     t0 = time.time()
     prog = Progress(len(suite.runs()), quiet=a.quiet)
     res = bench(suite, out, workers=a.workers, backend=a.backend, address=a.address,
-                progress=_deleted(prog), fresh=a.fresh, max_memory=_max_memory(a))
+                progress=_deleted(prog), fresh=a.fresh, max_memory=_max_memory(a), ensemble=not a.no_ensemble)
     prog.close()
     print(suite_text(res))
     code = _suite_code(res)
@@ -358,12 +363,18 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--max-memory", metavar="SIZE", help="refuse runs whose memory estimate is above SIZE "
                            "(e.g. 16G; none: no limit; default: half this machine's memory)")
 
+    def training(q) -> None:
+        q.add_argument("--device", choices=("cpu", "cuda", "auto"), help="where runs train (train.device)")
+        q.add_argument("--no-ensemble", action="store_true", help="train every run alone (default: runs that "
+                       "can share train together as one batched ensemble, with the same results)")
+
     q = sub.add_parser("run", help="train a recipe (every seed) into a run directory")
     q.add_argument("recipe")
     q.add_argument("--out", help="run directory (default runs/<name>)")
     q.add_argument("--workers", type=int, help="processes for several seeds (default: cores)")
     q.add_argument("--fresh", action="store_true", help="delete the run directory first instead of resuming")
     q.add_argument("--quiet", action="store_true", help="no progress")
+    training(q)
     sets(q)
     q.set_defaults(fn=cmd_run)
 
@@ -391,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--address", help="Ray cluster to join (default: start a local one)")
     q.add_argument("--fresh", action="store_true", help="delete the suite directory first instead of resuming")
     q.add_argument("--quiet", action="store_true")
+    training(q)
     sets(q)
     q.set_defaults(fn=cmd_bench)
 

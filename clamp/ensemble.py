@@ -27,7 +27,7 @@ import math
 import time
 import traceback
 from contextlib import ExitStack
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -40,12 +40,13 @@ from .compile import compile_plan
 from .errors import RunError
 from .measures import Outputs
 from .model import build_model
+from .pool import Job, Outcome
 from .recipe import Recipe, dump_recipe
 from .stacked import MemberError, MemberSeam, Stack
 from .store import atomic_write, list_checkpoints, load_checkpoint, read_metrics, run_metrics, save_checkpoint
 from .tasks import Batch
-from .train import (ERROR_LOG, Trainer, _finish, _Progress, check_dir, fill_grads, make_optimizer, one_line,
-                    prepare_dir, resolve_device, stop_now)
+from .train import (ERROR_LOG, Trainer, _finish, _Progress, check_dir, fill_grads, install_extensions,
+                    make_optimizer, one_line, prepare_dir, resolve_device, stop_now)
 
 Progress = Callable[[dict], None]
 
@@ -452,5 +453,50 @@ def _train_members(todo: list, emit: Progress) -> dict[int, dict]:
                 ens.fail(m, e)
     finally:
         for m in members:
-            m.intervener.detach()
+            if m.alive:
+                m.intervener.detach()
     return {**failed, **{m.index: m.summary or {} for m in members}}
+
+
+# -- jobs: how runs.py and benches.py hand groups to the worker pool ---------------------------
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    """The job key of an ensemble: the keys of its runs, in order."""
+    keys: tuple
+
+
+def ensemble_job(entries: list, keys: tuple, ext: dict | None = None, progress: Progress | None = None) -> dict:
+    """A pool job: `train_ensemble(entries)`, results by run key (summary dict or error text)."""
+    install_extensions(ext or {})
+    return dict(zip(keys, train_ensemble(entries, progress)))
+
+
+def make_jobs(runs: list[tuple[Any, Recipe, int, str | Path, str | None]], workers: int, ensemble: bool,
+              solo: Callable[[Any, Recipe, int, str | Path, str | None], Job], ext: Callable[[Recipe], dict] | None = None,
+              max_members: int = 64) -> list[Job]:
+    """Pool jobs for runs (key, recipe, seed, run dir, progress label): with `ensemble`, the runs that can
+    share train as ensembles (`groups`), the rest alone (`solo(...)` makes their job)."""
+    if not ensemble:
+        return [solo(*r) for r in runs]
+    jobs = []
+    for g in groups([r[1] for r in runs], workers, max_members):
+        if len(g) == 1:
+            jobs.append(solo(*runs[g[0]]))
+            continue
+        rs = [runs[i] for i in g]
+        keys = tuple(r[0] for r in rs)
+        entries = [(r[1], r[2], str(r[3]), r[4]) for r in rs]
+        jobs.append(Job(GroupKey(keys), ensemble_job, (entries, keys, ext(rs[0][1]) if ext else None),
+                        rs[0][1].train.threads))
+    return jobs
+
+
+def expand(o: Outcome) -> list[Outcome]:
+    """An ensemble job's outcome as one outcome per run (a plain job's as itself)."""
+    if not isinstance(o.key, GroupKey):
+        return [o]
+    if o.error is not None:
+        return [Outcome(k, None, o.error) for k in o.key.keys]
+    return [Outcome(k, v, None) if isinstance(v, dict) else Outcome(k, None, str(v)) for k, v in o.value.items()]

@@ -15,6 +15,7 @@ from typing import Callable
 from . import budget, store
 from .phases import spread
 from .compile import compile_plan
+from .ensemble import expand, make_jobs
 from .pool import Job, available_cores, run_jobs
 from .recipe import Recipe, dump_recipe
 from .spec import load_recipe
@@ -94,13 +95,15 @@ def aggregate(recipe: Recipe, summaries: dict[int, dict]) -> dict:
 
 def run(recipe: Recipe | str | os.PathLike, out: str | os.PathLike | None = None, *,
         workers: int | None = None, progress: Callable[[dict], None] | None = None,
-        fresh: bool = False, max_memory: float | None = None) -> Run:
+        fresh: bool = False, max_memory: float | None = None, ensemble: bool = True) -> Run:
     """Train every seed of `recipe` into `out` (default runs/<name>); resumes what is there.
 
     Refused (InputError, nothing written) when the recipe's plan has conflicts, when its memory
     estimate is above `max_memory` bytes (default: half this machine's memory; math.inf lifts it),
     or when `out` is not a directory clamp may write (another process's, or one clamp did not
-    make). A seed that fails still has its summary.json (status 'failed', the reason, error.log)."""
+    make). A seed that fails still has its summary.json (status 'failed', the reason, error.log).
+    With `ensemble` (the default) the seeds train together as one batched model where the model
+    allows (ensemble.py), as many ensembles as workers; each seed's directory is what it would be alone."""
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     out = Path(out) if out is not None else Path("runs") / recipe.name
@@ -117,10 +120,13 @@ def run(recipe: Recipe | str | os.PathLike, out: str | os.PathLike | None = None
         if len(recipe.seeds) > 1:
             atomic_write(out / "recipe.yaml", dump_recipe(recipe))
             atomic_write(out / "plan.txt", compile_plan(recipe, metrics_of=run_metrics).text() + "\n")
-        jobs = [Job(seed, train_seed, (recipe, seed, seed_dir(out, recipe, seed)), recipe.train.threads)
-                for seed in recipe.seeds]
-        workers = workers or min(available_cores(), len(jobs))
-        outcomes = run_jobs(jobs, workers, on_event=progress)
+        workers = workers or min(available_cores(), len(recipe.seeds))
+
+        def solo(key, recipe, seed, run_dir, label) -> Job:
+            return Job(key, train_seed, (recipe, seed, run_dir), recipe.train.threads)
+        jobs = make_jobs([(seed, recipe, seed, seed_dir(out, recipe, seed), None) for seed in recipe.seeds],
+                         workers, ensemble, solo)
+        outcomes = [o for job in run_jobs(jobs, workers, on_event=progress) for o in expand(job)]
         summaries = {}
         for o in outcomes:
             if o.error is None:

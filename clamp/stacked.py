@@ -72,19 +72,20 @@ class Stack(nn.Module):
         have = [f.get(name) for f in self.fns]
         if not any(have):
             return x
-        return torch.stack([x[k] if f is None else _call(k, f, x[k]) for k, f in enumerate(have)])
+        xs = x.unbind(0)                         # one backward for all slices (indexing would make K)
+        return torch.stack([xs[k] if f is None else _call(k, f, xs[k]) for k, f in enumerate(have)])
 
     def _ln(self, x: Tensor, prefix: str) -> Tensor:
         """LayerNorm per member, as model.LayerNorm computes it (fused unless its hook point has a fn)."""
         w, b = self.p(f"{prefix}.w"), self.p(f"{prefix}.b")        # [K, d_model]
         site = f"{prefix}.hook_normalized"
         out = []
-        for k in range(self.K):
+        for k, (xk, wk, bk) in enumerate(zip(x.unbind(0), w.unbind(0), b.unbind(0))):
             f = self.fns[k].get(site)
             if f is None:
-                out.append(F.layer_norm(x[k], x.shape[-1:], w[k], b[k], eps=1e-5))
+                out.append(F.layer_norm(xk, x.shape[-1:], wk, bk, eps=1e-5))
             else:
-                out.append(_call(k, f, F.layer_norm(x[k], x.shape[-1:], eps=1e-5)) * w[k] + b[k])
+                out.append(_call(k, f, F.layer_norm(xk, x.shape[-1:], eps=1e-5)) * wk + bk)
         return torch.stack(out)
 
     def _attn(self, x: Tensor, L: int, rope) -> Tensor:
@@ -121,7 +122,7 @@ class Stack(nn.Module):
         s = self.shape
         K, B, T = tokens.shape
         W_E = self.p("embed.W_E")                                               # [K, vocab, d_model]
-        h = torch.stack([W_E[k][tokens[k]] for k in range(K)])                  # [K, batch, pos, d_model]
+        h = torch.stack([W[t] for W, t in zip(W_E.unbind(0), tokens.unbind(0))])   # [K, batch, pos, d_model]
         if s.vector_dim and vectors is not None:
             assert is_vector is not None
             xv = torch.bmm(vectors.reshape(K, B * T, -1), self.p("embed.W_x")).view(K, B, T, -1)

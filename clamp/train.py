@@ -283,6 +283,24 @@ def train_seed(recipe: Recipe, seed: int, run_dir: str | os.PathLike, progress: 
     return summary
 
 
+def extensions_for(recipe: Recipe) -> dict:
+    """The task and value-source classes a recipe uses, so a worker that did not import the
+    caller's code (a Ray worker, a spawned process) can register them before training."""
+    from .tasks import TASKS
+    from .values import VALUES
+    return {"tasks": {recipe.task.name: TASKS[recipe.task.name]},
+            "values": {iv.source: VALUES[iv.source] for iv in recipe.interventions if iv.source}}
+
+
+def install_extensions(ext: dict) -> None:
+    from .tasks import TASKS
+    from .values import VALUES
+    for name, cls in ext.get("tasks", {}).items():
+        TASKS.setdefault(name, cls)
+    for name, cls in ext.get("values", {}).items():
+        VALUES.setdefault(name, cls)
+
+
 ERROR_LOG = "error.log"
 
 

@@ -1,0 +1,260 @@
+"""Ensembles (clamp/ensemble.py, clamp/stacked.py): many runs trained as one batched model give each
+run exactly what it gives alone.
+
+The reference is the ordinary one-run training loop (train.train_seed) on the same recipe and
+seed. At one torch thread (the default `train.threads`) the tolerance is zero: metrics.jsonl is
+byte-identical and every checkpointed parameter and optimizer moment is bit-equal.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import clamp
+from clamp.ensemble import ensemble_key, groups, make_jobs, train_ensemble
+from clamp.model import build_model
+from clamp.stacked import MemberSeam, Stack
+from clamp.store import list_checkpoints
+from clamp.tasks import TASKS
+from clamp.train import train_seed
+from clamp.values import ValueSource, register_value
+from clamp.yamlio import load_yaml
+from conftest import tiny
+
+
+TRAIN = {"steps": 20, "batch": 8, "lr": 1e-2, "eval_every": 5, "eval_size": 16}
+
+
+def _metrics(d: Path) -> str:
+    return (Path(d) / "metrics.jsonl").read_text()
+
+
+def _last_ckpt(d: Path) -> dict:
+    return torch.load(list_checkpoints(d)[-1][1], weights_only=True)
+
+
+def _same_state(a: dict, b: dict) -> None:
+    assert a["step"] == b["step"]
+    assert a["model"].keys() == b["model"].keys()
+    for n in a["model"]:
+        assert torch.equal(a["model"][n], b["model"][n]), n
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        for k in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(sa[i][k], sb[i][k]), (i, k)
+        assert torch.equal(sa[i]["step"].expand_as(sb[i]["step"]), sb[i]["step"]) or \
+            torch.equal(sb[i]["step"].expand_as(sa[i]["step"]), sa[i]["step"]), i
+
+
+MODELS = {
+    "attn-only rope": ("model: {layers: 2, heads: 4, d_model: 16, attn_only: true, norm: pre, pos: rope}\n"
+                       "task: {name: fewshot, classes: 10, labels: 4, dim: 8}"),
+    "mlp learned": ("model: {layers: 2, heads: 2, d_model: 16, attn_only: false, norm: pre, pos: learned}\n"
+                    "task: {name: repeat_tokens, vocab: 12, segment: 4, length: 12}"),
+    "no norm": ("model: {layers: 1, heads: 2, d_model: 8, attn_only: true, norm: none, pos: rope}\n"
+                "task: {name: repeat_tokens, vocab: 12, segment: 4, length: 12}"),
+}
+
+
+@pytest.mark.parametrize("which", sorted(MODELS))
+def test_stack_forward_and_gradients_equal_each_model_alone(which):
+    """The stacked forward of K members equals K forwards of model.py's module, logits and every
+    parameter gradient bit for bit; a member's own forward (MemberSeam) equals it too."""
+    r = clamp.recipe_from_data(*load_yaml(MODELS[which], "m.yaml"))
+    seeds = [0, 1, 2]
+    solo = [build_model(r.shape(), s) for s in seeds]
+    stack = Stack([build_model(r.shape(), s) for s in seeds])
+    batches = [TASKS[r.task.name](r.task.options, s).train_batch(0, 6) for s in seeds]
+    logits = stack.forward_batches(batches)                            # [K, batch, pos, n_out]
+    targets = torch.stack([b.targets for b in batches])
+    K = len(seeds)
+    nll = F.cross_entropy(logits.flatten(0, 2), targets.flatten(), ignore_index=-100, reduction="none").view(K, -1)
+    (nll.sum(1) / (targets != -100).view(K, -1).sum(1)).sum().backward()
+    for k, (m, b) in enumerate(zip(solo, batches)):
+        out = m(b.tokens, b.vectors, b.is_vector)
+        assert torch.equal(out, logits[k].detach())
+        F.cross_entropy(out.flatten(0, 1), b.targets.flatten(), ignore_index=-100).backward()
+        for n, p in m.named_parameters():
+            assert torch.equal(p.grad, stack.p(n).grad[k]), n
+        assert torch.equal(MemberSeam(stack, k).forward(b), out.detach())
+
+
+def test_adam_on_a_stack_moves_each_member_as_alone():
+    """clamp's Adam with `members` on [K, ...] tensors equals K optimizers on the slices, bit for bit,
+    also for sizes whose members straddle the vectorised kernel's blocks."""
+    from clamp.optim import Adam
+    g = torch.Generator().manual_seed(0)
+    for shape in [(5,), (3, 7), (4, 16, 3)]:
+        P = torch.randn(3, *shape, generator=g)
+        ps = torch.nn.Parameter(P.clone())
+        stacked = Adam([ps], lr=1e-2, weight_decay=0.1, members=True)
+        alone = [torch.nn.Parameter(P[k].clone()) for k in range(3)]
+        opts = [Adam([a], lr=1e-2, weight_decay=0.1) for a in alone]
+        for _ in range(4):
+            G = torch.randn(3, *shape, generator=g)
+            ps.grad = G.clone()
+            stacked.step()
+            for k in range(3):
+                alone[k].grad = G[k].clone()
+                opts[k].step()
+        for k in range(3):
+            assert torch.equal(ps.detach()[k], alone[k].detach())
+
+
+@register_value
+class _NanAfter(ValueSource):
+    """Test source: the site's value times NaN from step 3 on (the run's loss becomes NaN)."""
+    from dataclasses import dataclass as _dc
+
+    @_dc(frozen=True)
+    class Options:
+        pass
+
+    name, Options, sites = "test_nan_after_3", Options, ("*",)
+
+    def value(self, x, site, ctx):
+        return (x * float("nan") if ctx.step >= 3 else x), None
+
+
+VARIANTS = {
+    "plain": "",
+    "clamp in a window": "interventions: [{clamp: blocks.1.attn.hook_pattern[1], to: induction, steps: [4, 14]}]",
+    "freeze held": "interventions: [{freeze: blocks.0.attn.W_Q[2], steps: [0, 10]}]",
+    "freeze accumulate": "interventions: [{freeze: blocks.1.attn.W_K, steps: [5, 12], optimizer_state: accumulate}]",
+    "preserve": "interventions: [{ablate: blocks.0.attn.hook_v[0], preserve: [patterns], steps: [2, 16]}]",
+    "whole site replaced": "interventions: [{ablate: blocks.0.attn.hook_v, steps: [0, 8]}]",
+    "probe": "probes: {prev: [{clamp: blocks.0.attn.hook_pattern[0], to: previous_token}]}",
+}
+
+
+def _suite_entries(tmp_path, extra=None, seeds=(0, 1)):
+    donor = tiny(train={"steps": 8, "batch": 8, "lr": 1e-2, "eval_every": 4, "eval_size": 16})
+    train_seed(donor, 0, tmp_path / "donor")
+    variants = dict(VARIANTS)
+    variants["graft"] = (f"interventions: [{{clamp: blocks.0.hook_resid_post, to: graft, run: {tmp_path / 'donor'},"
+                         " steps: [3, 9]}]")
+    variants.update(extra or {})
+    recipes = {k: tiny(v, train=TRAIN | {"checkpoint_every": 10}) for k, v in variants.items()}
+    return [(k, r, s) for k, r in recipes.items() for s in seeds]
+
+
+def test_members_with_different_interventions_equal_their_runs_alone(tmp_path):
+    """One ensemble of 16 members (8 variants x 2 seeds: clamp windows, held and accumulating freezes,
+    a preserve, a graft, a fully replaced site, a probe): each member's metrics.jsonl is byte-identical
+    to the same run alone and its last checkpoint (parameters, moments, step counts) bit-equal."""
+    runs = _suite_entries(tmp_path)
+    keys = {ensemble_key(r) for _, r, _ in runs}
+    assert len(keys) == 1 and None not in keys
+    results = train_ensemble([(r, s, tmp_path / f"ens/{k}/{s}", None) for k, r, s in runs])
+    assert all(isinstance(x, dict) and x["status"] == "ok" for x in results), results
+    assert all(x["ensemble"]["members"] == len(runs) for x in results)
+    for k, r, s in runs:
+        alone = train_seed(r, s, tmp_path / f"alone/{k}/{s}")
+        assert alone["status"] == "ok"
+        assert _metrics(tmp_path / f"ens/{k}/{s}") == _metrics(tmp_path / f"alone/{k}/{s}"), k
+        _same_state(_last_ckpt(tmp_path / f"ens/{k}/{s}"), _last_ckpt(tmp_path / f"alone/{k}/{s}"))
+        for f in ("recipe.yaml", "plan.txt"):
+            assert (tmp_path / f"ens/{k}/{s}/{f}").read_text() == (tmp_path / f"alone/{k}/{s}/{f}").read_text()
+    probe_cols = [c for c in json.loads(_metrics(tmp_path / "ens/probe/0").splitlines()[-1]) if "@prev" in c]
+    assert probe_cols
+
+
+def test_a_failing_member_fails_alone_and_the_others_go_on(tmp_path):
+    """A member whose loss becomes NaN, and one stopping early on a stop rule, leave the ensemble (it is
+    rebuilt without them); the failed one says why in its summary and error.log, as alone."""
+    nan = tiny("interventions: [{clamp: hook_logits, to: test_nan_after_3}]")
+    stop = tiny(train=TRAIN | {"stop": {"accuracy": {"above": 0.3}}})
+    ok = tiny()
+    entries = [(nan, 0, tmp_path / "e_nan", None), (stop, 0, tmp_path / "e_stop", None),
+               (ok, 0, tmp_path / "e_ok", None), (ok, 1, tmp_path / "e_ok1", None)]
+    assert len({ensemble_key(r) for r, *_ in entries}) == 1
+    res = train_ensemble(entries)
+    assert res[0]["status"] == "failed" and res[0]["error"] == "training loss became nan at step 3"
+    assert (tmp_path / "e_nan" / "error.log").exists()
+    assert res[1]["status"] == "ok" and res[1]["stopped_early"] and res[1]["steps"] < 20
+    for r, s, d, _ in entries:
+        alone = train_seed(r, s, Path(str(d) + "_alone"))
+        assert {k: alone[k] for k in ("status", "error", "steps")} == \
+            {k: res[entries.index((r, s, d, None))][k] for k in ("status", "error", "steps")}
+        assert _metrics(d) == _metrics(Path(str(d) + "_alone"))
+
+
+def test_resume_is_per_member(tmp_path):
+    """An interrupted ensemble resumes each member from its own last checkpoint (members at different
+    steps; one already finished), ending where the uninterrupted runs end."""
+    a = tiny(train=TRAIN | {"checkpoint_every": 5})
+    b = tiny("interventions: [{freeze: blocks.0.attn.W_Q[1], steps: [0, 12]}]", train=TRAIN | {"checkpoint_every": 3})
+    short = replace(a, train=replace(a.train, steps=10))
+    train_seed(short, 0, tmp_path / "c")                   # finished before the ensemble starts
+
+    def interrupt(ev):
+        if ev["event"] == "eval" and ev.get("run") == "b" and ev["step"] == 15:
+            raise KeyboardInterrupt
+    entries = [(a, 0, tmp_path / "a", "a"), (b, 1, tmp_path / "b", "b"), (short, 0, tmp_path / "c", "c")]
+    with pytest.raises(KeyboardInterrupt):
+        train_ensemble(entries, progress=interrupt)
+    assert json.loads((tmp_path / "a/summary.json").read_text())["status"] == "interrupted"
+    res = train_ensemble(entries)
+    assert [x["status"] for x in res] == ["ok", "ok", "ok"]
+    assert res[0]["resumed_from"] == 10 and res[1]["resumed_from"] == 12 and res[2]["resumed_from"] == 0
+    for r, s, d, _ in entries[:2]:
+        train_seed(r, s, Path(str(d) + "_alone"))
+        assert _metrics(d) == _metrics(Path(str(d) + "_alone"))
+        _same_state(_last_ckpt(d), _last_ckpt(Path(str(d) + "_alone")))
+
+
+def test_grouping():
+    """Runs group by shape, task and training settings; foreign models and raw module sites train alone;
+    a group splits into one ensemble per worker."""
+    a = tiny()
+    more_steps = tiny(train=TRAIN | {"steps": 40})
+    other_lr = tiny(train=TRAIN | {"lr": 1e-3})
+    wider = tiny(model={"layers": 2, "heads": 4, "d_model": 32})
+    nnsight = tiny(model={"layers": 2, "heads": 4, "d_model": 16, "backend": "nnsight"})
+    raw = tiny("interventions: [{ablate: 'module:blocks.0.attn.hook_z.output'}]")
+    assert ensemble_key(a) == ensemble_key(more_steps) != ensemble_key(other_lr)
+    assert ensemble_key(wider) != ensemble_key(a)
+    assert ensemble_key(nnsight) is None and ensemble_key(raw) is None
+    rs = [a, more_steps, other_lr, wider, nnsight, a, a, a]
+    g = groups(rs, workers=2)
+    assert sorted(sorted(x) for x in g) == sorted([[0, 5, 7], [1, 6], [2], [3], [4]])
+    assert sorted(len(x) for x in groups([a] * 10, workers=1, max_members=4)) == [3, 3, 4]
+
+
+def test_make_jobs_without_ensembles_is_one_job_per_run():
+    a = tiny()
+    runs = [(i, a, i, f"/tmp/x{i}", None) for i in range(4)]
+    assert len(make_jobs(runs, 2, False, lambda *r: r)) == 4
+    jobs = make_jobs(runs, 2, True, lambda *r: r)
+    assert len(jobs) == 2 and all(len(j.args[0]) == 2 for j in jobs)
+
+
+def test_run_with_several_seeds_ensembles_by_default(tmp_path):
+    """`clamp.run` trains a recipe's seeds as ensembles; `ensemble=False` trains them alone; same files."""
+    r = replace(tiny(), seeds=(0, 1, 2))
+    on = clamp.run(r, tmp_path / "on", workers=1)
+    off = clamp.run(r, tmp_path / "off", workers=1, ensemble=False)
+    for s in (0, 1, 2):
+        assert on.seeds[s].summary["ensemble"]["members"] == 3
+        assert "ensemble" not in off.seeds[s].summary
+        assert _metrics(on.seeds[s].dir) == _metrics(off.seeds[s].dir)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_cuda_ensemble_matches_cpu(tmp_path):
+    """On a GPU, an ensemble (and a run alone) trains on the device and ends close to the CPU run
+    (different kernels: a tolerance, not bit-equality)."""
+    r = tiny("interventions: [{clamp: blocks.1.attn.hook_pattern[1], to: induction}]")
+    gpu = replace(r, train=replace(r.train, device="cuda"))
+    res = train_ensemble([(gpu, 0, tmp_path / "g0", None), (gpu, 1, tmp_path / "g1", None)])
+    assert all(x["status"] == "ok" for x in res)
+    cpu = train_seed(r, 0, tmp_path / "c0")
+    assert abs(res[0]["final"]["loss"] - cpu["final"]["loss"]) < 1e-3
+    state = torch.load(list_checkpoints(tmp_path / "g0")[-1][1], weights_only=True)   # loadable on CPU
+    build_model(r.shape(), 0).load_state_dict(state["model"])
