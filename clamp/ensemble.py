@@ -473,9 +473,11 @@ def ensemble_job(entries: list, keys: tuple, ext: dict | None = None, progress: 
     return dict(zip(keys, train_ensemble(entries, progress)))
 
 
-def make_jobs(runs: list[tuple[Any, Recipe, int, str | Path, str | None]], workers: int, ensemble: bool,
-              solo: Callable[[Any, Recipe, int, str | Path, str | None], Job], ext: Callable[[Recipe], dict] | None = None,
-              max_members: int = 64) -> list[Job]:
+RunEntry = tuple[Any, Recipe, int, Any, Any]          # (key, recipe, seed, run dir, progress label)
+
+
+def make_jobs(runs: list[RunEntry], workers: int, ensemble: bool, solo: Callable[..., Job],
+              ext: Callable[[Recipe], dict] | None = None, max_members: int = 64) -> list[Job]:
     """Pool jobs for runs (key, recipe, seed, run dir, progress label): with `ensemble`, the runs that can
     share train as ensembles (`groups`), the rest alone (`solo(...)` makes their job)."""
     if not ensemble:

@@ -92,10 +92,11 @@ class Adam(Optimizer):
         of their own, so each member's elements take the same code path (vectorised or not) that they
         would take in a tensor of its own: an ensemble member moves bit for bit as its run alone."""
         if not self.members:
-            return _adam(params, grads, exp_avgs, exp_avg_sqs, steps, group)
+            return _fused(params, grads, exp_avgs, exp_avg_sqs, steps, group)
         split = [[t for x in ts for t in x.unbind(0)] for ts in (params, grads, exp_avgs, exp_avg_sqs)]
         counts = [c.clone() for c, p in zip(steps, params) for _ in range(p.shape[0])]
-        _adam(*split, counts, group)
+        ps, gs, ms, vs = split
+        _fused(ps, gs, ms, vs, counts, group)
         for c in steps:
             c.add_(1)
 
@@ -115,7 +116,7 @@ class Adam(Optimizer):
         t.add_(1)
 
 
-def _adam(params, grads, exp_avgs, exp_avg_sqs, steps, group) -> None:
+def _fused(params, grads, exp_avgs, exp_avg_sqs, steps, group) -> None:
     """torch's fused Adam/AdamW (functional form): increments `steps` and updates in place."""
     _functional_adam(params, grads, exp_avgs, exp_avg_sqs, [], steps, fused=True, amsgrad=False,
                      beta1=group["betas"][0], beta2=group["betas"][1], lr=group["lr"],

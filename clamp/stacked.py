@@ -91,7 +91,8 @@ class Stack(nn.Module):
     def _attn(self, x: Tensor, L: int, rope) -> Tensor:
         K, B, T, d = x.shape
         a = f"blocks.{L}.attn"
-        W_Q, W_K, W_V, W_O = (self.p(f"{a}.{w}") for w in ("W_Q", "W_K", "W_V", "W_O"))   # [K, H, d, e], W_O [K, H, e, d]
+        W_Q, W_K, W_V, W_O = (self.p(f"{a}.{w}") for w in ("W_Q", "W_K", "W_V", "W_O"))
+        # W_Q, W_K, W_V [K, head, d_model, d_head], W_O [K, head, d_head, d_model]
         H, e = W_Q.shape[1], W_Q.shape[3]
         W = torch.stack((W_Q, W_K, W_V), 1).permute(0, 3, 1, 2, 4).reshape(K, d, 3 * H * e)
         qkv = torch.bmm(x.reshape(K, B * T, d), W).view(K, B, T, 3, H, e)   # [K, batch, pos, 3, head, d_head]
@@ -186,7 +187,7 @@ class MemberSeam:
         self.stack.fns[self.k] = dict(fns)
 
     def parameter_slice(self, site: str, heads: tuple[int, ...] | None) -> tuple[nn.Parameter, tuple]:
-        p = self.stack.p(site)
+        p = self.stack.params[self.stack.index[site]]
         return p, (self.k,) if heads is None else (self.k, torch.tensor(heads, device=p.device))   # member, head
 
     def weight(self, name: str) -> Tensor:
@@ -223,10 +224,10 @@ class MemberModule(nn.Module):
         self._stack = [stack]                             # not a submodule: the stack is not member k's
         self.k = k
 
-    def state_dict(self, *args, **kwargs):               # type: ignore[override]
+    def state_dict(self, *args, **kwargs):
         return self._stack[0].member_state(self.k)
 
-    def load_state_dict(self, state, strict: bool = True, assign: bool = False):   # type: ignore[override]
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False):
         self._stack[0].load_member_state(self.k, state)
 
 

@@ -84,7 +84,6 @@ class Trainer:
     def train_step(self, batch: Batch | None = None) -> float:
         """One optimizer step at self.step with that step's interventions; returns the loss.
         `batch` (benchmarks: pre-generated batches) replaces the task's batch for this step."""
-        r = self.recipe
         self.intervener.set_step(self.step)
         batch = batch if batch is not None else self.batch()
         loss = loss_fn(self.intervener.forward(batch), batch.targets)

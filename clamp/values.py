@@ -254,7 +254,8 @@ class Match(ValueSource):
         v = torch.nn.functional.normalize(b.vectors[:, :T].float(), dim=-1)   # [batch, pos, dim]
         cos = v @ v.transpose(1, 2)                                          # [batch, query, key]
         earlier = torch.ones(T, T, dtype=torch.bool, device=x.device).tril(-1)
-        src = b.is_vector[:, None, :T] & earlier & (torch.arange(T, device=x.device) < T - 1)  # exemplar j with j+1 inside
+        inside = torch.arange(T, device=x.device) < T - 1
+        src = b.is_vector[:, None, :T] & earlier & inside                 # exemplar j with j+1 inside
         t = self.options.temperature
         if t == 0:
             best = cos.masked_fill(~src, float("-inf")).amax(-1, keepdim=True)
