@@ -294,6 +294,8 @@ class Ensemble:
         every = t.probe_every
         row = m.evaluate(probes=last or (every > 0 and m.n_eval % every == 0), outputs=outputs)
         m.progress.stopped = not last and stop_now(row, t.stop)
+        if m.progress.stopped and not m.complete():               # a run's last row has every evaluator
+            row = m.evaluate(probes=False, every=True)
         if m.progress.stopped and m.recipe.probes and not any("@" in k for k in row):
             m.evaluate_probes(row)
         m.n_eval += 1

@@ -84,6 +84,9 @@ class TrainConfig:
     eval_every: EvalEvery = opt(100, doc="evaluate every N steps, or [[from_step, every], ...]")
     eval_size: int = opt(1000, check=positive, doc="sequences per evaluator")
     evaluators: tuple[str, ...] = opt((), doc="evaluators to run (default: all the task has)")
+    evaluator_every: dict[str, int] = opt(factory=dict, doc="an evaluator run only at evaluations whose step is a "
+                                          "multiple of N (and at the first, the last and a stop), e.g. "
+                                          "{test_relabel: 250}; the others run at every evaluation")
     checkpoint_every: int = opt(0, check=non_negative, doc="checkpoint every N steps (0: only the last)")
     probe_every: int = opt(1, check=non_negative, doc="evaluate probes every N-th evaluation (0: only the last)")
     stop: dict[str, dict[str, float]] = opt(factory=dict, doc="stop at the first evaluation meeting every rule, "
@@ -98,6 +101,8 @@ class TrainConfig:
         for col, rule in self.stop.items():
             if not rule or any(k not in ("below", "above") for k in rule):
                 return ("stop", "{column: {below: x}} or {column: {above: x}}")
+        if any(not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in self.evaluator_every.values()):
+            return ("evaluator_every", "{evaluator: a positive number of steps}")
         ee = self.eval_every
         if isinstance(ee, int):
             return None if ee > 0 else ("eval_every", "a positive number of steps")

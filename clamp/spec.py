@@ -160,9 +160,10 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
         tdata = {**TASKS[task.name].default_train, **(tdata or {})}
     train = build_dataclass(TrainConfig, tdata, ("train",), src)
     known = TASKS[task.name].evaluator_names
-    for i, ev in enumerate(train.evaluators):
+    for path, ev in [(("train", "evaluators", i), ev) for i, ev in enumerate(train.evaluators)] + \
+            [(("train", "evaluator_every", ev), ev) for ev in train.evaluator_every]:
         if ev not in known:
-            raise src.error(("train", "evaluators", i), show(ev), f"an evaluator of {task.name}: " + ", ".join(known),
+            raise src.error(path, show(ev), f"an evaluator of {task.name}: " + ", ".join(known),
                             did_you_mean(ev, known))
     shape = _shape(model, task, plugins, src)
     subcircuits = _subcircuits(data.get("subcircuits"), src, shape)

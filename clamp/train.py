@@ -105,8 +105,12 @@ class Trainer:
         """This step's training batch, on the run's device."""
         return to_device(self.task.train_batch(self.step, self.recipe.train.batch), self.device)
 
-    def eval_forwards(self) -> list[tuple[str, Batch, list[str]]]:
-        """The forwards an evaluation at this step runs (measures.forwards), with the step's edits set."""
+    def eval_forwards(self, every: bool = False) -> list[tuple[str, Batch, list[str]]]:
+        """The forwards an evaluation at this step runs (measures.forwards), with the step's edits set:
+        the evaluators due at this step (`train.evaluator_every`), or with `every` all of them."""
+        return forwards(*self._due(every), self.recipe.measure, self.plan.shape)
+
+    def _due(self, every: bool) -> tuple[dict[str, Batch], Batch | None]:
         r = self.recipe
         if self._evaluators is None:
             evs = self.task.evaluators(r.train.eval_size)
@@ -115,18 +119,28 @@ class Trainer:
             rep = self.task.repeated_segments(r.train.eval_size) if "induction_score" in r.measure else None
             self._repeats = None if rep is None else to_device(rep, self.device)
         self.intervener.set_step(min(self.step, r.train.steps - 1))
-        return forwards(self._evaluators, self._repeats, r.measure, self.plan.shape)
+        sparse = r.train.evaluator_every
+        if every or not sparse or self.step == 0 or self.step >= r.train.steps:
+            return self._evaluators, self._repeats
+        return {k: v for k, v in self._evaluators.items() if self.step % sparse.get(k, 1) == 0}, self._repeats
 
-    def evaluate(self, probes: bool = True, outputs: Outputs | None = None) -> dict:
-        """One metrics row: measures at this step, then each probe's loss/accuracy (`col@probe`).
-        `outputs`: the results of `eval_forwards()` when they ran elsewhere (an ensemble)."""
+    def complete(self) -> bool:
+        """Whether an evaluation at this step runs every evaluator (see `train.evaluator_every`)."""
         r = self.recipe
-        todo = self.eval_forwards()
+        return not r.train.evaluator_every or self.step == 0 or self.step >= r.train.steps or \
+            all(self.step % n == 0 for n in r.train.evaluator_every.values())
+
+    def evaluate(self, probes: bool = True, outputs: Outputs | None = None, every: bool = False) -> dict:
+        """One metrics row: measures at this step, then each probe's loss/accuracy (`col@probe`).
+        `outputs`: the results of `eval_forwards()` when they ran elsewhere (an ensemble); `every`: run
+        every evaluator, also those `train.evaluator_every` skips at this step."""
+        r = self.recipe
+        todo = self.eval_forwards(every)
         self.model.eval()
         row: dict = {"step": self.step, "sequences": self.step * r.train.batch, "seed": self.seed}
         if outputs is None:
-            assert self._evaluators is not None
-            row.update(evaluate(self.intervener, self._evaluators, self._repeats, r.measure, self.plan.shape))
+            evs, reps = self._due(every)
+            row.update(evaluate(self.intervener, evs, reps, r.measure, self.plan.shape))
         else:
             row.update(score(outputs, todo, r.measure, self.plan.shape))
         if "composition" in r.measure:
@@ -338,6 +352,8 @@ def _train(recipe: Recipe, seed: int, run_dir: Path, emit: Progress, st: _Progre
                     every = t.probe_every
                     row = trainer.evaluate(probes=last or (every > 0 and n_eval % every == 0))
                     st.stopped = not last and stop_now(row, t.stop)
+                    if st.stopped and not trainer.complete():     # a run's last row has every evaluator
+                        row = trainer.evaluate(probes=False, every=True)
                     if st.stopped and recipe.probes and not any("@" in k for k in row):
                         trainer.evaluate_probes(row)
                     n_eval += 1

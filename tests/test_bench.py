@@ -113,19 +113,26 @@ def test_ray_backend_gives_identical_results(local_result, tmp_path):
     assert [v["verdict"] for v in res.verdicts] == [v["verdict"] for v in local_result.verdicts]
 
 
-def test_a_killed_suite_resumes_without_redoing_finished_runs(tmp_path):
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_a_killed_suite_resumes_without_redoing_finished_runs(tmp_path, ensemble):
+    """Killed (SIGKILL) mid-suite, a suite resumes: finished runs are not trained again, partial ones
+    resume from their checkpoints; with ensembles, every member of the killed ensemble resumes."""
     text = (SUITE.replace("steps: 200", "steps: 400").replace("checkpoint_every: 50", "checkpoint_every: 40")
             .replace("seeds: [0, 1, 2]", "seeds: [0, 1]"))
+    if ensemble:                                # one run ends early: finished while the others go on
+        text = text.replace("variants:\n", "variants:\n  short: {train.steps: 80}\n")
     path = write_suite(tmp_path, text)
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "clamp.cli", "bench", str(path), "--out", str(out), "--workers", "1", "--quiet"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cmd + ([] if ensemble else ["--no-ensemble"]), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 240
     try:
         while time.time() < deadline:          # wait for one finished run and a checkpoint in the next
             done = list(out.glob("runs/*/seed_*/summary.json"))
             ckpt = [p for p in out.glob("runs/*/seed_*/checkpoints/step_*.pt")
-                    if not (p.parent.parent / "summary.json").exists()]
+                    if not (p.parent.parent / "summary.json").exists() and p.stat().st_size > 0
+                    and int(p.stem.split("_")[1]) >= 120]
             if done and ckpt:
                 break
             time.sleep(0.05)
