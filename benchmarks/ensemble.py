@@ -117,7 +117,6 @@ def main():
                 e_eval = clock(a.device) - t0
                 print(f"| {k} | one evaluation of every member | {s_eval * 1e3:.0f} | {e_eval * 1e3:.0f} | "
                       f"{s_eval / e_eval:.2f}x |", flush=True)
-            del solo, ens, members
 
 
 if __name__ == "__main__":
