@@ -50,6 +50,11 @@ from .train import (ERROR_LOG, Trainer, _finish, _Progress, check_dir, fill_grad
 
 Progress = Callable[[dict], None]
 
+# Sequences per evaluation forward: members are evaluated together up to this many sequences (more
+# runs slower than one member at a time on a CPU: the activations leave the caches;
+# benchmarks/RESULTS.md "Ensembles").
+EVAL_SEQUENCES = 512
+
 
 def ensemble_key(recipe: Recipe) -> tuple | None:
     """Runs with equal keys can train as one ensemble; None: this run trains alone."""
@@ -179,9 +184,10 @@ class Ensemble:
 
     # -- forward passes of several members at once ------------------------------------------
 
-    def forward(self, part: list[Member], batches: dict[Member, Batch]):
+    def forward(self, part: list[Member], batches: dict[Member, Batch], only: bool = False):
         """Logits [K, batch, pos, n_out] of every member in `part` on its batch, each with its active
-        edits (and its reference pass where it preserves); the others' slots run unedited."""
+        edits (and its reference pass where it preserves); the others' slots run unedited. With
+        `only`, just the members of `part` run: logits [len(part), ...] in part's order."""
         slots = {m.mseam.k: m for m in part}
         filler = batches[part[0]]
         n = max(m.intervener.n_passes for m in part)
@@ -192,8 +198,11 @@ class Ensemble:
                 m = slots.get(k)
                 run = m is not None and (m.intervener.n_passes == n or i == n - 1)
                 self.stack.fns[k] = dict(next(gens[m])) if run else {}         # type: ignore[index]
-            logits = self.stack.forward_batches([batches[slots[k]] if k in slots else filler
-                                                 for k in range(self.stack.K)])
+            if only:
+                logits = self.stack.forward_batches([batches[m] for m in part], [m.mseam.k for m in part])
+            else:
+                logits = self.stack.forward_batches([batches[slots[k]] if k in slots else filler
+                                                     for k in range(self.stack.K)])
         return logits
 
     # -- training --------------------------------------------------------------------------
@@ -265,19 +274,23 @@ class Ensemble:
         outputs: dict[Member, Outputs] = {m: {} for m in due}
         for key in keys:
             part = [m for m in due if m.alive and any(k == key for k, _, _ in todo[m])]
-            while part:
-                try:
-                    with ExitStack() as es:
-                        recs = {m: es.enter_context(m.intervener.recording(next(s for k, _, s in todo[m] if k == key)))
-                                for m in part}
-                        logits = self.forward(part, {m: next(b for k, b, _ in todo[m] if k == key) for m in part})
-                    for m in part:
-                        outputs[m][key] = (logits[m.mseam.k], recs[m])
-                    break
-                except MemberError as e:
-                    bad = next(m for m in part if m.mseam.k == e.k)
-                    self.fail(bad, e.error)
-                    part = [m for m in part if m is not bad]
+            size = max(len(next(b for k, b, _ in todo[m] if k == key)) for m in part) if part else 1
+            per = max(1, EVAL_SEQUENCES // size)             # members per forward
+            for chunk in [part[i:i + per] for i in range(0, len(part), per)]:
+                while chunk:
+                    try:
+                        with ExitStack() as es:
+                            recs = {m: es.enter_context(m.intervener.recording(
+                                next(s for k, _, s in todo[m] if k == key))) for m in chunk}
+                            logits = self.forward(chunk, {m: next(b for k, b, _ in todo[m] if k == key)
+                                                          for m in chunk}, only=True)
+                        for i, m in enumerate(chunk):
+                            outputs[m][key] = (logits[i], recs[m])
+                        break
+                    except MemberError as e:
+                        bad = next(m for m in chunk if m.mseam.k == e.k)
+                        self.fail(bad, e.error)
+                        chunk = [m for m in chunk if m is not bad]
         for m in due:
             if not m.alive:
                 continue

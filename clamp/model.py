@@ -62,10 +62,16 @@ def rope_tables(n_ctx: int, d_head: int, base: float = 10000.0) -> tuple[Tensor,
     return ang.cos().repeat_interleave(2, -1), ang.sin().repeat_interleave(2, -1)
 
 
+_PAIR_SIGN = torch.tensor([-1.0, 1.0])
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """x [batch, pos, head, d_head]; rotates each interleaved pair by its position's angle."""
+    """x [batch, pos, head, d_head]; rotates each interleaved pair by its position's angle:
+    (x0, x1) → (x0 cos − x1 sin, x1 cos + x0 sin)."""
     T = x.shape[1]
-    rot = torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)      # [b, p, h, d_head]
+    pairs = x.unflatten(-1, (-1, 2))                                            # [b, p, h, d_head/2, 2]
+    sign = _PAIR_SIGN.to(device=x.device, dtype=x.dtype)
+    rot = (pairs.flip(-1) * sign).flatten(-2)                                   # (-x1, x0) per pair
     return x * cos[:T, None, :] + rot * sin[:T, None, :]
 
 
@@ -100,10 +106,8 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, mask: Tensor, rope: tuple[Tensor, Tensor] | None) -> Tensor:
         B, T, d = x.shape
         H, e = self.W_Q.shape[0], self.W_Q.shape[2]
-        qkv = (x @ self._qkv_weight()).view(B, T, 3, H, e)           # [batch, pos, 3, head, d_head]
-        q = self.hook_q(qkv[:, :, 0])                                 # [batch, pos, head, d_head]
-        k = self.hook_k(qkv[:, :, 1])
-        v = self.hook_v(qkv[:, :, 2])
+        q, k, v = (x @ self._qkv_weight()).view(B, T, 3, H, e).unbind(2)   # [batch, pos, head, d_head] each
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if rope is not None:
             q = self.hook_rot_q(apply_rope(q, *rope))
             k = self.hook_rot_k(apply_rope(k, *rope))

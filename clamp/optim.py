@@ -93,12 +93,19 @@ class Adam(Optimizer):
         would take in a tensor of its own: an ensemble member moves bit for bit as its run alone."""
         if not self.members:
             return _fused(params, grads, exp_avgs, exp_avg_sqs, steps, group)
-        split = [[t for x in ts for t in x.unbind(0)] for ts in (params, grads, exp_avgs, exp_avg_sqs)]
-        counts = [c.clone() for c, p in zip(steps, params) for _ in range(p.shape[0])]
-        ps, gs, ms, vs = split
-        _fused(ps, gs, ms, vs, counts, group)
-        for c in steps:
-            c.add_(1)
+        # A tensor whose member slices are whole multiples of the kernel's vector blocks (64 floats
+        # covers every CPU's) runs as one: every element is on the vectorised path, alone or stacked.
+        whole = [i for i, p in enumerate(params) if p[0].numel() % 64 == 0 and steps[i].dim() == 0]
+        split = [i for i in range(len(params)) if i not in set(whole)]
+        if whole:
+            _fused(*(_pick(ts, whole) for ts in (params, grads, exp_avgs, exp_avg_sqs, steps)), group)
+        if split:
+            ps, gs, ms, vs = ([t for i in split for t in ts[i].unbind(0)]
+                              for ts in (params, grads, exp_avgs, exp_avg_sqs))
+            counts = [steps[i].clone() for i in split for _ in range(params[i].shape[0])]
+            _fused(ps, gs, ms, vs, counts, group)
+            for i in split:
+                steps[i].add_(1)
 
     def _per_count(self, p: Tensor, group: dict) -> None:
         """One step of a tensor whose elements have their own step counts: torch's fused update on a
@@ -114,6 +121,10 @@ class Adam(Optimizer):
                 st["exp_avg_sq"].copy_(v)
             p.copy_(torch.where(t == n, q, p))
         t.add_(1)
+
+
+def _pick(ts: list, idx: list[int]) -> list:
+    return [ts[i] for i in idx]
 
 
 def _fused(params, grads, exp_avgs, exp_avg_sqs, steps, group) -> None:

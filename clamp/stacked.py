@@ -45,13 +45,15 @@ class Stack(nn.Module):
             nn.Parameter(torch.stack([p[n].detach() for p in per])) for n in self.names)   # [K, ...] each
         self._template = [m0]                      # model.py's module (buffers; solo forwards), not a submodule
         self.fns: list[dict[str, HookFn]] = [{} for _ in models]   # each member's installed site functions
+        self._subset: list[Tensor] | None = None   # while forward_batches runs some members: their parameters
 
     @property
     def template(self) -> Transformer:
         return self._template[0]
 
     def p(self, name: str) -> Tensor:
-        return self.params[self.index[name]]
+        active = self._subset
+        return self.params[self.index[name]] if active is None else active[self.index[name]]
 
     def member_state(self, k: int) -> dict[str, Tensor]:
         """Member k's state_dict as model.py's module has it (copies)."""
@@ -95,10 +97,11 @@ class Stack(nn.Module):
         # W_Q, W_K, W_V [K, head, d_model, d_head], W_O [K, head, d_head, d_model]
         H, e = W_Q.shape[1], W_Q.shape[3]
         W = torch.stack((W_Q, W_K, W_V), 1).permute(0, 3, 1, 2, 4).reshape(K, d, 3 * H * e)
-        qkv = torch.bmm(x.reshape(K, B * T, d), W).view(K, B, T, 3, H, e)   # [K, batch, pos, 3, head, d_head]
-        q = self._site(f"{a}.hook_q", qkv[:, :, :, 0])                      # [K, batch, pos, head, d_head]
-        k = self._site(f"{a}.hook_k", qkv[:, :, :, 1])
-        v = self._site(f"{a}.hook_v", qkv[:, :, :, 2])
+        qkv = torch.bmm(x.reshape(K, B * T, d), W).view(K, B, T, 3, H, e)
+        q, k, v = qkv.unbind(3)                                             # [K, batch, pos, head, d_head] each
+        q = self._site(f"{a}.hook_q", q)
+        k = self._site(f"{a}.hook_k", k)
+        v = self._site(f"{a}.hook_v", v)
         if rope is not None:
             q = self._site(f"{a}.hook_rot_q", apply_rope(q.flatten(0, 1), *rope).view_as(q))
             k = self._site(f"{a}.hook_rot_k", apply_rope(k.flatten(0, 1), *rope).view_as(k))
@@ -149,12 +152,26 @@ class Stack(nn.Module):
             + self.p("unembed.b_U")[:, None, None]
         return self._site("hook_logits", logits)                               # [K, batch, pos, n_out]
 
-    def forward_batches(self, batches: list[Batch]) -> Tensor:
-        """Logits [K, batch, pos, n_out] of member k on batches[k] (equal shapes)."""
+    def forward_batches(self, batches: list[Batch], members: list[int] | None = None) -> Tensor:
+        """Logits [K, batch, pos, n_out] of member k on batches[k] (equal shapes); with `members`, only
+        those members (copies of their parameters: for evaluation), batches[i] for members[i]."""
         b0 = batches[0]
         vec = None if b0.vectors is None else torch.stack([b.vectors for b in batches])        # type: ignore[misc]
         isv = None if b0.is_vector is None else torch.stack([b.is_vector for b in batches])    # type: ignore[misc]
-        return self(torch.stack([b.tokens for b in batches]), vec, isv)
+        tokens = torch.stack([b.tokens for b in batches])
+        if members is None:
+            return self(tokens, vec, isv)
+        saved = self.fns, self.K
+        idx = torch.tensor(members, device=tokens.device)
+        self._subset = [p.index_select(0, idx) for p in self.params]
+        self.fns, self.K = [self.fns[k] for k in members], len(members)
+        try:
+            return self(tokens, vec, isv)
+        except MemberError as e:
+            raise MemberError(members[e.k], e.error) from e.error
+        finally:
+            self._subset = None
+            self.fns, self.K = saved
 
 
 class MemberError(Exception):
