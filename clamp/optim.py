@@ -98,7 +98,8 @@ class Adam(Optimizer):
         whole = [i for i, p in enumerate(params) if p[0].numel() % 64 == 0 and steps[i].dim() == 0]
         split = [i for i in range(len(params)) if i not in set(whole)]
         if whole:
-            _fused(*(_pick(ts, whole) for ts in (params, grads, exp_avgs, exp_avg_sqs, steps)), group)
+            _fused(_pick(params, whole), _pick(grads, whole), _pick(exp_avgs, whole), _pick(exp_avg_sqs, whole),
+                   _pick(steps, whole), group)
         if split:
             ps, gs, ms, vs = ([t for i in split for t in ts[i].unbind(0)]
                               for ts in (params, grads, exp_avgs, exp_avg_sqs))
