@@ -66,6 +66,7 @@ class Plain(torch.nn.Module):
         ang = torch.arange(T).float()[:, None] * inv[None]
         self.cos, self.sin = ang.cos().repeat_interleave(2, -1), ang.sin().repeat_interleave(2, -1)
         self.causal = torch.ones(T, T).tril().bool()
+        self.sign = torch.tensor([-1.0, 1.0])                    # (x0, x1) → (-x1, x0): RoPE's rotation
 
     def w(self, name):
         return self.p[name.replace(".", "__")]
@@ -80,7 +81,7 @@ class Plain(torch.nn.Module):
             H, d, e = Wq.shape
             W = torch.cat([Wq, Wk, Wv]).permute(1, 0, 2).reshape(d, 3 * H * e)
             q, k, v = (x @ W).view(B, T, 3, H, e).permute(2, 0, 3, 1, 4)          # [B, H, T, e] each
-            rot = lambda t: t * self.cos[:T] + torch.stack((-t[..., 1::2], t[..., 0::2]), -1).flatten(-2) \
+            rot = lambda t: t * self.cos[:T] + (t.unflatten(-1, (-1, 2)).flip(-1) * self.sign).flatten(-2) \
                 * self.sin[:T]  # noqa: E731
             q, k = rot(q), rot(k)
             att = (q @ k.transpose(-1, -2) / math.sqrt(e)).masked_fill(~self.causal[:T, :T], float("-inf"))

@@ -120,3 +120,36 @@ def test_phase_rules_on_a_synthetic_curve():
     assert flat["step"] is None
     out = phase_times([{"step": s, "loss": v} for s, v in zip(steps, vals)], {"loss": {"below": 0.2773}}, 32)
     assert out["loss"]["below"]["step"] == 1525 and out["loss"]["below"]["sequences"] == 1525 * 32
+
+
+def test_sparse_evaluators(tmp_path):
+    """`train.evaluator_every`: an evaluator runs at multiples of its N and at the first, the last and a
+    stopping evaluation; every other evaluator at every evaluation; a run alone and in an ensemble agree."""
+    from clamp.ensemble import train_ensemble
+    r = tiny(train={"steps": 30, "batch": 8, "lr": 1e-2, "eval_every": 5, "eval_size": 16,
+                    "evaluator_every": {"test_relabel": 10}})
+    train_seed(r, 0, tmp_path / "a")
+    rows = read_metrics(tmp_path / "a" / "metrics.jsonl")
+    have = {row["step"]: "loss/test_relabel" in row for row in rows}
+    assert have == {0: True, 5: False, 10: True, 15: False, 20: True, 25: False, 30: True}
+    assert all("loss" in row and "loss/heldout_exemplars" in row for row in rows)
+    stop = tiny(train={"steps": 30, "batch": 8, "lr": 1e-2, "eval_every": 5, "eval_size": 16,
+                       "evaluator_every": {"test_relabel": 100}, "stop": {"loss": {"below": 100}}})
+    s = train_seed(stop, 0, tmp_path / "s")
+    assert s["stopped_early"] and "loss/test_relabel" in s["final"]
+    s5 = tiny(train={"steps": 30, "batch": 8, "lr": 1e-2, "eval_every": 5, "eval_size": 16,
+                     "evaluator_every": {"test_relabel": 100}, "stop": {"accuracy": {"above": 0.3}}})
+    train_ensemble([(r, 1, tmp_path / "e1", None), (s5, 0, tmp_path / "e2", None)])
+    train_seed(r, 1, tmp_path / "a1")
+    train_seed(s5, 0, tmp_path / "a2")
+    for e, a in (("e1", "a1"), ("e2", "a2")):
+        assert (tmp_path / e / "metrics.jsonl").read_text() == (tmp_path / a / "metrics.jsonl").read_text()
+
+
+def test_sparse_evaluator_names_are_checked():
+    import pytest
+    with pytest.raises(clamp.InputError, match=r"train.evaluator_every.test_relable: found 'test_relable'; expected "
+                       r"an evaluator of fewshot.*did you mean 'test_relabel'"):
+        tiny(train={"steps": 30, "evaluator_every": {"test_relable": 10}})
+    with pytest.raises(clamp.InputError, match=r"evaluator_every.*a positive number of steps"):
+        tiny(train={"steps": 30, "evaluator_every": {"test_relabel": 0}})
