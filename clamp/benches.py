@@ -66,17 +66,17 @@ def run_suite(suite: Suite, out: str | os.PathLike, *, workers: int | None = Non
             check_dir(dirs[r.id, r.seed], dump_recipe(replace(r.recipe, seeds=(r.seed,))))
     with store.claimed(out, "suite", fresh, check, emit):
         return _run_suite(suite, out, runs, dirs, workers, backend, address, progress, on_rows or (lambda rows: None),
-                          ensemble)
+                          ensemble, max_memory)
 
 
 def _run_suite(suite: Suite, out: Path, runs: list[RunSpec], dirs: dict, workers, backend, address,
-               progress, on_rows, ensemble: bool) -> Rows:
+               progress, on_rows, ensemble: bool, max_memory: float | None) -> Rows:
     atomic_write(out / "suite.yaml", dump_yaml(suite.data))
     def solo(key, recipe, seed, run_dir, label) -> Job:
         return Job(key, _train_job, (recipe, seed, str(run_dir), label, extensions_for(recipe)), recipe.train.threads)
     n_workers = workers or available_cores()
     jobs = make_jobs([((r.id, r.seed), r.recipe, r.seed, dirs[r.id, r.seed], store.run_label(r.id, r.seed))
-                      for r in runs], n_workers, ensemble, solo, extensions_for)
+                      for r in runs], n_workers, ensemble, solo, extensions_for, max_memory=max_memory)
     done: dict = {}
 
     def write() -> Rows:

@@ -150,6 +150,18 @@ def count_evals(recipe: Recipe) -> int:
     return n
 
 
+def members_that_fit(recipe: Recipe, limit: float | None = None) -> int:
+    """How many runs of this recipe one ensemble process can hold under `limit` bytes: the process,
+    the runtime and one evaluation chunk once, each member's parameters, training activations,
+    task data and metrics K times (at least 1)."""
+    est = estimate(recipe)
+    limit = default_limit() if limit is None else limit
+    member = est.param_bytes + est.train_bytes + est.task_bytes + est.metrics_bytes
+    if math.isinf(limit):
+        return 1 << 30
+    return max(1, int((limit - PROCESS - RUNTIME - est.eval_bytes) // max(member, 1)))
+
+
 def check(recipe: Recipe, limit: float | None = None) -> Estimate:
     """The estimate; InputError at the dominating key when it is above `limit` bytes."""
     est = estimate(recipe)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import store
+from .budget import members_that_fit
 from .compile import compile_plan
 from .errors import RunError
 from .measures import Outputs
@@ -70,10 +71,12 @@ def ensemble_key(recipe: Recipe) -> tuple | None:
             t.eval_every, t.eval_size, t.evaluators, t.threads, t.device)
 
 
-def groups(recipes: Sequence[Recipe], workers: int, max_members: int = 64) -> list[list[int]]:
+def groups(recipes: Sequence[Recipe], workers: int, max_members: int = 64,
+           max_memory: float | None = None) -> list[list[int]]:
     """Indices of `recipes` (one per run) grouped into ensembles: runs with one `ensemble_key`, split
-    into at most `workers` ensembles (so every worker has one) of at most `max_members`; a run that
-    can share with none is a group of one. Largest groups first."""
+    into at most `workers` ensembles (so every worker has one) of at most `max_members`, and of no
+    more than fit in `max_memory` (budget.members_that_fit; default half this machine's memory);
+    a run that can share with none is a group of one. Largest groups first."""
     by_key: dict[Any, list[int]] = {}
     alone: list[list[int]] = []
     for i, r in enumerate(recipes):
@@ -84,7 +87,8 @@ def groups(recipes: Sequence[Recipe], workers: int, max_members: int = 64) -> li
             by_key.setdefault(key, []).append(i)
     out: list[list[int]] = []
     for idx in by_key.values():
-        n = max(1, min(workers, len(idx)), math.ceil(len(idx) / max_members))
+        cap = min(max_members, members_that_fit(recipes[idx[0]], max_memory))
+        n = max(1, min(workers, len(idx)), math.ceil(len(idx) / cap))
         out.extend(idx[j::n] for j in range(n))
     return sorted(out + alone, key=len, reverse=True)
 
@@ -492,13 +496,14 @@ RunEntry = tuple[Any, Recipe, int, Any, Any]          # (key, recipe, seed, run 
 
 
 def make_jobs(runs: list[RunEntry], workers: int, ensemble: bool, solo: Callable[..., Job],
-              ext: Callable[[Recipe], dict] | None = None, max_members: int = 64) -> list[Job]:
+              ext: Callable[[Recipe], dict] | None = None, max_members: int = 64,
+              max_memory: float | None = None) -> list[Job]:
     """Pool jobs for runs (key, recipe, seed, run dir, progress label): with `ensemble`, the runs that can
     share train as ensembles (`groups`), the rest alone (`solo(...)` makes their job)."""
     if not ensemble:
         return [solo(*r) for r in runs]
     jobs = []
-    for g in groups([r[1] for r in runs], workers, max_members):
+    for g in groups([r[1] for r in runs], workers, max_members, max_memory):
         if len(g) == 1:
             jobs.append(solo(*runs[g[0]]))
             continue

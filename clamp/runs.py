@@ -125,7 +125,7 @@ def run(recipe: Recipe | str | os.PathLike, out: str | os.PathLike | None = None
         def solo(key, recipe, seed, run_dir, label) -> Job:
             return Job(key, train_seed, (recipe, seed, run_dir), recipe.train.threads)
         jobs = make_jobs([(seed, recipe, seed, seed_dir(out, recipe, seed), None) for seed in recipe.seeds],
-                         workers, ensemble, solo)
+                         workers, ensemble, solo, max_memory=max_memory)
         outcomes = [o for job in run_jobs(jobs, workers, on_event=progress) for o in expand(job)]
         summaries = {}
         for o in outcomes:

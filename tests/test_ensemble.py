@@ -225,6 +225,13 @@ def test_grouping():
     g = groups(rs, workers=2)
     assert sorted(sorted(x) for x in g) == sorted([[0, 5, 7], [1, 6], [2], [3], [4]])
     assert sorted(len(x) for x in groups([a] * 10, workers=1, max_members=4)) == [3, 3, 4]
+    from clamp import budget                                # members per process: what fits in memory
+    est = budget.estimate(a)
+    member = est.param_bytes + est.train_bytes + est.task_bytes + est.metrics_bytes
+    limit = budget.PROCESS + budget.RUNTIME + est.eval_bytes + 3.5 * member
+    assert budget.members_that_fit(a, limit) == 3
+    assert sorted(len(x) for x in groups([a] * 10, workers=1, max_memory=limit)) == [2, 2, 3, 3]
+    assert len(groups([a] * 10, workers=1, max_memory=float("inf"))) == 1
 
 
 def test_make_jobs_without_ensembles_is_one_job_per_run():
