@@ -208,7 +208,7 @@ class MemberSeam:
         return p, (self.k,) if heads is None else (self.k, torch.tensor(heads, device=p.device))   # member, head
 
     def weight(self, name: str) -> Tensor:
-        return self.stack.p(name)[self.k]
+        return self.stack.params[self.stack.index[name]][self.k]       # the whole stack's, also mid-subset
 
     def forward(self, batch: Batch) -> Tensor:
         st = self.stack
