@@ -260,7 +260,9 @@ class Transformer(nn.Module):
             resid = block(resid, self.mask, rope)
         if self.ln_final is not None:
             resid = self.ln_final(resid)
-        return run(self.hook_logits, resid @ self.unembed.W_U + self.unembed.b_U)   # [batch, pos, n_out]
+        W_U: Tensor = self.unembed.W_U                                     # type: ignore[assignment]
+        b_U: Tensor = self.unembed.b_U                                     # type: ignore[assignment]
+        return run(self.hook_logits, resid @ W_U + b_U)                    # [batch, pos, n_out]
 
 
 def _identity(x: Tensor) -> Tensor:
