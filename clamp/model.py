@@ -41,13 +41,6 @@ class HookPoint(nn.Module):
         return self.name
 
 
-def run(hp: HookPoint, x: Tensor) -> Tensor:
-    """Pass x through a hook point, skipping the module call when nothing is installed there. Whatever
-    reaches a hook point from outside (a raw `module:` site's torch hook, nnsight) installs a function
-    at it (modsites.py, BuiltinSeam.run_sites), so the call is made whenever it matters."""
-    return x if hp.fn is None else hp(x)
-
-
 class LayerNorm(nn.Module):
     def __init__(self, d: int, prefix: str):
         super().__init__()
@@ -114,14 +107,14 @@ class Attention(nn.Module):
         B, T, d = x.shape
         H, e = self.W_Q.shape[0], self.W_Q.shape[2]
         q, k, v = (x @ self._qkv_weight()).view(B, T, 3, H, e).unbind(2)   # [batch, pos, head, d_head] each
-        q, k, v = run(self.hook_q, q), run(self.hook_k, k), run(self.hook_v, v)
+        q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if rope is not None:
-            q = run(self.hook_rot_q, apply_rope(q, *rope))
-            k = run(self.hook_rot_k, apply_rope(k, *rope))
+            q = self.hook_rot_q(apply_rope(q, *rope))
+            k = self.hook_rot_k(apply_rope(k, *rope))
         scores = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)) * self.scale   # [batch, head, query, key]
-        scores = run(self.hook_attn_scores, scores.masked_fill(~mask[:T, :T], float("-inf")))
-        pattern = run(self.hook_pattern, scores.softmax(dim=-1))                 # [batch, head, query, key]
-        z = run(self.hook_z, (pattern @ v.transpose(1, 2)).transpose(1, 2))      # [batch, pos, head, d_head]
+        scores = self.hook_attn_scores(scores.masked_fill(~mask[:T, :T], float("-inf")))
+        pattern = self.hook_pattern(scores.softmax(dim=-1))                 # [batch, head, query, key]
+        z = self.hook_z((pattern @ v.transpose(1, 2)).transpose(1, 2))      # [batch, pos, head, d_head]
         return z.reshape(B, T, H * e) @ self.W_O.reshape(H * e, d)         # [batch, pos, d_model]
 
     def scores_from(self, xq: Tensor, xk: Tensor, mask: Tensor, rope) -> Tensor:
@@ -152,8 +145,8 @@ class MLP(nn.Module):
         self.hook_post = HookPoint(f"blocks.{layer}.mlp.hook_post")
 
     def forward(self, x: Tensor) -> Tensor:                         # [batch, pos, d_model]
-        pre = run(self.hook_pre, x @ self.W_in + self.b_in)             # [batch, pos, d_mlp]
-        post = run(self.hook_post, F.gelu(pre))
+        pre = self.hook_pre(x @ self.W_in + self.b_in)             # [batch, pos, d_mlp]
+        post = self.hook_post(F.gelu(pre))
         return post @ self.W_out + self.b_out
 
 
@@ -174,14 +167,14 @@ class Block(nn.Module):
         self.hook_resid_post = HookPoint(f"{p}.hook_resid_post")
 
     def forward(self, resid: Tensor, mask: Tensor, rope) -> Tensor:   # [batch, pos, d_model]
-        resid = run(self.hook_resid_pre, resid)
+        resid = self.hook_resid_pre(resid)
         x = self.ln1(resid) if self.ln1 is not None else resid
-        resid = resid + run(self.hook_attn_out, self.attn(x, mask, rope))
+        resid = resid + self.hook_attn_out(self.attn(x, mask, rope))
         if self.mlp is not None:
-            resid = run(self.hook_resid_mid, resid)
+            resid = self.hook_resid_mid(resid)
             x = self.ln2(resid) if self.ln2 is not None else resid
-            resid = resid + run(self.hook_mlp_out, self.mlp(x))
-        return run(self.hook_resid_post, resid)
+            resid = resid + self.hook_mlp_out(self.mlp(x))
+        return self.hook_resid_post(resid)
 
 
 class Embed(nn.Module):
@@ -250,11 +243,11 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: Tensor, vectors: Tensor | None = None,
                 is_vector: Tensor | None = None) -> Tensor:
-        resid = run(self.hook_embed, self.embed(tokens, vectors, is_vector))   # [batch, pos, d_model]
+        resid = self.hook_embed(self.embed(tokens, vectors, is_vector))   # [batch, pos, d_model]
         T = tokens.shape[1]
         if self.shape.pos == "learned":
             W_pos: Tensor = self.pos_embed.W_pos                           # type: ignore[assignment]
-            resid = resid + run(self.hook_pos_embed, W_pos[:T].expand_as(resid))
+            resid = resid + self.hook_pos_embed(W_pos[:T].expand_as(resid))
         rope = self.rope
         for block in self.blocks:
             resid = block(resid, self.mask, rope)
@@ -262,7 +255,7 @@ class Transformer(nn.Module):
             resid = self.ln_final(resid)
         W_U: Tensor = self.unembed.W_U                                     # type: ignore[assignment]
         b_U: Tensor = self.unembed.b_U                                     # type: ignore[assignment]
-        return run(self.hook_logits, resid @ W_U + b_U)                    # [batch, pos, n_out]
+        return self.hook_logits(resid @ W_U + b_U)                    # [batch, pos, n_out]
 
 
 def _identity(x: Tensor) -> Tensor:

@@ -108,7 +108,6 @@ def test_adam_on_a_stack_moves_each_member_as_alone():
             assert torch.equal(ps.detach()[k], alone[k].detach())
 
 
-@register_value
 class _NanAfter(ValueSource):
     """Test source: the site's value times NaN from step 3 on (the run's loss becomes NaN)."""
     from dataclasses import dataclass as _dc
@@ -121,6 +120,15 @@ class _NanAfter(ValueSource):
 
     def value(self, x, site, ctx):
         return (x * float("nan") if ctx.step >= 3 else x), None
+
+
+@pytest.fixture
+def nan_source():
+    """The NaN source registered for one test only (registries are global: other tests list them)."""
+    from clamp.values import VALUES
+    register_value(_NanAfter)
+    yield
+    VALUES.pop(_NanAfter.name, None)
 
 
 VARIANTS = {
@@ -192,7 +200,7 @@ def test_a_source_reading_other_activations_agrees_to_rounding(tmp_path, monkeyp
                 assert x[c] == pytest.approx(v, rel=1e-5, abs=1e-6), (s, x["step"], c)
 
 
-def test_a_failing_member_fails_alone_and_the_others_go_on(tmp_path):
+def test_a_failing_member_fails_alone_and_the_others_go_on(tmp_path, nan_source):
     """A member whose loss becomes NaN, and one stopping early on a stop rule, leave the ensemble (it is
     rebuilt without them); the failed one says why in its summary and error.log, as alone."""
     nan = tiny("interventions: [{clamp: hook_logits, to: test_nan_after_3}]")
