@@ -23,8 +23,9 @@ class Donor:
     def activation(self, batch, site: str) -> torch.Tensor:
         iv = self.intervener
         iv.set_step(min(self.step, self.recipe.train.steps - 1))
+        device = next(self.seam.module.parameters()).device     # the donor's (checkpoints load on the CPU)
         with iv.recording([site]) as rec:
-            iv.forward(batch)
+            iv.forward(batch.to(device))
         return rec[site]
 
 

@@ -19,6 +19,8 @@ import os
 from dataclasses import replace
 from typing import Any, Sequence
 
+import torch
+
 from . import outputs
 from . import sites as S
 from .columns import MEASURES
@@ -159,6 +161,9 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
     if tdata is None or isinstance(tdata, dict):          # the task's own training defaults
         tdata = {**TASKS[task.name].default_train, **(tdata or {})}
     train = build_dataclass(TrainConfig, tdata, ("train",), src)
+    if train.device == "cuda" and not torch.cuda.is_available():
+        raise src.error(("train", "device"), "'cuda'", "a device this machine has: cpu or auto (no CUDA device is "
+                        "visible)", "device: auto trains on a GPU where there is one")
     known = TASKS[task.name].evaluator_names
     for path, ev in [(("train", "evaluators", i), ev) for i, ev in enumerate(train.evaluators)] + \
             [(("train", "evaluator_every", ev), ev) for ev in train.evaluator_every]:

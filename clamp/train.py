@@ -23,7 +23,7 @@ import math
 import os
 import time
 import traceback
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -103,7 +103,7 @@ class Trainer:
 
     def batch(self) -> Batch:
         """This step's training batch, on the run's device."""
-        return to_device(self.task.train_batch(self.step, self.recipe.train.batch), self.device)
+        return self.task.train_batch(self.step, self.recipe.train.batch).to(self.device)
 
     def eval_forwards(self, every: bool = False) -> list[tuple[str, Batch, list[str]]]:
         """The forwards an evaluation at this step runs (measures.forwards), with the step's edits set:
@@ -114,10 +114,10 @@ class Trainer:
         r = self.recipe
         if self._evaluators is None:
             evs = self.task.evaluators(r.train.eval_size)
-            self._evaluators = {k: to_device(v, self.device) for k, v in evs.items()
+            self._evaluators = {k: v.to(self.device) for k, v in evs.items()
                                 if not r.train.evaluators or k in r.train.evaluators}
             rep = self.task.repeated_segments(r.train.eval_size) if "induction_score" in r.measure else None
-            self._repeats = None if rep is None else to_device(rep, self.device)
+            self._repeats = None if rep is None else rep.to(self.device)
         self.intervener.set_step(min(self.step, r.train.steps - 1))
         sparse = r.train.evaluator_every
         if every or not sparse or self.step == 0 or self.step >= r.train.steps:
@@ -207,21 +207,6 @@ def resolve_device(name: str) -> torch.device:
         raise InputError("", "train.device", "'cuda'", "a device this machine has: cpu (no CUDA device is visible)",
                          "use device: auto (cuda where present, else cpu), or run on a machine with a GPU")
     return torch.device(name)
-
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    """The batch with every tensor on `device` (the batch itself when it is there already)."""
-    if batch.tokens.device == device:
-        return batch
-    return Batch(**{f.name: _moved(getattr(batch, f.name), device) for f in fields(Batch)})
-
-
-def _moved(v, device):
-    if isinstance(v, torch.Tensor):
-        return v.to(device)
-    if isinstance(v, dict):
-        return {k: t.to(device) for k, t in v.items()}
-    return v
 
 
 def stop_now(row: dict, rules: dict) -> bool:

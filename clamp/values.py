@@ -397,4 +397,4 @@ class Graft(ValueSource):
         if ctx.donor is None:
             raise InputError("", "to", "graft", "a clamp run by clamp's training loop (it loads the donor run)")
         donor = ctx.donor(self.options.run.replace("{seed}", str(ctx.seed)), self.options.step)
-        return donor.activation(ctx.batch, site.name).to(x.dtype), None
+        return donor.activation(ctx.batch, site.name).to(x.device, x.dtype), None

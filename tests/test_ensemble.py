@@ -300,3 +300,23 @@ def test_cuda_ensemble_matches_cpu(tmp_path):
     assert abs(res[0]["final"]["loss"] - cpu["final"]["loss"]) < 1e-3
     state = torch.load(list_checkpoints(tmp_path / "g0")[-1][1], weights_only=True)   # loadable on CPU
     build_model(r.shape(), 0).load_state_dict(state["model"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_refused_where_it_is_written(tmp_path, capsys):
+    """`--device cuda` (or train.device: cuda) where no GPU is visible: one located line, exit 2, nothing
+    written; `--device auto` trains on the CPU."""
+    from clamp.cli import main
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {layers: 1, heads: 2, d_model: 8}\n"
+                      "task: {name: fewshot, classes: 10, labels: 4, dim: 8}\n"
+                      "train: {steps: 4, batch: 4, eval_every: 2, eval_size: 8, device: cuda}\n")
+    assert main(["run", str(recipe), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"clamp: error: {recipe}:4: train.device: found 'cuda'; expected a device this machine has")
+    assert "\n" not in err and not (tmp_path / "x").exists()
+    recipe.write_text(recipe.read_text().replace("device: cuda", "device: cpu"))
+    assert main(["run", str(recipe), "--out", str(tmp_path / "y"), "--quiet", "--device", "cuda"]) == 2
+    assert "train.device" in capsys.readouterr().err and not (tmp_path / "y").exists()
+    assert main(["run", str(recipe), "--out", str(tmp_path / "z"), "--quiet", "--device", "auto"]) == 0
+    assert "device: auto" in (tmp_path / "z" / "recipe.yaml").read_text()
