@@ -313,7 +313,7 @@ def test_cuda_without_a_gpu_is_refused_where_it_is_written(tmp_path, capsys):
                       "train: {steps: 4, batch: 4, eval_every: 2, eval_size: 8, device: cuda}\n")
     assert main(["run", str(recipe), "--out", str(tmp_path / "x"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"clamp: error: {recipe}:4: train.device: found 'cuda'; expected a device this machine has")
+    assert err.startswith(f"clamp: error: {recipe}:3: train.device: found 'cuda'; expected a device this machine has")
     assert "\n" not in err and not (tmp_path / "x").exists()
     recipe.write_text(recipe.read_text().replace("device: cuda", "device: cpu"))
     assert main(["run", str(recipe), "--out", str(tmp_path / "y"), "--quiet", "--device", "cuda"]) == 2
