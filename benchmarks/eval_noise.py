@@ -4,11 +4,12 @@ evaluation sets, for trained models before and after their phase change.
     python benchmarks/eval_noise.py [--sets 8] [--sizes 125 250 500 1000 2000]
 
 For each recipe (the paper's few-shot baseline, recipes/singh2024/case1_baseline.yaml; the token
-task's defaults, recipes/repeat_tokens.yaml), one seed is trained once with checkpoints; at each
-chosen checkpoint the model is evaluated on `sets` evaluation sets drawn independently (the task
-built with other seeds), at each size. The table gives the standard deviation over sets of each
-measure: the noise a single evaluation of that size carries (it shrinks as 1/sqrt(size)). Head
-measures are given for the head that ends highest (max over heads at the last checkpoint).
+task, recipes/repeat_tokens/two_layer.yaml), one seed is trained once with checkpoints; at each
+chosen checkpoint the model is evaluated, as the `train` evaluator is, on `sets` sets of sequences
+drawn independently from the same task (its training distribution, at steps no run reaches), at
+each size. The table gives the standard deviation over sets of each measure: the noise one
+evaluation of that size carries (it shrinks as 1/sqrt(size)). Head measures are given for the head
+that ends highest (max over heads at the last checkpoint).
 """
 from __future__ import annotations
 
@@ -25,13 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clamp.spec import load_recipe  # noqa: E402
 from clamp.store import list_checkpoints, load_checkpoint  # noqa: E402
-from clamp.tasks import TASKS  # noqa: E402
+from clamp.measures import evaluate  # noqa: E402
 from clamp.train import Trainer, train_seed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = {
     "few-shot (singh2024 baseline)": ("recipes/singh2024/case1_baseline.yaml", 3000, (500, 3000)),
-    "repeat_tokens (defaults)": ("recipes/repeat_tokens.yaml", 1500, (250, 1500)),
+    "repeat_tokens (two_layer)": ("recipes/repeat_tokens/two_layer.yaml", 1500, (250, 1500)),
 }
 
 
@@ -54,17 +55,15 @@ def main():
                 tr = Trainer(r, 0)
                 tr.load_state(load_checkpoint(ckpts[step]))
                 cols: dict[int, dict[str, list[float]]] = {}
+                tr.intervener.set_step(step)
                 for n in a.sizes:
                     for i in range(a.sets):
-                        tr.task = TASKS[r.task.name](r.task.options, 10_000 + i)
-                        tr._evaluators = None
-                        tr.recipe = replace(r, train=replace(r.train, eval_size=n))
-                        row = tr.evaluate(probes=False)
+                        batch = tr.task.train_batch(10 ** 9 + 7919 * i, n)   # fresh draws, same task
+                        row = evaluate(tr.intervener, {"train": batch}, None, r.measure, tr.plan.shape)
                         if last is None:
                             last = row
                         for c, v in row.items():
-                            if isinstance(v, float):
-                                cols.setdefault(n, {}).setdefault(c, []).append(v)
+                            cols.setdefault(n, {}).setdefault(c, []).append(v)
                 keep = [c for c in last if c.startswith(("loss", "accuracy"))]
                 for kind in ("prev_token_score", "induction_strength", "induction_score"):
                     heads = [c for c in last if c.startswith(kind + "/")]
