@@ -246,6 +246,11 @@ class Ensemble:
             self.optimizer.zero_grad(set_to_none=True)
             torch.where(use, losses, 0.0).sum().backward()
             fill_grads(self.stack.parameters())
+            reached = torch.stack([p.grad.flatten(1).ne(0).any(1) for p in self.stack.params]).any(0)   # [K]
+            for m in [m for m in ok if not reached[m.mseam.k]]:       # alone, its loss would have no gradient
+                self.fail(m, RunError(f"the loss has no gradient at step {m.step}: every path from a trained "
+                                      "parameter to it is clamped or ablated"))
+                ok.remove(m)
             self.optimizer.step()
             for m in ok:
                 m.intervener.after_optimizer_step()

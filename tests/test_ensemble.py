@@ -122,13 +122,23 @@ class _NanAfter(ValueSource):
         return (x * float("nan") if ctx.step >= 3 else x), None
 
 
+class _ZerosFrom4(_NanAfter):
+    """Test source: zeros (no gradient: the model is cut off) from step 4 on, undeclared as detached."""
+    name = "test_zeros_from_4"
+
+    def value(self, x, site, ctx):
+        return (torch.zeros_like(x).detach() if ctx.step >= 4 else x), None
+
+
 @pytest.fixture
 def nan_source():
-    """The NaN source registered for one test only (registries are global: other tests list them)."""
+    """The test sources registered for one test only (registries are global: other tests list them)."""
     from clamp.values import VALUES
     register_value(_NanAfter)
+    register_value(_ZerosFrom4)
     yield
     VALUES.pop(_NanAfter.name, None)
+    VALUES.pop(_ZerosFrom4.name, None)
 
 
 VARIANTS = {
@@ -201,18 +211,22 @@ def test_a_source_reading_other_activations_agrees_to_rounding(tmp_path, monkeyp
 
 
 def test_a_failing_member_fails_alone_and_the_others_go_on(tmp_path, nan_source):
-    """A member whose loss becomes NaN, and one stopping early on a stop rule, leave the ensemble (it is
-    rebuilt without them); the failed one says why in its summary and error.log, as alone."""
+    """A member whose loss becomes NaN, one whose loss loses its gradient (a window clamping the logits
+    whole), and one stopping early on a stop rule leave the ensemble (it is rebuilt without them); the
+    failed ones say why in their summary and error.log, as alone."""
     nan = tiny("interventions: [{clamp: hook_logits, to: test_nan_after_3}]")
+    frozen_out = tiny("interventions: [{clamp: hook_logits, to: test_zeros_from_4}]")
     stop = tiny(train=TRAIN | {"stop": {"accuracy": {"above": 0.3}}})
     ok = tiny()
     entries = [(nan, 0, tmp_path / "e_nan", None), (stop, 0, tmp_path / "e_stop", None),
-               (ok, 0, tmp_path / "e_ok", None), (ok, 1, tmp_path / "e_ok1", None)]
+               (ok, 0, tmp_path / "e_ok", None), (ok, 1, tmp_path / "e_ok1", None),
+               (frozen_out, 0, tmp_path / "e_nograd", None)]
     assert len({ensemble_key(r) for r, *_ in entries}) == 1
     res = train_ensemble(entries)
     assert res[0]["status"] == "failed" and res[0]["error"] == "training loss became nan at step 3"
     assert (tmp_path / "e_nan" / "error.log").exists()
     assert res[1]["status"] == "ok" and res[1]["stopped_early"] and res[1]["steps"] < 20
+    assert res[4]["status"] == "failed" and res[4]["error"].startswith("the loss has no gradient at step 4")
     for r, s, d, _ in entries:
         alone = train_seed(r, s, Path(str(d) + "_alone"))
         assert {k: alone[k] for k in ("status", "error", "steps")} == \
