@@ -44,6 +44,7 @@ from .store import (atomic_write, list_checkpoints, load_checkpoint, read_json, 
 from .tasks import TASKS, Batch, Task
 
 Progress = Callable[[dict], None]
+DATA_CHUNK = 16          # training batches made at once (the same batches as one at a time)
 
 
 def make_optimizer(recipe: Recipe, model: torch.nn.Module, members: bool = False) -> optim.Optimizer:
@@ -78,6 +79,7 @@ class Trainer:
         self.intervener = Intervener(self.seam, self.plan, self.optimizer, seed=seed, donor=self.donors)
         self.step = 0
         self._evaluators: dict[str, Batch] | None = None       # built at the first evaluation
+        self._chunk: tuple[int, list[Batch]] = (0, [])          # (first step, its training batches)
         self._repeats: Batch | None = None
         self._probes: dict[str, Intervener] = {}      # probe name → its Intervener (static heads)
 
@@ -102,8 +104,14 @@ class Trainer:
         return value
 
     def batch(self) -> Batch:
-        """This step's training batch, on the run's device."""
-        return self.task.train_batch(self.step, self.recipe.train.batch).to(self.device)
+        """This step's training batch, on the run's device (made DATA_CHUNK steps at a time: the same
+        batches, task.train_batches)."""
+        start, chunk = self._chunk
+        if not start <= self.step < start + len(chunk):
+            n = min(DATA_CHUNK, self.recipe.train.steps - self.step)
+            self._chunk = (self.step, self.task.train_batches(self.step, max(n, 1), self.recipe.train.batch))
+            start, chunk = self._chunk
+        return chunk[self.step - start].to(self.device)
 
     def eval_forwards(self, every: bool = False) -> list[tuple[str, Batch, list[str]]]:
         """The forwards an evaluation at this step runs (measures.forwards), with the step's edits set:

@@ -5,6 +5,8 @@ import itertools
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clamp.tasks import TASKS
 from clamp.tasks.fewshot import FewshotOptions
@@ -125,3 +127,22 @@ def test_repeat_tokens_gaps(min_gap):
             assert keys[-1] == row - gap + 1 and all((row - k + 1) % gap == 0 for k in keys)
     assert min(gaps) >= min_gap and len(set(gaps)) > 3
     assert (min(gaps) < 6) == (min_gap < 6)                                    # overlaps only below the segment
+
+
+@settings(max_examples=25, deadline=None)
+@given(task=st.sampled_from(["fewshot", "repeat_tokens"]), seed=st.integers(0, 10 ** 6),
+       start=st.integers(0, 10 ** 6), count=st.integers(1, 20), size=st.integers(1, 9))
+def test_a_chunk_of_training_batches_is_the_batches_one_at_a_time(task, seed, start, count, size):
+    """Task.train_batches (the training loop's chunks) equals train_batch step by step, every field."""
+    import dataclasses
+    t = TASKS[task](TASKS[task].Options(), seed)
+    for i, b in enumerate(t.train_batches(start, count, size)):
+        a = t.train_batch(start + i, size)
+        for f in dataclasses.fields(a):
+            x, y = getattr(a, f.name), getattr(b, f.name)
+            if isinstance(x, dict):
+                assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+            elif x is None:
+                assert y is None
+            else:
+                assert torch.equal(x, y), f.name

@@ -111,6 +111,12 @@ class Task:
     def train_batch(self, step: int, size: int) -> Batch:
         raise NotImplementedError
 
+    def train_batches(self, start: int, count: int, size: int) -> list[Batch]:
+        """The training batches of steps start .. start+count-1, each equal to `train_batch(step, size)`
+        (the training loop takes them in chunks; a task may build a chunk at once, as the built-in
+        tasks do: each step's random numbers from its own generator, the arithmetic for all together)."""
+        return [self.train_batch(s, size) for s in range(start, start + count)]
+
     def evaluators(self, size: int) -> dict[str, Batch]:
         """Fixed evaluation sets, one per name in `evaluator_names`, the same on every call."""
         raise NotImplementedError

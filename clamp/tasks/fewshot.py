@@ -130,27 +130,46 @@ class Fewshot(Task):
 
     def _sequences(self, g: torch.Generator, B: int, *, label_sets: Tensor, protos: Tensor,
                    class_p: Tensor, bank: Tensor | None = None, noise: float = 0.0) -> Batch:
+        return self._assemble(self._draw(g, B, label_sets=label_sets, class_p=class_p, bank=bank, noise=noise),
+                              label_sets=label_sets, protos=protos, bank=bank, noise=noise)
+
+    def _draw(self, g: torch.Generator, B: int, *, label_sets: Tensor, class_p: Tensor,
+              bank: Tensor | None = None, noise: float = 0.0) -> dict[str, Tensor]:
+        """The random numbers of B sequences, drawn from `g` in a fixed order (the rest is arithmetic)."""
         o = self.options
-        P, d = o.pairs, o.n_distractors()
-        k = 1 + d
-        cls = torch.multinomial(class_p.expand(B, -1), k, replacement=False, generator=g)  # [B, k]; col 0 = query
-        # which class fills each of the P context slots: burstiness × query, the rest round-robin
-        slot_class = torch.tensor([0] * o.burstiness + [1 + i % d for i in range(P - o.burstiness)])
-        order = torch.rand(B, P, generator=g).argsort(dim=1)
-        slot_class = slot_class[order]                                                    # [B, P] in 0..k-1
-        chosen = label_sets[torch.randint(len(label_sets), (B,), generator=g)]           # [B, k]
-        assign = torch.rand(B, k, generator=g).argsort(dim=1)
-        labels = chosen.gather(1, assign)                                                  # [B, k] label of class j
-        ctx_cls = cls.gather(1, slot_class)                                                # [B, P]
-        ctx_lab = labels.gather(1, slot_class)                                             # [B, P]
-        all_cls = torch.cat([ctx_cls, cls[:, :1]], dim=1)                                  # [B, P+1]
+        P, k = o.pairs, 1 + o.n_distractors()
+        d = {"cls": torch.multinomial(class_p.expand(B, -1), k, replacement=False, generator=g),   # [B, k]; 0: query
+             "order": torch.rand(B, P, generator=g),
+             "set": torch.randint(len(label_sets), (B,), generator=g),
+             "assign": torch.rand(B, k, generator=g)}
         if bank is not None:
-            inst = torch.randint(bank.shape[1], all_cls.shape, generator=g)
-            x = bank[all_cls, inst]                                                        # [B, P+1, dim]
+            d["inst"] = torch.randint(bank.shape[1], (B, P + 1), generator=g)
+        elif noise > 0:
+            d["noise"] = torch.randn((B, P + 1, o.dim), generator=g)
+        return d
+
+    def _assemble(self, d: dict[str, Tensor], *, label_sets: Tensor, protos: Tensor, bank: Tensor | None = None,
+                  noise: float = 0.0) -> Batch:
+        """Sequences from their random numbers (`_draw`), row by row: rows drawn from several generators
+        and concatenated give the sequences each would give alone."""
+        o = self.options
+        P, d_ = o.pairs, o.n_distractors()
+        cls = d["cls"]                                                                    # [B, k]
+        B = cls.shape[0]
+        # which class fills each of the P context slots: burstiness × query, the rest round-robin
+        slot_class = torch.tensor([0] * o.burstiness + [1 + i % d_ for i in range(P - o.burstiness)])
+        slot_class = slot_class[d["order"].argsort(dim=1)]                                # [B, P] in 0..k-1
+        chosen = label_sets[d["set"]]                                                     # [B, k]
+        labels = chosen.gather(1, d["assign"].argsort(dim=1))                             # [B, k] label of class j
+        ctx_cls = cls.gather(1, slot_class)                                               # [B, P]
+        ctx_lab = labels.gather(1, slot_class)                                            # [B, P]
+        all_cls = torch.cat([ctx_cls, cls[:, :1]], dim=1)                                 # [B, P+1]
+        if bank is not None:
+            x = bank[all_cls, d["inst"]]                                                  # [B, P+1, dim]
         else:
             x = protos[all_cls]
             if noise > 0:
-                x = (x + noise * torch.randn(x.shape, generator=g)) / math.sqrt(1 + noise ** 2)
+                x = (x + noise * d["noise"]) / math.sqrt(1 + noise ** 2)
         x = self.offset + o.spread * x
 
         T = 2 * P + 1
@@ -181,6 +200,14 @@ class Fewshot(Task):
         g = rng_for(self.seed, 7, step)
         return self._sequences(g, size, label_sets=self.train_sets, protos=self.protos,
                                class_p=self.class_p, noise=self.options.noise)
+
+    def train_batches(self, start: int, count: int, size: int) -> list[Batch]:
+        kw = dict(label_sets=self.train_sets, noise=self.options.noise)
+        draws = [self._draw(rng_for(self.seed, 7, s), size, class_p=self.class_p, **kw)
+                 for s in range(start, start + count)]
+        big = self._assemble({k: torch.cat([d[k] for d in draws]) for k in draws[0]}, protos=self.protos,
+                             **kw)
+        return [big.select(slice(i * size, (i + 1) * size)) for i in range(count)]
 
     def evaluators(self, size: int) -> dict[str, Batch]:
         o = self.options

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from ..schema import opt, positive
 from .base import Batch, Task, TaskIO, register_task, rng_for
@@ -73,11 +74,23 @@ class RepeatTokens(Task):
                 "max(induction_score/blocks.*.attn.hook_pattern[*])": {"above": 0.5}}
 
     def _sequences(self, g: torch.Generator, B: int) -> Batch:
+        return self._assemble(self._draw(g, B))
+
+    def _draw(self, g: torch.Generator, B: int) -> dict[str, Tensor]:
+        """The random numbers of B sequences, drawn from `g` in a fixed order (the rest is arithmetic)."""
+        o = self.options
+        return {"tokens": torch.randint(o.vocab, (B, o.length), generator=g),
+                "a": torch.rand(B, generator=g), "gap": torch.rand(B, generator=g)}
+
+    def _assemble(self, d: dict[str, Tensor]) -> Batch:
+        """Sequences from their random numbers, row by row (rows of several draws concatenated give
+        the sequences each gives alone)."""
         o = self.options
         T, S = o.length, o.segment
-        tokens = torch.randint(o.vocab, (B, T), generator=g)
-        a = (torch.rand(B, generator=g) * (T - S - o.min_gap + 1)).long()            # original's start
-        gap = o.min_gap + (torch.rand(B, generator=g) * (T - S - a - o.min_gap + 1)).long()
+        tokens = d["tokens"].clone()
+        B = tokens.shape[0]
+        a = (d["a"] * (T - S - o.min_gap + 1)).long()                             # original's start
+        gap = o.min_gap + (d["gap"] * (T - S - a - o.min_gap + 1)).long()
         b = a + gap                                                               # copy's start
         rows = torch.arange(B)
         for r in range(S):                       # token by token: an overlapping copy is periodic
@@ -97,6 +110,11 @@ class RepeatTokens(Task):
 
     def train_batch(self, step: int, size: int) -> Batch:
         return self._sequences(rng_for(self.seed, 7, step), size)
+
+    def train_batches(self, start: int, count: int, size: int) -> list[Batch]:
+        draws = [self._draw(rng_for(self.seed, 7, s), size) for s in range(start, start + count)]
+        big = self._assemble({k: torch.cat([d[k] for d in draws]) for k in draws[0]})
+        return [big.select(slice(i * size, (i + 1) * size)) for i in range(count)]
 
     def evaluators(self, size: int) -> dict[str, Batch]:
         return {"train": self._sequences(rng_for(self.seed, 11), size)}
