@@ -216,3 +216,14 @@ def test_suite_loader_fuzz_gives_a_suite_or_one_input_error(data):
         suite_from_data(data_, src).runs()
     except InputError as e:
         assert str(e).startswith("suite.yaml:") and "\n" not in str(e), str(e)
+
+
+def test_a_suite_with_and_without_ensembles_gives_the_same_table(local_result, tmp_path):
+    """The same suite trained as ensembles (the default) and run by run: results.csv identical but for
+    wall times, the same verdicts; every run's summary says which way it trained."""
+    alone = run_suite(load_suite(write_suite(tmp_path)), tmp_path / "alone", workers=2, ensemble=False)
+    assert stable(read_csv(alone.dir / "results.csv")) == stable(read_csv(local_result.dir / "results.csv"))
+    assert [v["verdict"] for v in alone.verdicts] == [v["verdict"] for v in local_result.verdicts]
+    assert all("ensemble" not in json.loads(p.read_text()) for p in (alone.dir / "runs").glob("*/seed_*/summary.json"))
+    assert all(json.loads(p.read_text())["ensemble"]["members"] == 3
+               for p in (local_result.dir / "runs").glob("*/seed_*/summary.json"))
