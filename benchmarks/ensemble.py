@@ -63,7 +63,7 @@ def clock(device: str) -> float:
 def build(rs, device):
     solo = [Trainer(r, s) for s, r in enumerate(rs)]
     stack = Stack([build_model(r.shape(), s).to(device) for s, r in enumerate(rs)])
-    opt = E.make_optimizer(rs[0], E._Params(list(stack.params)), members=True)
+    opt = E.stack_optimizer(rs[0], list(stack.params))
     members = [E.Member(r, s, Path("."), None, solo[s].plan, MemberSeam(stack, s), opt) for s, r in enumerate(rs)]
     return solo, E.Ensemble(members, stack, lambda ev: None), members
 

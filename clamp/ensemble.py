@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import store
+from . import optim, store
 from .budget import members_that_fit
 from .compile import compile_plan
 from .errors import RunError
@@ -47,7 +47,7 @@ from .stacked import MemberError, MemberSeam, Stack
 from .store import atomic_write, list_checkpoints, load_checkpoint, read_metrics, run_metrics, save_checkpoint
 from .tasks import Batch
 from .train import (ERROR_LOG, Trainer, _finish, _Progress, check_dir, fill_grads, install_extensions,
-                    make_optimizer, one_line, prepare_dir, resolve_device, stop_now)
+                    one_line, prepare_dir, resolve_device, stop_now)
 
 Progress = Callable[[dict], None]
 
@@ -246,7 +246,7 @@ class Ensemble:
             self.optimizer.zero_grad(set_to_none=True)
             torch.where(use, losses, 0.0).sum().backward()
             fill_grads(self.stack.parameters())
-            reached = torch.stack([p.grad.flatten(1).ne(0).any(1) for p in self.stack.params]).any(0)   # [K]
+            reached = torch.stack([p.grad.flatten(1).ne(0).any(1) for p in self.stack.params]).any(0).tolist()
             for m in [m for m in ok if not reached[m.mseam.k]]:       # alone, its loss would have no gradient
                 self.fail(m, RunError(f"the loss has no gradient at step {m.step}: every path from a trained "
                                       "parameter to it is clamped or ablated"))
@@ -352,7 +352,7 @@ class Ensemble:
             return
         keep = [m.mseam.k for m in live]
         r = live[0].recipe
-        opt, remap = restack(self.stack, self.optimizer, keep, lambda ps: make_optimizer(r, _Params(ps), members=True))
+        opt, remap = restack(self.stack, self.optimizer, keep, lambda ps: stack_optimizer(r, ps))
         self.optimizer = opt
         for new_k, m in enumerate(live):
             m.mseam.k = new_k
@@ -385,12 +385,10 @@ class Ensemble:
                 m.progress.train_s += dt
 
 
-class _Params(nn.Module):
-    """make_optimizer takes a module; this one holds a restacked parameter list."""
-
-    def __init__(self, params: list[nn.Parameter]):
-        super().__init__()
-        self.ps = nn.ParameterList(params)
+def stack_optimizer(recipe: Recipe, params: list[nn.Parameter]):
+    """The recipe's optimizer over stacked parameters, each member's slice updated as a tensor of its own."""
+    t = recipe.train
+    return optim.make_optimizer(t.optimizer, params, t.lr, t.betas, t.weight_decay, members=True)
 
 
 def _tag(m: Member, ev: dict) -> dict:
@@ -435,7 +433,7 @@ def _train_members(todo: list, emit: Progress) -> dict[int, dict]:
     device = resolve_device(todo[0][1].train.device)
     models = [build_model(one.shape(), seed).to(device) for _, one, seed, _, _ in todo]
     stack = Stack(models)
-    opt = make_optimizer(todo[0][1], _Params(list(stack.params)), members=True)
+    opt = stack_optimizer(todo[0][1], list(stack.params))
     members: list[Member] = []
     t0 = time.perf_counter()
     failed: dict[int, dict] = {}

@@ -157,10 +157,11 @@ class Intervener:
             if from_ref:
                 assert ctx.reference is not None
                 x = ctx.reference[name]
-            for source, site, hmask in writers:
+            for i, (source, site, hmask) in enumerate(writers):
                 v, rows = source.value(x, site, ctx)
-                if hmask is not None and hmask.device != x.device:
+                if hmask is not None and hmask.device != x.device:     # moved once, to the model's device
                     hmask = hmask.to(x.device)
+                    writers[i] = (source, site, hmask)
                 m = rows if hmask is None else (hmask if rows is None else hmask & rows)
                 x = v if m is None else torch.where(m, v, x)
             if keep:

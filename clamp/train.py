@@ -47,9 +47,9 @@ Progress = Callable[[dict], None]
 DATA_CHUNK = 16          # training batches made at once (the same batches as one at a time)
 
 
-def make_optimizer(recipe: Recipe, model: torch.nn.Module, members: bool = False) -> optim.Optimizer:
+def make_optimizer(recipe: Recipe, model: torch.nn.Module) -> optim.Optimizer:
     t = recipe.train
-    return optim.make_optimizer(t.optimizer, model.parameters(), t.lr, t.betas, t.weight_decay, members=members)
+    return optim.make_optimizer(t.optimizer, model.parameters(), t.lr, t.betas, t.weight_decay)
 
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -143,14 +143,13 @@ class Trainer:
         `outputs`: the results of `eval_forwards()` when they ran elsewhere (an ensemble); `every`: run
         every evaluator, also those `train.evaluator_every` skips at this step."""
         r = self.recipe
-        todo = self.eval_forwards(every)
+        evs, reps = self._due(every)
         self.model.eval()
         row: dict = {"step": self.step, "sequences": self.step * r.train.batch, "seed": self.seed}
         if outputs is None:
-            evs, reps = self._due(every)
             row.update(evaluate(self.intervener, evs, reps, r.measure, self.plan.shape))
         else:
-            row.update(score(outputs, todo, r.measure, self.plan.shape))
+            row.update(score(outputs, forwards(evs, reps, r.measure, self.plan.shape), r.measure, self.plan.shape))
         if "composition" in r.measure:
             row.update(composition_scores(self.seam))
         if probes:
