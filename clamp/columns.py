@@ -5,7 +5,10 @@ phase rules, stop rules, head selections, suite expectations, results.csv, the g
 
     loss, accuracy                                 the 'train' evaluator
     loss/<evaluator>, accuracy/<evaluator>         the task's other evaluators
-    <measure>/blocks.L.attn.hook_pattern[h]        per-head measures (prev_token_score, ...)
+    <measure>/blocks.L.attn.hook_pattern[h]        per-head attention measures (prev_token_score, ...)
+    negative_similarity/blocks.L.attn.hook_attn_scores[h]   per head, from the pre-softmax scores
+    copying_score/blocks.L.attn.W_O[h]             per head, from the weights (the OV circuit)
+    position_accuracy/pos<t>                       accuracy of the prediction made at position t
     {k,q,v}_composition/blocks.L1.attn.W_O[h1]>blocks.L2.attn.W_{K,Q,V}[h2]
     <column>@<probe>                               a probe's loss and accuracy columns
 
@@ -28,9 +31,10 @@ import re
 
 from .sites import head_name
 
-MEASURES = ("loss", "accuracy", "prev_token_score", "label_prev_token_score", "induction_strength",
-            "induction_score", "composition")
-HEAD_MEASURES = ("prev_token_score", "label_prev_token_score", "induction_strength", "induction_score")
+MEASURES = ("loss", "accuracy", "position_accuracy", "prev_token_score", "label_prev_token_score",
+            "induction_strength", "induction_score", "negative_similarity", "copying_score", "composition")
+PATTERN_MEASURES = ("prev_token_score", "label_prev_token_score", "induction_strength", "induction_score")
+HEAD_MEASURES = PATTERN_MEASURES + ("negative_similarity", "copying_score")
 AGGREGATE = re.compile(r"^(max|min|mean)\((.+)\)$")
 
 
@@ -38,8 +42,26 @@ def pattern_site(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_pattern"
 
 
+def scores_site(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_attn_scores"
+
+
+def head_site(measure: str, layer: int) -> str:
+    """The site a per-head measure is named by: what it reads (attention, scores, or the OV weights)."""
+    if measure == "negative_similarity":
+        return scores_site(layer)
+    if measure == "copying_score":
+        return f"blocks.{layer}.attn.W_O"
+    return pattern_site(layer)
+
+
 def head_column(measure: str, layer: int, head: int) -> str:
-    return f"{measure}/{head_name(pattern_site(layer), (head,))}"
+    return f"{measure}/{head_name(head_site(measure, layer), (head,))}"
+
+
+def position_column(measure: str, pos: int) -> str:
+    """A per-position measure: `position_accuracy/pos3` is the accuracy of the prediction at position 3."""
+    return f"{measure}/pos{pos}"
 
 
 def evaluator_column(measure: str, evaluator: str) -> str:

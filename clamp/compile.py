@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import sites as S
+from .columns import head_column
 from .errors import format_path
 from .recipe import Intervention, Recipe, Selection
 from .values import VALUES, ValueSource
@@ -168,7 +169,7 @@ def _preserved(e: Edit, shape: S.ModelShape) -> list[Edit]:
 def select_heads(sel: Selection, shape: S.ModelShape, seed: int, measured: dict | None, recipe: Recipe,
                  name: str, metrics_of: MetricsOf | None = None) -> tuple[tuple[int, ...], str]:
     """Heads of `sel.layer` chosen by a per-head measure: from a metrics row (run: self) or a run."""
-    cols = [f"{sel.by}/{S.head_name(f'blocks.{sel.layer}.attn.hook_pattern', (h,))}" for h in range(shape.heads)]
+    cols = [head_column(sel.by, sel.layer, h) for h in range(shape.heads)]
     where = ("subcircuits", name, "select")
     if sel.run == "self":
         if measured is None:

@@ -20,6 +20,15 @@ Definitions (A = the head's attention pattern after any clamp, averaged over seq
 - induction_score: on the task's repeated segments (a random segment repeated), mean over rows in
   the repeats of attention to the key after the row token's previous occurrence
   (Olsson et al.'s prefix matching).
+- position_accuracy/pos<t>: on the 'train' evaluator, argmax at position t = token t+1, over every
+  sequence (loss mask or not): how much context each position needs.
+- negative_similarity: on the 'train' evaluator, per query row i >= 2 the Pearson correlation over
+  keys j <= i between the head's pre-softmax score S[i, j] and the dissimilarity 1 - cos(e_i, e_j)
+  of the two tokens' embeddings (`hook_embed`), averaged over rows where both vary; in [-1, 1],
+  > 0: the head favours tokens unlike the query's (Bhargav & Gu's "negative similarity" heads).
+- copying_score (weights): Σλ/Σ|λ| over the eigenvalues λ of the head's direct path
+  W_E·diag(ln1.w)·W_V·W_O·diag(ln_final.w)·W_U [vocab, vocab] (Elhage et al. 2021); 1: the head
+  raises the logit of the token it attends to, -1: lowers it.
 """
 from __future__ import annotations
 
@@ -29,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .columns import HEAD_MEASURES, composition_column, evaluator_column, head_column, pattern_site
+from .columns import (PATTERN_MEASURES, composition_column, evaluator_column, head_column, pattern_site,
+                      position_column, scores_site)
 from .sites import ModelShape
 from .tasks import Batch
 
@@ -63,6 +73,32 @@ def induction_strengths(A: Tensor, keys: Tensor, others: Tensor | None) -> Tenso
     return (good * w).sum(dim=(0, 2)) / w.sum(dim=(0, 2)).clamp_min(1)
 
 
+def position_accuracies(logits: Tensor, tokens: Tensor) -> Tensor:
+    """logits [batch, pos, n_out], tokens [batch, pos] → [pos-1]: accuracy of the prediction at each
+    position t of token t+1."""
+    return (logits[:, :-1].argmax(-1) == tokens[:, 1:]).float().mean(0)
+
+
+def negative_similarities(S: Tensor, embed: Tensor) -> Tensor:
+    """S [batch, head, query, key] pre-softmax scores (future keys may be -inf), embed [batch, pos, d]
+    token embeddings → [head]: mean over rows i >= 2 of corr_j<=i(S[i, j], 1 - cos(e_i, e_j))."""
+    B, H, T, _ = S.shape
+    e = F.normalize(embed.float(), dim=-1)
+    dis = 1.0 - e @ e.transpose(1, 2)                                   # [batch, query, key]
+    causal = torch.ones(T, T, dtype=torch.bool, device=S.device).tril()
+    m = causal.float()                                                  # [query, key]
+    n = m.sum(-1)                                                       # [query] keys per row
+    s = torch.where(causal, S, torch.zeros((), dtype=S.dtype, device=S.device)).float()
+    ds = dis[:, None] * m                                               # [batch, 1, query, key]
+    s_c = (s - (s * m).sum(-1, keepdim=True) / n[:, None]) * m          # centred over the row's keys
+    d_c = (ds - ds.sum(-1, keepdim=True) / n[:, None]) * m
+    cov = (s_c * d_c).sum(-1)                                           # [batch, head, query]
+    vs, vd = (s_c ** 2).sum(-1), (d_c ** 2).sum(-1)
+    ok = (vs > 1e-12 * n) & (vd > 1e-12 * n) & (n >= 3)                 # both vary; at least three keys
+    r = torch.where(ok, cov / (vs * vd).clamp_min(1e-30).sqrt(), torch.zeros_like(cov))
+    return r.sum(dim=(0, 2)) / ok.float().sum(dim=(0, 2)).clamp_min(1)
+
+
 REPEATS = "(repeated segments)"      # the key of the induction-score forward in `forwards`/`score`
 
 Outputs = dict[str, tuple[Tensor, dict[str, Tensor]]]     # forward key → (logits, recorded site values)
@@ -73,8 +109,10 @@ def forwards(evaluators: dict[str, Batch], repeats: Batch | None, measures: Iter
     """The forward passes an evaluation needs: (key, batch, sites to record) for each."""
     measures = tuple(measures)
     patterns = [pattern_site(L) for L in range(shape.layers)]
-    want_heads = any(m in HEAD_MEASURES for m in measures)
-    out = [(name, batch, patterns if name == "train" and want_heads else []) for name, batch in evaluators.items()]
+    record = patterns if any(m in PATTERN_MEASURES for m in measures) else []
+    if "negative_similarity" in measures:
+        record = record + [scores_site(L) for L in range(shape.layers)] + ["hook_embed"]
+    out = [(name, batch, record if name == "train" else []) for name, batch in evaluators.items()]
     if "induction_score" in measures and repeats is not None:
         out.append((REPEATS, repeats, patterns))
     return out
@@ -113,7 +151,16 @@ def score(outputs: Outputs, todo: list[tuple[str, Batch, list[str]]], measures: 
             row[evaluator_column("loss", name)] = loss
         if "accuracy" in measures:
             row[evaluator_column("accuracy", name)] = acc
+        if "position_accuracy" in measures and name == "train":
+            for t, v in enumerate(position_accuracies(logits, batch.tokens).tolist()):
+                row[position_column("position_accuracy", t)] = v
         for L in range(shape.layers) if record else ():
+            if "negative_similarity" in measures:
+                sims = negative_similarities(rec[scores_site(L)], rec["hook_embed"])
+                for h, v in enumerate(sims.tolist()):
+                    row[head_column("negative_similarity", L, h)] = v
+            if pattern_site(L) not in rec:
+                continue
             A = rec[pattern_site(L)]                            # [batch, head, query, key]
             if "prev_token_score" in measures:
                 for h, v in enumerate(prev_token_scores(A).tolist()):
@@ -168,6 +215,24 @@ def composition_scores(seam) -> dict[str, float]:
                 for h1 in range(shape.heads):
                     for h2 in range(shape.heads):
                         row[composition_column(kind, L1, h1, L2, h2)] = float(M[h1, h2])
+    return row
+
+
+@torch.no_grad()
+def copying_scores(seam) -> dict[str, float]:
+    """Columns `copying_score/blocks.L.attn.W_O[h]`: Σλ/Σ|λ| over the eigenvalues of each head's direct
+    path W_E·OV·W_U (LayerNorm scales folded in), from the weights of a model behind the seam."""
+    shape = seam.shape
+    W_E, W_U = seam.weight("embed.W_E"), seam.weight("unembed.W_U")     # [vocab, d], [d, n_out]
+    if shape.norm == "pre":
+        W_U = W_U * seam.weight("ln_final.w")[:, None]
+    row = {}
+    for L in range(shape.layers):
+        OV = _head_mats(seam, L)[1]                                       # [H, d, d]
+        lam = torch.linalg.eigvals((W_E[None] @ OV @ W_U[None]).double())  # [H, vocab]
+        score = lam.sum(-1).real / lam.abs().sum(-1).clamp_min(1e-30)
+        for h, v in enumerate(score.tolist()):
+            row[head_column("copying_score", L, h)] = v
     return row
 
 

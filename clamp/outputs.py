@@ -23,6 +23,10 @@ def unavailable(recipe: Recipe, measure: str) -> str:
         return f"{recipe.task.name} has no label positions"
     if measure == "induction_strength" and cls.induction_keys is False:
         return f"{recipe.task.name} marks no induction keys"
+    if measure == "copying_score":
+        io = cls.io(recipe.task.options)
+        if io.vocab != io.n_out or io.vector_dim:
+            return f"{recipe.task.name}'s outputs are not its input tokens (no W_E·OV·W_U to take eigenvalues of)"
     if measure == "induction_score" and cls.has_repeated_segments is False:
         return f"{recipe.task.name} has no repeated-segment probe (a token task such as repeat_tokens has)"
     return ""
@@ -43,10 +47,11 @@ def produced(recipe: Recipe) -> set[str]:
         if m in recipe.measure:
             base.update(C.evaluator_column(m, e) for e in evs)
     out |= base
-    if "train" in evs:
-        for m in C.HEAD_MEASURES:
-            if m in recipe.measure and not unavailable(recipe, m):
-                out.update(C.head_column(m, L, h) for L in range(s.layers) for h in range(s.heads))
+    for m in C.HEAD_MEASURES:
+        if m in recipe.measure and not unavailable(recipe, m) and ("train" in evs or m == "copying_score"):
+            out.update(C.head_column(m, L, h) for L in range(s.layers) for h in range(s.heads))
+    if "position_accuracy" in recipe.measure and "train" in evs:
+        out.update(C.position_column("position_accuracy", t) for t in range(s.n_ctx - 1))
     if "composition" in recipe.measure:
         out.update(C.composition_column(k, l1, h1, l2, h2) for k in "kqv" for l1 in range(s.layers)
                    for l2 in range(l1 + 1, s.layers) for h1 in range(s.heads) for h2 in range(s.heads))
@@ -102,11 +107,11 @@ def _column(recipe, have: set[str], col: str, path: tuple, what: str) -> None:
     agg = C.AGGREGATE.match(col)
     base = agg.group(2) if agg else col
     measure = base.split("/", 1)[0].split("@", 1)[0]
-    if measure in C.HEAD_MEASURES + ("loss", "accuracy") and measure not in recipe.measure:
+    if measure in C.HEAD_MEASURES + ("loss", "accuracy", "position_accuracy") and measure not in recipe.measure:
         hint = unavailable(recipe, measure) or f"add {measure} to measure:"
     elif measure in C.HEAD_MEASURES and "/" not in base:
         hint = (f"{measure} is per head: {C.head_column(measure, 0, 0)}, or over heads "
-                f"max({measure}/{C.pattern_site(0).replace('0', '*', 1)}[*])")
+                f"max({measure}/{C.head_site(measure, 0).replace('0', '*', 1)}[*])")
     else:
         plain = sorted(c for c in have if "/blocks." not in c and "composition" not in c)
         hint = did_you_mean(col, have) or ("columns: " + ", ".join(plain[:8]) if plain else "")

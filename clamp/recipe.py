@@ -130,7 +130,8 @@ class Selection:
     """Heads chosen by measurement: the heads of `layer` ranked or thresholded by a per-head measure."""
 
     layer: int = opt(0, check=lambda v: None if v >= 0 else "a layer >= 0", doc="the layer whose heads are chosen")
-    by: Literal["prev_token_score", "label_prev_token_score", "induction_strength", "induction_score"] = opt(
+    by: Literal["prev_token_score", "label_prev_token_score", "induction_strength", "induction_score",
+                "negative_similarity", "copying_score"] = opt(
         "prev_token_score", doc="the per-head measure")
     top: int = opt(0, check=lambda v: None if v >= 0 else "a count >= 0", doc="the k highest")
     bottom: int = opt(0, check=lambda v: None if v >= 0 else "a count >= 0", doc="the k lowest")

@@ -34,7 +34,7 @@ from .columns import probe_column
 from .compile import Plan, compile_plan
 from .errors import InputError, RunError
 from .hooks import Intervener
-from .measures import Outputs, composition_baseline, composition_scores, evaluate, forwards, score
+from .measures import Outputs, composition_baseline, composition_scores, copying_scores, evaluate, forwards, score
 from .donor import Donors
 from .seam import ModelSeam, build
 from .phases import column_value, phase_times
@@ -152,6 +152,8 @@ class Trainer:
             row.update(score(outputs, forwards(evs, reps, r.measure, self.plan.shape), r.measure, self.plan.shape))
         if "composition" in r.measure:
             row.update(composition_scores(self.seam))
+        if "copying_score" in r.measure:
+            row.update(copying_scores(self.seam))
         if probes:
             self.evaluate_probes(row)
         self.intervener.attach()

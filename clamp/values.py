@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError, did_you_mean, show
-from .schema import between, opt
+from .schema import between, opt, positive
 from .sites import Site
 from .tasks import Batch
 
@@ -164,20 +164,21 @@ class Constant(ValueSource):
 class PreviousTokenOptions:
     strength: float = opt(1.0, check=between(0.0, 1.0), doc="p: weight on the previous position (1-p on itself)")
     rows: str = opt("all", doc="'all' rows, or only rows of one role (few-shot: 'label')")
+    lag: int = opt(1, check=positive, doc="how far back: row i attends i-lag (2: the token before the previous)")
 
 
 @register_value
 class PreviousToken(ValueSource):
     name, Options, sites = "previous_token", PreviousTokenOptions, ("hook_pattern",)
-    doc = "row i puts p on i-1 and 1-p on i (row 0 on itself)"
+    doc = "row i puts p on i-lag and 1-p on i (rows before lag on themselves)"
 
     def value(self, x, site, ctx):                      # x [batch, head, query, key]
         T = x.shape[-1]
-        p = self.options.strength
+        p, lag = self.options.strength, self.options.lag
         pat = torch.eye(T, dtype=x.dtype, device=x.device) * (1 - p)
-        idx = torch.arange(1, T, device=x.device)
-        pat[idx, idx - 1] = p
-        pat[0, 0] = 1.0
+        idx = torch.arange(lag, T, device=x.device)
+        pat[idx, idx - lag] = p
+        pat[torch.arange(min(lag, T)), torch.arange(min(lag, T))] = 1.0
         return pat.expand_as(x), row_mask(ctx.batch, self.options.rows, T)
 
 
