@@ -19,6 +19,7 @@ from typing import Callable
 
 from .benches import run_suite
 from .compile import Plan, compile_plan
+from .htmlreport import write_report
 from .report import write_suite_report
 from .results import SuiteResult, suite_result
 from .recipe import Recipe
@@ -37,8 +38,8 @@ def bench(suite: str | os.PathLike | Suite, out: str | os.PathLike | None = None
           progress: Callable[[dict], None] | None = None, fresh: bool = False,
           max_memory: float | None = None, ensemble: bool = True) -> SuiteResult:
     """`clamp bench` from Python: run a suite (a path or a Suite) into `out` (default
-    runs/<suite name>), resuming what is there; report.md is rewritten as each run finishes and
-    the loss curves drawn at the end. Runs that can share train as ensembles unless `ensemble` is
+    runs/<suite name>), resuming what is there; report.md is rewritten as each run finishes, and
+    the loss curves and report.html (htmlreport.py) are written at the end. Runs that can share train as ensembles unless `ensemble` is
     False (ensemble.py). Returns the judged results."""
     s = suite if isinstance(suite, Suite) else load_suite(suite)
     d = Path(out) if out is not None else Path("runs") / s.name
@@ -49,4 +50,6 @@ def bench(suite: str | os.PathLike | Suite, out: str | os.PathLike | None = None
                      max_memory=max_memory, on_rows=report, ensemble=ensemble)
     res = suite_result(s, d, rows)
     write_suite_report(res)
+    if any(r["status"] == "ok" for r in rows):
+        write_report(d)
     return res

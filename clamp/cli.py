@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .errors import InputError, did_you_mean
+from .errors import InputError, did_you_mean, show
 from .report import table
 
 
@@ -325,7 +325,8 @@ def cmd_explain(a) -> int:
 
 
 def cmd_report(a) -> int:
-    """`clamp report DIR`: re-render a suite's report.md and curves, or summarise a run directory."""
+    """`clamp report DIR`: re-render a suite's report.md, curves and report.html, or a run's."""
+    from .htmlreport import write_report
     from .report import plot_curves, run_curves, run_rows, suite_text, write_suite_report
     from .results import load_results
     from .runs import Run
@@ -333,12 +334,14 @@ def cmd_report(a) -> int:
     d = Path(a.dir)
     if not d.is_dir():
         raise InputError(str(d), "", "no such directory", "a directory written by `clamp run` or `clamp bench`")
+    heads = [_head_arg(h) for h in a.head]
     if (d / "results.csv").exists():
         res = load_results(d)
         with writer(d, "suite", what=str(d)):
             paths = write_suite_report(res)
+            paths.append(write_report(d, a.column or None, heads or None, a.step or None, a.variant, a.seed))
         print(suite_text(res))
-        print("wrote " + " and ".join(map(str, paths)))
+        print("wrote " + ", ".join(map(str, paths)))
         return 0
     run = Run.load(d)
     if not run.seeds:
@@ -347,8 +350,18 @@ def cmd_report(a) -> int:
     print(table(*run_rows(run)))
     with writer(d, "run", what=str(d)):
         png = plot_curves(run_curves(run), d / "loss_curves.png", title=run.name)
-    print(f"wrote {png}")
+        page = write_report(d, a.column or None, heads or None, a.step or None, None, a.seed)
+    print(f"wrote {png}, {page}")
     return 0
+
+
+def _head_arg(text: str) -> tuple[int, int]:
+    """`blocks.L.attn.hook_pattern[h]` → (L, h)."""
+    import re
+    m = re.fullmatch(r"blocks\.(\d+)\.attn\.hook_pattern\[(\d+)\]", text.strip())
+    if not m:
+        raise InputError("--head", "", show(text), "a head as its pattern site, e.g. blocks.1.attn.hook_pattern[3]")
+    return int(m.group(1)), int(m.group(2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -428,8 +441,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "suites whose tasks or phase rules differ), e.g. loss:below")
     q.set_defaults(fn=cmd_explain)
 
-    q = sub.add_parser("report", help="tables and plots for a run or suite directory")
+    q = sub.add_parser("report", help="tables, plots and report.html for a run or suite directory")
     q.add_argument("dir")
+    q.add_argument("--column", action="append", default=[], metavar="COLUMN",
+                   help="a metric column to plot (repeatable; default: loss, accuracy and the phase-rule columns)")
+    q.add_argument("--head", action="append", default=[], metavar="SITE[h]",
+                   help="a head whose attention to draw, e.g. blocks.1.attn.hook_pattern[3] (repeatable)")
+    q.add_argument("--step", action="append", default=[], type=int, metavar="STEP",
+                   help="a checkpoint step to draw attention at (repeatable; default: before the phase change, last)")
+    q.add_argument("--variant", help="the suite variant whose attention to draw (default: the first)")
+    q.add_argument("--seed", type=int, help="the seed whose attention to draw (default: the first)")
     q.set_defaults(fn=cmd_report)
     return p
 

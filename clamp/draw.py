@@ -1,10 +1,11 @@
 """The subcircuit graph as a picture (graph.png).
 
 Analysis layer, under graph.py (which calls `draw_graph` when it saves). It draws a
-networkx MultiDiGraph of the shape graph.py builds: subcircuit nodes (left column) and
-behaviour nodes (right column), placed by networkx's `multipartite_layout`; one arrow per
-(subcircuit, behaviour): the effect of intervening on it with the fewest other clamps on
-(green: the phase change comes earlier, red: later); the strongest composition increases are
+networkx MultiDiGraph of the shape graph.py builds in three layered columns: subcircuit nodes
+(ordered by model layer), one label per effect in a column of its own (so no two labels overlap),
+and behaviour nodes; one arrow per (subcircuit, behaviour): the effect of intervening on it with
+the fewest other interventions on, worded by its kind (clamping, ablating, freezing; green: the
+phase change comes earlier, red: later); the strongest composition increases are dashed arcs,
 listed underneath.
 """
 from __future__ import annotations
@@ -43,73 +44,152 @@ def strongest_composition(g: nx.MultiDiGraph, n: int = 8) -> list[tuple[str, str
     return [(a, b, d) for (_, a, b), (_, d) in sorted(best.items(), key=lambda e: -e[1][0])][:n]
 
 
-def effect_label(d: dict) -> str:
+def intervention_phrase(how: str, subcircuit: str) -> str:
+    """A graph edge's intervention ('clamp to induction(strength=1.0)@[0,1000)', 'ablate (zero)',
+    'freeze (hold@[0,400))') as words: 'clamping match to induction during [0,1000)'."""
+    kind, _, rest = how.partition(" ")
+    src = rest.removeprefix("to ")
+    if kind != "clamp" and src.startswith("(") and src.endswith(")"):
+        src = src[1:-1]
+    src, _, windows = src.partition("@")
+    name = src.split("(", 1)[0]
+    when = f" during {windows}" if windows else ""
+    if kind == "clamp":
+        return f"clamping {subcircuit} to {name}{when}"
+    if kind == "ablate":
+        return f"ablating {subcircuit}" + (f" ({name})" if name and name != "zero" else "") + when
+    if kind == "freeze":
+        return f"freezing {subcircuit}{when}"
+    return f"{how} {subcircuit}"
+
+
+def effect_text(d: dict) -> str:
     med = d["median"]
-    earlier = med < 1
-    text = (f"×{1 / med:.1f} earlier" if earlier and med > 0 else "at once" if earlier else
-            "prevents" if d.get("prevents") else f"×{med:.2f} later")
+    if d.get("prevents"):
+        text = "prevents it (most seeds never changed)"
+    elif med < 1:
+        text = f"{1 / med:.1f}× earlier" if med > 0 else "at once"
+    else:
+        text = f"{med:.2f}× later"
+    rng = f"ratio {d['min']:.2f}–{d['max']:.2f}, {d['n']} seeds" if d.get("min") is not None else f"{d['n']} seeds"
     if d.get("censored"):
-        text += f" (bound: {d['censored']}/{d['n']} censored)"
-    kinds = sorted({i.split(" ")[0] for i in d.get("interventions") or ()})
-    return f"{'/'.join(kinds)}: {text}  [{d['variant'].split('/', 1)[1]}]"
+        rng += f", {d['censored']} censored: a bound"
+    return f"{text} ({rng})"
+
+
+def effect_label(d: dict, subcircuit: str) -> str:
+    hows = d.get("interventions") or ["intervening on"]
+    phrases = [intervention_phrase(h, subcircuit) for h in hows]
+    if len(phrases) > 1 and all(p.startswith(f"clamping {subcircuit} to ") for p in phrases):
+        phrase = f"clamping {subcircuit} to " + " + ".join(p.removeprefix(f"clamping {subcircuit} to ") for p in phrases)
+    else:
+        phrase = " + ".join(phrases)
+    if d.get("with"):
+        phrase += f" (with {', '.join(d['with'])})"
+    return f"{phrase}\n→ {effect_text(d)}  [{d['variant'].split('/', 1)[1]} vs {d['parent'].split('/', 1)[1]}]"
+
+
+def behaviour_text(name: str) -> str:
+    """'phase:loss:below' → 'loss: phase change (below)'."""
+    body = name.removeprefix("phase:")
+    col, _, rule = body.rpartition(":")
+    return f"phase change of\n{col}\n({rule} rule)"
+
+
+def _layer_of(sites: list[str]) -> float:
+    """The first model layer a subcircuit's sites name (embeddings -1, unembedding last, unknown 99)."""
+    import re
+    ls = [int(m.group(1)) for x in sites for m in [re.search(r"blocks\.(\d+)\.", x)] if m]
+    if ls:
+        return min(ls)
+    if any(x.startswith(("embed", "pos_embed", "hook_embed", "hook_pos")) for x in sites):
+        return -1
+    if any(x.startswith(("unembed", "hook_logits", "ln_final")) for x in sites):
+        return 90
+    return 99
 
 
 def draw_graph(g: nx.MultiDiGraph, png: str | os.PathLike, condition: str = "reference") -> Path:
     """Draw the graph's effects under one condition into a PNG (written atomically)."""
+    return save_figure(graph_figure(g, condition), png)
+
+
+def graph_figure(g: nx.MultiDiGraph, condition: str = "reference"):
+    """The graph's effects under one condition as a matplotlib figure.
+
+    Three layered columns: subcircuits (ordered by the model layer their sites are in), one label per
+    effect (its own row, so labels never overlap), behaviours. Each effect is one arrow: subcircuit →
+    its label → the phase change it moved, green when earlier, red when later or prevented.
+    Composition increases are dashed purple arcs between subcircuits, numbered as in the list below."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     effects = shown_effects(g, condition)
     subs = [n for n, d in g.nodes(data=True) if d["kind"] == "subcircuit"]
     shown = [n for n in subs if any(a == n for a, _ in effects)] or subs
-    behs = [n for n, d in g.nodes(data=True) if d["kind"] == "behaviour"]
-    comp = strongest_composition(g)
+    comp = [(a, b, d) for a, b, d in strongest_composition(g, 6) if a in shown and b in shown]
 
-    pic = nx.DiGraph()
-    pic.add_nodes_from(shown, layer=0)
-    pic.add_nodes_from(behs, layer=1)
-    edges = [(a, b, d) for (a, b), d in sorted(effects.items()) if a in pic and b in pic]
-    pic.add_edges_from((a, b) for a, b, _ in edges)
-    pos = nx.multipartite_layout(pic, subset_key="layer", align="vertical", scale=1.0)
+    def sites(n):
+        d = g.nodes[n]
+        return list(d.get("sites") or []) + list(d.get("params") or [])
+    shown.sort(key=lambda n: (_layer_of(sites(n)), n))
+    behs = sorted(n for n, d in g.nodes(data=True) if d["kind"] == "behaviour")
+    edges = sorted(effects.items(), key=lambda e: (shown.index(e[0][0]) if e[0][0] in shown else 0,
+                                                   behs.index(e[0][1]) if e[0][1] in behs else 0))
+    edges = [((a, b), d) for (a, b), d in edges if a in shown and b in behs]
+    rows = max(len(shown), len(behs), len(edges), 2)
+    fig, ax = plt.subplots(figsize=(15, 1.5 + 0.85 * rows + 0.2 * len(comp)))
+    ax.set_xlim(-0.45, 2.35)
+    ax.set_ylim(-0.8 - 0.35 * len(comp), rows - 0.2)
 
-    labels = {}
-    for name in shown:
+    def ys(n: int) -> list[float]:                   # n rows spread over the height, top first
+        return [rows - 1 - (i + 0.5) * rows / n + 0.5 for i in range(n)] if n else []
+    boxes = {}
+    for name, y in zip(shown, ys(len(shown))):
+        layer = _layer_of(sites(name))
+        where = "" if layer == 99 else ("embeddings" if layer == -1 else "unembedding" if layer == 90 else f"layer {layer}")
         form = g.nodes[name].get("formation", {}).get(condition)
-        labels[name] = name + (f"\nforms alone at ~{form['median']:.0f} steps" if form and form.get("median") else "")
-    for name in behs:
-        labels[name] = name.replace("phase:", "phase change of\n")
-
-    n = max(len(shown), len(behs), 2)
-    fig, ax = plt.subplots(figsize=(12, 1.6 + 1.0 * n + 0.22 * len(comp)))
-    colours = [EARLIER if d["median"] < 1 else LATER for _, _, d in edges]
-    nx.draw_networkx_edges(pic, pos, edgelist=[(a, b) for a, b, _ in edges], edge_color=colours, ax=ax,
-                           arrows=True, arrowstyle="-|>", arrowsize=14, width=1.1, node_size=3000)
-    for group, colour in ((shown, SUBCIRCUIT), (behs, BEHAVIOUR)):
-        nx.draw_networkx_labels(pic, pos, labels={k: labels[k] for k in group}, font_size=8, ax=ax,
-                                bbox=dict(boxstyle="round", fc=colour, ec="#555555"))
-    for k, (a, b, d) in enumerate(edges):
-        t = 0.3 + 0.4 * ((k * 3) % 5) / 4                       # spread the labels along the arrows
-        (x0, y0), (x1, y1) = pos[a], pos[b]
-        ax.text(x0 + t * (x1 - x0), y0 + t * (y1 - y0), effect_label(d), fontsize=7, ha="center", va="center",
-                color=colours[k], bbox=dict(fc="white", ec="none", alpha=0.8, pad=0.5))
+        text = name + (f"  ({where})" if where else "")
+        if form and form.get("median"):
+            text += f"\nforms alone at ~{form['median']:.0f} steps"
+        boxes[name] = ax.text(0, y, text, ha="center", va="center", fontsize=8.5,
+                              bbox=dict(boxstyle="round", fc=SUBCIRCUIT, ec="#555555"))
+    for name, y in zip(behs, ys(len(behs))):
+        boxes[name] = ax.text(2.0, y, behaviour_text(name), ha="center", va="center", fontsize=8.5,
+                              bbox=dict(boxstyle="round", fc=BEHAVIOUR, ec="#555555"))
+    for ((a, b), d), y in zip(edges, ys(len(edges))):
+        colour = EARLIER if d["median"] < 1 and not d.get("prevents") else LATER
+        lab = ax.text(1.0, y, effect_label(d, a), ha="center", va="center", fontsize=7.5, color=colour,
+                      bbox=dict(boxstyle="round", fc="white", ec=colour, lw=0.8), gid=f"effect {a} -> {b}")
+        ax.annotate("", xy=(0.5, 0.5), xycoords=lab, xytext=(0.5, 0.5), textcoords=boxes[a],
+                    arrowprops=dict(arrowstyle="-", color=colour, lw=1.1, shrinkA=0, shrinkB=0,
+                                    patchA=boxes[a].get_bbox_patch(), patchB=lab.get_bbox_patch()))
+        ax.annotate("", xy=(0.5, 0.5), xycoords=boxes[b], xytext=(0.5, 0.5), textcoords=lab,
+                    arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.1, mutation_scale=14,
+                                    patchA=lab.get_bbox_patch(), patchB=boxes[b].get_bbox_patch()))
+    for k, (a, b, d) in enumerate(comp):
+        ax.annotate("", xy=(0.0, 0.5), xycoords=boxes[b], xytext=(0.0, 0.5), textcoords=boxes[a],
+                    arrowprops=dict(arrowstyle="-|>", color="#6a1b9a", lw=0.9, ls="--",
+                                    connectionstyle=f"arc3,rad={0.35 + 0.1 * k}"))
     if comp:
-        lines = ["composition at the end of training (init in brackets), strongest increases:"] + [
+        lines = ["composition at the end of training (init in brackets), strongest increases (dashed arcs):"] + [
             f"  {d['kind'].replace('_', '-')}: {a} → {b}  {d['median']:.2f} ({d.get('baseline') or 0:.2f})"
             for a, b, d in comp]
-        ax.text(0.01, 0.01, "\n".join(lines), transform=ax.transAxes, fontsize=7.5, va="bottom", ha="left",
+        ax.text(-0.43, -0.6 - 0.35 * len(comp), "\n".join(lines), fontsize=7.5, va="bottom", ha="left",
                 color="#6a1b9a", family="monospace")
-    ax.margins(x=0.25, y=0.15 + 0.03 * len(comp))
     ax.axis("off")
-    ax.set_title(f"subcircuit graph ({condition}): how an intervention on each subcircuit (clamp, ablate or "
-                 "freeze, as labelled) moves each phase change\n(green: earlier, red: later; [the run, "
-                 "against its parent]; censored: a run that never changed, counted at its length)", fontsize=9)
-    return save_figure(fig, png)
+    ax.set_title(f"subcircuit graph ({condition}): what intervening on each subcircuit did to each phase change, "
+                 "paired by seed against the variant without it\n(green: earlier; red: later or prevented; the "
+                 "ratio is of phase-change steps; censored: a run that never changed, counted at its length)",
+                 fontsize=9)
+    return fig
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:
     """A matplotlib figure as a PNG, written atomically; the figure is closed either way."""
     import matplotlib.pyplot as plt
-    fig.tight_layout()
+    if not fig.get_layout_engine():
+        fig.tight_layout()
     try:
         atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:

@@ -376,9 +376,9 @@ def _effects(g: nx.MultiDiGraph, vs: list[Variant], behaviours: list[str], cname
                 if not st["per_seed"] and not st["both_censored"]:
                     continue
                 prevents = st["never_a"] > st["n"] / 2 and st["never_b"] < st["n"] / 2
-                how = sorted({f"{s[1]} to {s[2]}" if s[1] == "clamp" else f"{s[1]} ({s[2]})" if s[2] else s[1]
-                              for s in added})
-                for lab in labels:
+                for lab in labels:                  # what was done to this subcircuit; the others are `with`
+                    how = sorted({f"{s[1]} to {s[2]}" if s[1] == "clamp" else f"{s[1]} ({s[2]})" if s[2] else s[1]
+                                  for s in added if s[0] == lab})
                     g.add_edge(lab, b, kind="effect", condition=cname, variant=v.key, parent=p.key,
                                interventions=how, **{"with": [x for x in labels if x != lab]},
                                prevents=prevents, **{k: st.get(k) for k in

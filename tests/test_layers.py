@@ -22,7 +22,7 @@ LAYERS = {
     "recipe": ["recipe", "overrides", "outputs", "spec", "budget", "compile", "suite"],
     "store": ["store"],
     "run": ["hooks", "donor", "train", "ensemble", "runs", "pool", "raybackend", "posthoc", "benches"],
-    "analysis": ["results", "composition", "draw", "graph", "explanations", "report"],
+    "analysis": ["results", "composition", "draw", "graph", "explanations", "report", "htmlreport"],
     "top": ["api", "cli", "__init__"],
 }
 RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
