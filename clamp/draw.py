@@ -67,6 +67,8 @@ def effect_text(d: dict) -> str:
     med = d["median"]
     if d.get("prevents"):
         text = "prevents it (most seeds never changed)"
+    elif med == 1:
+        text = "no change in the median"
     elif med < 1:
         text = f"{1 / med:.1f}× earlier" if med > 0 else "at once"
     else:
@@ -114,13 +116,32 @@ def draw_graph(g: nx.MultiDiGraph, png: str | os.PathLike, condition: str = "ref
     return save_figure(graph_figure(g, condition), png)
 
 
+NO_CHANGE = "#757575"
+
+
+def effect_colour(d: dict) -> str:
+    """Green when every seed's phase change came earlier, red when every seed's came later (or most
+    never came), grey when the seeds disagree or nothing moved: a direction the data do not show is
+    not drawn as one."""
+    if d.get("prevents"):
+        return LATER
+    lo, hi = d.get("min"), d.get("max")
+    if lo is not None and hi is not None and hi < 1:
+        return EARLIER
+    if lo is not None and hi is not None and lo > 1:
+        return LATER
+    return NO_CHANGE
+
+
 def graph_figure(g: nx.MultiDiGraph, condition: str = "reference"):
     """The graph's effects under one condition as a matplotlib figure.
 
     Three layered columns: subcircuits (ordered by the model layer their sites are in), one label per
-    effect (its own row, so labels never overlap), behaviours. Each effect is one arrow: subcircuit →
-    its label → the phase change it moved, green when earlier, red when later or prevented.
-    Composition increases are dashed purple arcs between subcircuits, numbered as in the list below."""
+    experiment and phase change (its own row, so labels never overlap; rows grouped by phase change,
+    each phase change level with its group), phase changes. An experiment that intervened on several
+    subcircuits at once has one label joined to each. Green: every seed earlier; red: every seed later
+    or prevented; grey: no consistent direction. Composition increases are dashed purple arcs between
+    subcircuits, listed below."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -134,11 +155,14 @@ def graph_figure(g: nx.MultiDiGraph, condition: str = "reference"):
         return list(d.get("sites") or []) + list(d.get("params") or [])
     shown.sort(key=lambda n: (_layer_of(sites(n)), n))
     behs = sorted(n for n, d in g.nodes(data=True) if d["kind"] == "behaviour")
-    edges = sorted(effects.items(), key=lambda e: (shown.index(e[0][0]) if e[0][0] in shown else 0,
-                                                   behs.index(e[0][1]) if e[0][1] in behs else 0))
-    edges = [((a, b), d) for (a, b), d in edges if a in shown and b in behs]
-    rows = max(len(shown), len(behs), len(edges), 2)
-    fig, ax = plt.subplots(figsize=(15, 1.5 + 0.85 * rows + 0.2 * len(comp)))
+    groups: dict = {}                 # (behaviour, variant, parent) → subcircuits, the effect
+    for (a, b), d in effects.items():
+        if a in shown and b in behs:
+            key = (b, d["variant"], d["parent"])
+            groups.setdefault(key, ([], d))[0].append(a)
+    order = sorted(groups, key=lambda k: (behs.index(k[0]), min(shown.index(a) for a in groups[k][0]), k[1]))
+    rows = max(len(shown), len(order), 2)
+    fig, ax = plt.subplots(figsize=(15, 1.5 + 0.8 * rows + 0.2 * len(comp)))
     ax.set_xlim(-0.45, 2.35)
     ax.set_ylim(-0.8 - 0.35 * len(comp), rows - 0.2)
 
@@ -154,16 +178,25 @@ def graph_figure(g: nx.MultiDiGraph, condition: str = "reference"):
             text += f"\nforms alone at ~{form['median']:.0f} steps"
         boxes[name] = ax.text(0, y, text, ha="center", va="center", fontsize=8.5,
                               bbox=dict(boxstyle="round", fc=SUBCIRCUIT, ec="#555555"))
-    for name, y in zip(behs, ys(len(behs))):
-        boxes[name] = ax.text(2.0, y, behaviour_text(name), ha="center", va="center", fontsize=8.5,
-                              bbox=dict(boxstyle="round", fc=BEHAVIOUR, ec="#555555"))
-    for ((a, b), d), y in zip(edges, ys(len(edges))):
-        colour = EARLIER if d["median"] < 1 and not d.get("prevents") else LATER
-        lab = ax.text(1.0, y, effect_label(d, a), ha="center", va="center", fontsize=7.5, color=colour,
-                      bbox=dict(boxstyle="round", fc="white", ec=colour, lw=0.8), gid=f"effect {a} -> {b}")
-        ax.annotate("", xy=(0.5, 0.5), xycoords=lab, xytext=(0.5, 0.5), textcoords=boxes[a],
-                    arrowprops=dict(arrowstyle="-", color=colour, lw=1.1, shrinkA=0, shrinkB=0,
-                                    patchA=boxes[a].get_bbox_patch(), patchB=lab.get_bbox_patch()))
+    label_y = dict(zip(order, ys(len(order))))
+    for k, b in enumerate(behs):
+        mine = [label_y[o] for o in order if o[0] == b]
+        y = sum(mine) / len(mine) if mine else ys(len(behs))[k]
+        boxes[b] = ax.text(2.0, y, behaviour_text(b), ha="center", va="center", fontsize=8.5,
+                           bbox=dict(boxstyle="round", fc=BEHAVIOUR, ec="#555555"))
+    for key in order:
+        names, d = groups[key]
+        b = key[0]
+        colour = effect_colour(d)
+        text = " + ".join(effect_label(d, a).split("\n")[0].split(" (with ")[0] for a in names)
+        text += "\n" + effect_label(d, names[0]).split("\n", 1)[1]
+        lab = ax.text(1.0, label_y[key], text, ha="center", va="center", fontsize=7.5, color=colour,
+                      bbox=dict(boxstyle="round", fc="white", ec=colour, lw=0.8),
+                      gid=f"effect {'+'.join(names)} -> {b}")
+        for a in names:
+            ax.annotate("", xy=(0.5, 0.5), xycoords=lab, xytext=(0.5, 0.5), textcoords=boxes[a],
+                        arrowprops=dict(arrowstyle="-", color=colour, lw=1.0, shrinkA=0, shrinkB=0,
+                                        patchA=boxes[a].get_bbox_patch(), patchB=lab.get_bbox_patch()))
         ax.annotate("", xy=(0.5, 0.5), xycoords=boxes[b], xytext=(0.5, 0.5), textcoords=lab,
                     arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.1, mutation_scale=14,
                                     patchA=lab.get_bbox_patch(), patchB=boxes[b].get_bbox_patch()))
@@ -179,9 +212,9 @@ def graph_figure(g: nx.MultiDiGraph, condition: str = "reference"):
                 color="#6a1b9a", family="monospace")
     ax.axis("off")
     ax.set_title(f"subcircuit graph ({condition}): what intervening on each subcircuit did to each phase change, "
-                 "paired by seed against the variant without it\n(green: earlier; red: later or prevented; the "
-                 "ratio is of phase-change steps; censored: a run that never changed, counted at its length)",
-                 fontsize=9)
+                 "paired by seed against the variant without it\n(green: every seed earlier; red: every seed later, "
+                 "or prevented; grey: no consistent direction; the ratio is of phase-change steps; censored: a run "
+                 "that never changed, counted at its length)", fontsize=9)
     return fig
 
 

@@ -339,9 +339,14 @@ def _jsonable(o):
 
 
 def _sites(label: str, r: Recipe) -> dict:
+    """What a subcircuit node names: its subcircuit's sites and parameters, or, for an intervention
+    labelled by `name:` or written on a site directly, the target it writes."""
     sc = r.subcircuits.get(label)
     if sc is None:
-        return {"sites": []}
+        targets = [iv.target for iv in r.interventions if label in (iv.name, iv.target)]
+        sc = next((r.subcircuits[t] for t in targets if t in r.subcircuits), None)
+        if sc is None:
+            return {"sites": [t for t in targets if t not in r.subcircuits][:1]}
     d: dict = {"sites": list(sc.sites), "params": list(sc.params)}
     if sc.select is not None:
         d["select"] = sc.select.describe()
