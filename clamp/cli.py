@@ -326,7 +326,7 @@ def cmd_explain(a) -> int:
 
 def cmd_report(a) -> int:
     """`clamp report DIR`: re-render a suite's report.md, curves and report.html, or a run's."""
-    from .htmlreport import write_report
+    from .htmlreport import plan_report, write_report
     from .report import plot_curves, run_curves, run_rows, suite_text, write_suite_report
     from .results import load_results
     from .runs import Run
@@ -338,8 +338,9 @@ def cmd_report(a) -> int:
     if (d / "results.csv").exists():
         res = load_results(d)
         with writer(d, "suite", what=str(d)):
+            plan = plan_report(d, a.column or None, heads or None, a.step or None, a.variant, a.seed)
             paths = write_suite_report(res)
-            paths.append(write_report(d, a.column or None, heads or None, a.step or None, a.variant, a.seed))
+            paths.append(write_report(plan))
         print(suite_text(res))
         print("wrote " + ", ".join(map(str, paths)))
         return 0
@@ -347,10 +348,13 @@ def cmd_report(a) -> int:
     if not run.seeds:
         raise InputError(str(d), "", "no run or suite here (no summary.json, no results.csv)",
                          "a directory written by `clamp run` or `clamp bench`")
-    print(table(*run_rows(run)))
+    if a.variant is not None:
+        raise InputError("--variant", "", show(a.variant), "no --variant for a run directory (it has no variants)")
     with writer(d, "run", what=str(d)):
+        plan = plan_report(d, a.column or None, heads or None, a.step or None, None, a.seed)
+        print(table(*run_rows(run)))
         png = plot_curves(run_curves(run), d / "loss_curves.png", title=run.name)
-        page = write_report(d, a.column or None, heads or None, a.step or None, None, a.seed)
+        page = write_report(plan)
     print(f"wrote {png}, {page}")
     return 0
 

@@ -240,8 +240,6 @@ def attention_panels(sr: Series, seed: int, heads: list[tuple[int, int]], steps:
               [("x" if bool(v) else str(int(t))) for t, v in zip(batch.tokens[0], batch.is_vector[0])])
     panels = []
     for step in steps:
-        if step not in ck:
-            raise InputError("--step", "", str(step), "a checkpoint step of this run: " + ", ".join(map(str, sorted(ck))))
         trainer.load_state(load_checkpoint(ck[step]))
         trainer.model.eval()
         iv = trainer.intervener
@@ -360,15 +358,27 @@ def suite_series(res) -> list[Series]:
     return out
 
 
-def write_report(directory: str | Path, columns: list[str] | None = None, heads: list[tuple[int, int]] | None = None,
-                 steps: list[int] | None = None, variant: str | None = None, seed: int | None = None) -> Path:
-    """DIR/report.html and the PNGs it embeds (DIR/report/); returns the HTML's path. The caller holds
-    the directory's writer lock."""
-    from .store import atomic_write
+@dataclass
+class ReportPlan:
+    """What `write_report` will draw, checked against the directory before anything is written."""
+
+    dir: Path
+    title: str
+    series: list[Series]
+    columns: list[str]
+    pick: Series                      # the variant whose attention is drawn
+    seed: int
+    heads: list[tuple[int, int]]
+    steps: list[int]
+    res: object = None                # results.SuiteResult of a suite, None for a run
+
+
+def plan_report(directory: str | Path, columns: list[str] | None = None, heads: list[tuple[int, int]] | None = None,
+                steps: list[int] | None = None, variant: str | None = None, seed: int | None = None) -> ReportPlan:
+    """Read a run or suite directory and check the choices (InputError, nothing written)."""
     d = Path(directory)
-    suite = (d / "results.csv").exists()
     res = None
-    if suite:
+    if (d / "results.csv").exists():
         from .results import load_results
         res = load_results(d)
         series = suite_series(res)
@@ -390,35 +400,54 @@ def write_report(directory: str | Path, columns: list[str] | None = None, heads:
     s = seed if seed is not None else min(pick.rows)
     if s not in pick.rows:
         raise InputError("--seed", "", str(s), "a seed of this run: " + ", ".join(map(str, sorted(pick.rows))))
+    shape = pick.recipe.model
     for L, h in heads or ():
-        if not (0 <= L < pick.recipe.model.layers and 0 <= h < pick.recipe.model.heads):
-            raise InputError("--head", "", f"L{L}H{h}", f"a head of this model: layers 0..{pick.recipe.model.layers - 1}, "
-                             f"heads 0..{pick.recipe.model.heads - 1}")
+        if not (0 <= L < shape.layers and 0 <= h < shape.heads):
+            raise InputError("--head", "", f"L{L}H{h}", f"a head of this model: layers 0..{shape.layers - 1}, "
+                             f"heads 0..{shape.heads - 1}")
+    ck = sorted(st for st, _ in list_checkpoints(pick.dirs[s]))
+    for st in steps or ():
+        if st not in ck:
+            raise InputError("--step", "", str(st), "a checkpoint step of this run: " + ", ".join(map(str, ck)))
+    return ReportPlan(d, title, series, cols, pick, s, heads or default_heads(pick), steps or default_steps(pick, s), res)
+
+
+def write_report(directory: str | Path | ReportPlan, columns: list[str] | None = None,
+                 heads: list[tuple[int, int]] | None = None, steps: list[int] | None = None,
+                 variant: str | None = None, seed: int | None = None) -> Path:
+    """DIR/report.html and the PNGs it embeds (DIR/report/); returns the HTML's path. The caller holds
+    the directory's writer lock."""
+    from .store import atomic_write
+    rp = directory if isinstance(directory, ReportPlan) else plan_report(directory, columns, heads, steps, variant, seed)
+    d, res, series = rp.dir, rp.res, rp.series
     out = d / "report"
     out.mkdir(exist_ok=True)
+    for old in out.glob("*.png"):             # pictures of an earlier report with other choices
+        old.unlink()
     sections = []
     if res is not None:
-        s0 = res.suite
-        sections.append(("overview", "Overview", f"<p>{len(res.rows)} runs: {len(s0.recipes)} variant(s) × "
+        s0 = res.suite                                                        # type: ignore[attr-defined]
+        sections.append(("overview", "Overview", f"<p>{len(res.rows)} runs: {len(s0.recipes)} variant(s) × "  # type: ignore[attr-defined]
                          f"{len(s0.seeds)} seeds; task {html.escape(s0.base.task.name)}, {s0.base.train.steps} steps, "
                          f"{html.escape(s0.base.train.optimizer)} lr {s0.base.train.lr:g}, batch {s0.base.train.batch}.</p>"))
-        if res.verdicts:
-            sections.append(("expectations", "Expectations", _table(VERDICT_HEADERS, verdict_rows(res.verdicts), 7)))
-        h, rows = phase_table(res.rows)
+        if res.verdicts:                                                      # type: ignore[attr-defined]
+            sections.append(("expectations", "Expectations",
+                             _table(VERDICT_HEADERS, verdict_rows(res.verdicts), 7)))  # type: ignore[attr-defined]
+        h, rows = phase_table(res.rows)                                       # type: ignore[attr-defined]
         sections.append(("phases", "Phase-change times", _table(h, rows)))
     else:
         sr = series[0]
         rows = [[s2, ", ".join(f"{c} {r}: {st if st is not None else 'none'}" for c, rr in sr.phases[s2].items()
                                 for r, st in rr.items()) or "no phase rules"] for s2 in sorted(sr.rows)]
         sections.append(("phases", "Phase-change times", _table(["seed", "phase changes (step; none: never)"], rows)))
-    inner, _ = curves_section(series, cols, out)
+    inner, _ = curves_section(series, rp.columns, out)
     sections.append(("curves", "Curves", inner))
-    inner, _ = attention_section(pick, s, heads or default_heads(pick), steps or default_steps(pick, s), out)
+    inner, _ = attention_section(rp.pick, rp.seed, rp.heads, rp.steps, out)
     sections.append(("attention", "Attention patterns", inner))
     if res is not None:
-        sections.append(("graph", "Subcircuit graph", _graph_section(d, out, res.suite.base)))
+        sections.append(("graph", "Subcircuit graph", _graph_section(d, out, res.suite.base)))  # type: ignore[attr-defined]
     html_path = d / "report.html"
-    atomic_write(html_path, page(title, sections))
+    atomic_write(html_path, page(rp.title, sections))
     return html_path
 
 

@@ -54,3 +54,21 @@ def test_few_shot_defaults_show_the_plateau_and_the_drop(tmp_path):
     ph = res.seeds[0].summary["phases"]["loss"]
     assert ph["below"]["step"] is not None and ph["relative"]["step"] is not None
     assert 0.55 < ph["relative"]["plateau"] < 0.85                        # the plateau is at ln 2
+
+
+def test_the_affine_defaults_are_the_studys_model():
+    r = only_task("affine")
+    assert (r.model.layers, r.model.heads, r.model.d_model, r.model.attn_only, r.model.pos) == (3, 4, 64, False, "learned")
+    assert r.train.steps == 3000 and r.train.batch == 64
+    assert r.task.options.modulus == 11 and r.task.options.first_loss == 3
+    assert r.phases["loss"]["below"] == pytest.approx(0.5 * math.log(11))
+
+
+@pytest.mark.slow
+def test_affine_defaults_learn_the_determined_terms(tmp_path):
+    from clamp.runs import run
+    res = run(only_task("affine"), tmp_path / "aff")
+    s = res.seeds[0]
+    assert s.summary["phases"]["loss"]["below"]["step"] is not None
+    last = s.metrics[-1]
+    assert last["loss"] < 0.01 and last["position_accuracy/pos2"] > 0.95
