@@ -27,7 +27,7 @@ from .draw import save_figure
 from .errors import InputError, did_you_mean, show
 from .phases import column_value
 from .recipe import Recipe
-from .report import VERDICT_HEADERS, phase_table, verdict_rows
+from .report import VERDICT_HEADERS, phase_table, timed_columns, verdict_rows
 from .store import list_checkpoints, run_dir, run_metrics
 
 SEED_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -433,7 +433,7 @@ def write_report(directory: str | Path | ReportPlan, columns: list[str] | None =
         if res.verdicts:                                                      # type: ignore[attr-defined]
             sections.append(("expectations", "Expectations",
                              _table(VERDICT_HEADERS, verdict_rows(res.verdicts), 7)))  # type: ignore[attr-defined]
-        h, rows = phase_table(res.rows)                                       # type: ignore[attr-defined]
+        h, rows = phase_table(res.rows, timed_columns(res.suite))            # type: ignore[attr-defined]
         sections.append(("phases", "Phase-change times", _table(h, rows)))
     else:
         sr = series[0]

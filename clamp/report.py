@@ -33,8 +33,16 @@ def crossing_columns(rows: list[dict]) -> list[str]:
     return sorted({k for r in rows for k in r if C.is_crossing(k)})
 
 
-def phase_table(rows: list[dict]) -> tuple[list[str], list[list]]:
-    """Per variant (and grid point): median and range over seeds of each crossing column."""
+def timed_columns(suite) -> dict[str, set[str]]:
+    """run id → the crossing columns its recipe's phase rules time."""
+    from .suite import run_id
+    return {run_id(v, point): {C.crossing_column(col, rule) for col, rules in r.phases.items() for rule in rules}
+            for (v, point), r in suite.recipes.items()}
+
+
+def phase_table(rows: list[dict], timed: dict[str, set[str]] | None = None) -> tuple[list[str], list[list]]:
+    """Per variant (and grid point): median and range over seeds of each crossing column; with `timed`
+    (timed_columns), a column a variant's recipe has no rule for reads 'not timed', not 'none'."""
     cols = crossing_columns(rows)
     groups: dict = {}
     for r in rows:
@@ -43,6 +51,9 @@ def phase_table(rows: list[dict]) -> tuple[list[str], list[list]]:
     for (variant, grid), rs in groups.items():
         line = [variant + (f" [{grid}]" if grid else ""), f"{sum(r['status'] == 'ok' for r in rs)}/{len(rs)}"]
         for c in cols:
+            if timed is not None and c not in timed.get(rs[0]["run"], {c}):
+                line.append("not timed (no such rule in this variant)")
+                continue
             vals = [r.get(c) for r in rs if r["status"] == "ok"]
             got = [v for v in vals if v not in (None, "")]
             never = len(vals) - len(got)
@@ -94,7 +105,7 @@ def suite_markdown(res) -> str:
         notes = [f"- {v['name']}: {v['note']}" for v in res.verdicts if v.get("note")]
         if notes:
             lines += ["Censored and missing data:", ""] + notes + [""]
-    h, rows = phase_table(res.rows)
+    h, rows = phase_table(res.rows, timed_columns(res.suite))
     lines += ["## Phase-change times", "", md_table(h, rows), ""]
     bad = [r for r in res.rows if r["status"] not in ("ok",)]
     if bad:
@@ -114,7 +125,7 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 def suite_text(res) -> str:
     parts = []
-    h, rows = phase_table(res.rows)
+    h, rows = phase_table(res.rows, timed_columns(res.suite))
     parts.append(table(h, rows))
     if res.verdicts:
         parts.append("")
