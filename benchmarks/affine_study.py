@@ -72,7 +72,8 @@ def probes(res) -> str:
                  m.get("heads@no_least_negsim_l2", {}).get("least_negsim_l2", ["?"])[0])
         rows.append([r["seed"], f"{m['loss']:.4f}"] + [f"{m['loss@' + n]:.3f}" for n in names] +
                     ["L0H{} / L0H{} / L2H{} / L2H{}".format(*heads)])
-    return table(["seed", "loss", "layer 0 ablated", "layer 1", "layer 2", "top-copying L0 head", "least-copying L0 head",
+    return table(["seed", "loss", "layer 0 ablated", "layer 1", "layer 2", "top-copying L0 head",
+                  "least-copying L0 head",
                   "top neg.-sim. L2 head", "least neg.-sim. L2 head", "heads (top/least copy, top/least neg.-sim.)"],
                  rows)
 

@@ -39,7 +39,8 @@ def bench(suite: str | os.PathLike | Suite, out: str | os.PathLike | None = None
           max_memory: float | None = None, ensemble: bool = True) -> SuiteResult:
     """`clamp bench` from Python: run a suite (a path or a Suite) into `out` (default
     runs/<suite name>), resuming what is there; report.md is rewritten as each run finishes, and
-    the loss curves and report.html (htmlreport.py) are written at the end. Runs that can share train as ensembles unless `ensemble` is
+    the loss curves and report.html (htmlreport.py) are written at the end. Runs that can share train
+    as ensembles unless `ensemble` is
     False (ensemble.py). Returns the judged results."""
     s = suite if isinstance(suite, Suite) else load_suite(suite)
     d = Path(out) if out is not None else Path("runs") / s.name

@@ -83,7 +83,8 @@ def effect_label(d: dict, subcircuit: str) -> str:
     hows = d.get("interventions") or ["intervening on"]
     phrases = [intervention_phrase(h, subcircuit) for h in hows]
     if len(phrases) > 1 and all(p.startswith(f"clamping {subcircuit} to ") for p in phrases):
-        phrase = f"clamping {subcircuit} to " + " + ".join(p.removeprefix(f"clamping {subcircuit} to ") for p in phrases)
+        head = f"clamping {subcircuit} to "
+        phrase = head + " + ".join(p.removeprefix(head) for p in phrases)
     else:
         phrase = " + ".join(phrases)
     if d.get("with"):
@@ -171,7 +172,8 @@ def graph_figure(g: nx.MultiDiGraph, condition: str = "reference"):
     boxes = {}
     for name, y in zip(shown, ys(len(shown))):
         layer = _layer_of(sites(name))
-        where = "" if layer == 99 else ("embeddings" if layer == -1 else "unembedding" if layer == 90 else f"layer {layer}")
+        where = ("" if layer == 99 else "embeddings" if layer == -1 else "unembedding" if layer == 90
+                 else f"layer {layer}")
         form = g.nodes[name].get("formation", {}).get(condition)
         text = name + (f"  ({where})" if where else "")
         if form and form.get("median"):

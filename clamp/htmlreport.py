@@ -67,9 +67,13 @@ def windows_of(recipe: Recipe) -> list[tuple[str, int, int]]:
 
 
 def series_values(rows: list[dict], column: str) -> tuple[list[int], list[float]]:
-    pts = [(r["step"], column_value(r, column)) for r in rows]
-    pts = [(s, v) for s, v in pts if v is not None]
-    return [p[0] for p in pts], [p[1] for p in pts]
+    steps, values = [], []
+    for r in rows:
+        v = column_value(r, column)
+        if v is not None:
+            steps.append(r["step"])
+            values.append(v)
+    return steps, values
 
 
 RULE_MARKERS = ["o", "s", "^", "D", "v", "P"]
@@ -236,8 +240,9 @@ def attention_panels(sr: Series, seed: int, heads: list[tuple[int, int]], steps:
     ck = dict(list_checkpoints(sr.dirs[seed]))
     trainer = Trainer(sr.recipe, seed)
     batch = trainer.task.evaluators(1)["train"]
-    labels = ([str(int(t)) for t in batch.tokens[0]] if batch.vectors is None else
-              [("x" if bool(v) else str(int(t))) for t, v in zip(batch.tokens[0], batch.is_vector[0])])
+    isv = batch.is_vector
+    labels = ([str(int(t)) for t in batch.tokens[0]] if isv is None else
+              [("x" if bool(v) else str(int(t))) for t, v in zip(batch.tokens[0], isv[0])])
     panels = []
     for step in steps:
         trainer.load_state(load_checkpoint(ck[step]))
@@ -409,7 +414,8 @@ def plan_report(directory: str | Path, columns: list[str] | None = None, heads: 
     for st in steps or ():
         if st not in ck:
             raise InputError("--step", "", str(st), "a checkpoint step of this run: " + ", ".join(map(str, ck)))
-    return ReportPlan(d, title, series, cols, pick, s, heads or default_heads(pick), steps or default_steps(pick, s), res)
+    return ReportPlan(d, title, series, cols, pick, s, heads or default_heads(pick), steps or default_steps(pick, s),
+                      res)
 
 
 def write_report(directory: str | Path | ReportPlan, columns: list[str] | None = None,
@@ -418,7 +424,8 @@ def write_report(directory: str | Path | ReportPlan, columns: list[str] | None =
     """DIR/report.html and the PNGs it embeds (DIR/report/); returns the HTML's path. The caller holds
     the directory's writer lock."""
     from .store import atomic_write
-    rp = directory if isinstance(directory, ReportPlan) else plan_report(directory, columns, heads, steps, variant, seed)
+    rp = (directory if isinstance(directory, ReportPlan)
+          else plan_report(directory, columns, heads, steps, variant, seed))
     d, res, series = rp.dir, rp.res, rp.series
     out = d / "report"
     out.mkdir(exist_ok=True)
@@ -429,7 +436,8 @@ def write_report(directory: str | Path | ReportPlan, columns: list[str] | None =
         s0 = res.suite                                                        # type: ignore[attr-defined]
         sections.append(("overview", "Overview", f"<p>{len(res.rows)} runs: {len(s0.recipes)} variant(s) × "  # type: ignore[attr-defined]
                          f"{len(s0.seeds)} seeds; task {html.escape(s0.base.task.name)}, {s0.base.train.steps} steps, "
-                         f"{html.escape(s0.base.train.optimizer)} lr {s0.base.train.lr:g}, batch {s0.base.train.batch}.</p>"))
+                         f"{html.escape(s0.base.train.optimizer)} lr {s0.base.train.lr:g}, "
+                         f"batch {s0.base.train.batch}.</p>"))
         if res.verdicts:                                                      # type: ignore[attr-defined]
             sections.append(("expectations", "Expectations",
                              _table(VERDICT_HEADERS, verdict_rows(res.verdicts), 7)))  # type: ignore[attr-defined]
@@ -466,10 +474,12 @@ def _graph_section(d: Path, out: Path, base: Recipe) -> str:
     except InputError as e:
         return f"<p class='note'>No graph: {html.escape(str(e))}</p>"
     if not any(dd["kind"] == "effect" for _, _, dd in g.g.edges(data=True)):
-        return "<p class='note'>No graph: no variant of this suite intervenes on a subcircuit another variant leaves alone.</p>"
+        return ("<p class='note'>No graph: no variant of this suite intervenes on a subcircuit another variant "
+                "leaves alone.</p>")
     p = g.draw(out / "graph.png")
     why = (f" The variants time different phase rules, so the graph times the base recipe's first: "
            f"{html.escape(chosen)}." if chosen else "")
     return ("<p class='note'>Each arrow: what intervening on a subcircuit (clamping, ablating or freezing it, as "
             "its label says) did to a phase change, paired by seed against the variant without that intervention "
-            "(median ratio of phase-change steps over seeds; range in brackets)." + why + "</p>" + _img(p, "subcircuit graph"))
+            "(median ratio of phase-change steps over seeds; range in brackets)." + why + "</p>"
+            + _img(p, "subcircuit graph"))

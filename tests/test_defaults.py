@@ -58,7 +58,8 @@ def test_few_shot_defaults_show_the_plateau_and_the_drop(tmp_path):
 
 def test_the_affine_defaults_are_the_studys_model():
     r = only_task("affine")
-    assert (r.model.layers, r.model.heads, r.model.d_model, r.model.attn_only, r.model.pos) == (3, 4, 64, False, "learned")
+    m = r.model
+    assert (m.layers, m.heads, m.d_model, m.attn_only, m.pos) == (3, 4, 64, False, "learned")
     assert r.train.steps == 3000 and r.train.batch == 64
     assert r.task.options.modulus == 11 and r.task.options.first_loss == 3
     assert r.phases["loss"]["below"] == pytest.approx(0.5 * math.log(11))
