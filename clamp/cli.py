@@ -237,7 +237,7 @@ def cmd_demo(a) -> int:
     print(suite_text(res))
     png = plot_curves(curves, out / "loss_curves.png", title="clamp demo: baseline vs. induction clamp",
                       hlines={"ln 2": math.log(2), "0.4·ln 2": 0.4 * math.log(2)})
-    print(f"wrote {out} (results.csv, report.md, {png.name}, one directory per run)  "
+    print(f"wrote {out} (results.csv, report.md, report.html, {png.name}, one directory per run)  "
           f"[{time.time() - t0:.0f} s wall]")
     return _suite_code(res)
 
@@ -258,7 +258,7 @@ def cmd_bench(a) -> int:
     prog.close()
     print(suite_text(res))
     code = _suite_code(res)
-    print(f"wrote {out} (results.csv, report.md, loss_curves.png, one directory per run)  "
+    print(f"wrote {out} (results.csv, report.md, report.html, loss_curves.png, one directory per run)  "
           f"[{time.time() - t0:.0f} s wall]")
     return code
 

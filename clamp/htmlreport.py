@@ -80,13 +80,14 @@ RULE_MARKERS = ["o", "s", "^", "D", "v", "P"]
 
 
 def curve_figure(series: list[Series], column: str, log: bool = False):
-    """One panel per variant, one line per seed (colour by seed), windows shaded, crossings marked:
-    a dot per seed and phase rule on the column (a marker shape per rule), and a dotted vertical line
-    at the step of the column's first rule."""
+    """One panel per variant that has the column, one line per seed (colour by seed), windows shaded,
+    crossings marked: a dot per seed and phase rule on the column (a marker shape per rule), and a
+    dotted vertical line at the step of the column's first rule."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    series = [sr for sr in series if any(series_values(rows, column)[0] for rows in sr.rows.values())] or series
     n = len(series)
     cols = min(n, 3)
     nrows = (n + cols - 1) // cols

@@ -29,7 +29,8 @@ BAD = [
      "t.yaml:7: modle: found unknown key 'modle'; expected one of name, seeds, plugins, model, task, train, "
      "subcircuits, interventions, measure, phases, probes; did you mean 'model'?"),
     ("task: {name: fewshoot}\n",
-     "t.yaml:7: task.name: found 'fewshoot'; expected a task: one of fewshot, repeat_tokens; did you mean 'fewshot'?"),
+     "t.yaml:7: task.name: found 'fewshoot'; expected a task: one of affine, fewshot, repeat_tokens; "
+     "did you mean 'fewshot'?"),
     ("task: {name: fewshot, clases: 10}\n",
      "t.yaml:7: task.clases: found unknown key 'clases'; expected one of classes, labels, pairs, dim, burstiness, "
      "distractors, heldout_label_sets, noise, heldout_exemplars, heldout_noise, heldout_classes, offset, spread, "
@@ -51,8 +52,8 @@ BAD = [
      "t.yaml:8: interventions[0].clamp: found 'blocks.1.attn.hook_z[3]'; expected a site previous_token applies "
      "to (*.hook_pattern)"),
     ("interventions:\n  - clamp: prev_token\n    to: previous_token\n    strenght: 0.9\n",
-     "t.yaml:10: interventions[0].strenght: found unknown key 'strenght'; expected one of name, preserve, rows, steps, "
-     "strength, to (options of previous_token: rows, strength); did you mean 'strength'?"),
+     "t.yaml:10: interventions[0].strenght: found unknown key 'strenght'; expected one of lag, name, preserve, rows, "
+     "steps, strength, to (options of previous_token: lag, rows, strength); did you mean 'strength'?"),
     ("interventions:\n  - clamp: prev_token\n    to: previous_token\n    strength: 1.5\n",
      "t.yaml:10: interventions[0].strength: found 1.5; expected a number in [0.0, 1.0]"),
     ("interventions:\n  - clamp: prev_token\n    to: previous_token\n    steps: [500, 100]\n",
@@ -89,8 +90,9 @@ BAD = [
      "t.yaml:2: train.lr: found -1; expected a number > 0"),
     ("seeds: [0, 1, 1]\n", "t.yaml:7: seeds: found [0, 1, 1]; expected each seed once"),
     ("measure: [loss, induction_strenght]\n",
-     "t.yaml:7: measure[1]: found 'induction_strenght'; expected a measure: one of loss, accuracy, prev_token_score, "
-     "label_prev_token_score, induction_strength, induction_score, composition; did you mean 'induction_strength'?"),
+     "t.yaml:7: measure[1]: found 'induction_strenght'; expected a measure: one of loss, accuracy, position_accuracy, "
+     "prev_token_score, label_prev_token_score, induction_strength, induction_score, negative_similarity, "
+     "copying_score, composition; did you mean 'induction_strength'?"),
     ("phases: {loss: {belo: 0.3}}\n",
      "t.yaml:7: phases.loss.belo: found unknown rule 'belo'; expected one of below, above, relative, band, logistic, max_slope; "  # noqa: E501
      "did you mean 'below'?"),
