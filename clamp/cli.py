@@ -361,11 +361,11 @@ def cmd_report(a) -> int:
 
 def _head_arg(text: str) -> tuple[int, int]:
     """`blocks.L.attn.hook_pattern[h]` → (L, h)."""
-    import re
-    m = re.fullmatch(r"blocks\.(\d+)\.attn\.hook_pattern\[(\d+)\]", text.strip())
-    if not m:
+    from .sites import one_head
+    got = one_head(text)
+    if got is None or not got[0].endswith(".attn.hook_pattern"):
         raise InputError("--head", "", show(text), "a head as its pattern site, e.g. blocks.1.attn.hook_pattern[3]")
-    return int(m.group(1)), int(m.group(2))
+    return got[1], got[2]
 
 
 def build_parser() -> argparse.ArgumentParser:

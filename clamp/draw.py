@@ -15,6 +15,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from .sites import block_layer
 from .store import atomic_save
 
 SUBCIRCUIT, BEHAVIOUR = "#dbe9f6", "#fde2cf"
@@ -101,8 +102,7 @@ def behaviour_text(name: str) -> str:
 
 def _layer_of(sites: list[str]) -> float:
     """The first model layer a subcircuit's sites name (embeddings -1, unembedding last, unknown 99)."""
-    import re
-    ls = [int(m.group(1)) for x in sites for m in [re.search(r"blocks\.(\d+)\.", x)] if m]
+    ls = [L for x in sites for L in [block_layer(x)] if L is not None]
     if ls:
         return min(ls)
     if any(x.startswith(("embed", "pos_embed", "hook_embed", "hook_pos")) for x in sites):

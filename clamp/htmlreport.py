@@ -27,6 +27,7 @@ from .draw import save_figure
 from .errors import InputError, did_you_mean, show
 from .phases import column_value
 from .recipe import Recipe
+from .sites import one_head
 from .report import VERDICT_HEADERS, phase_table, timed_columns, verdict_rows
 from .store import list_checkpoints, run_dir, run_metrics
 
@@ -216,9 +217,9 @@ def default_heads(sr: Series) -> list[tuple[int, int]]:
 
 
 def _layer_head(column: str) -> tuple[int, int] | None:
-    import re
-    m = re.search(r"blocks\.(\d+)\.attn\.\w+\[(\d+)\]", column)
-    return (int(m.group(1)), int(m.group(2))) if m else None
+    """(layer, head) of a per-head metric column `<measure>/<one head's site>`."""
+    got = one_head(column.split("/", 1)[1]) if "/" in column else None
+    return None if got is None else (got[1], got[2])
 
 
 def default_steps(sr: Series, seed: int) -> list[int]:

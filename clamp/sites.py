@@ -83,6 +83,25 @@ def parse(text: str) -> SiteRef:
     return SiteRef(path, heads)
 
 
+def block_layer(path: str) -> int | None:
+    """The layer a site or parameter path is in (`blocks.L....`), None outside the blocks."""
+    parts = path.split(".")
+    return int(parts[1]) if len(parts) > 2 and parts[0] == "blocks" and parts[1].isdigit() else None
+
+
+def one_head(text: str) -> tuple[str, int, int] | None:
+    """(path, layer, head) of a name of one head in a block, e.g. 'blocks.1.attn.hook_pattern[3]'; None
+    for any other name (several heads, no head, outside the blocks, malformed)."""
+    try:
+        ref = parse(text)
+    except InputError:
+        return None
+    layer = block_layer(ref.path)
+    if layer is None or ref.heads is None or len(ref.heads) != 1 or not isinstance(ref.heads[0], int):
+        return None
+    return ref.path, layer, ref.heads[0]
+
+
 def format_site(ref: SiteRef) -> str:
     if ref.heads is None:
         return ref.path
