@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import settings
 
 import clamp
 
 torch.set_num_threads(1)
+# no per-example deadline: a first example that imports or builds a model, or a busy machine, is slow
+# without being wrong (the examples' count still bounds each test)
+settings.register_profile("clamp", deadline=None)
+settings.load_profile("clamp")
 
 
 def tiny(extra: str = "", **sections) -> clamp.Recipe:

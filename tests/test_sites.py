@@ -88,3 +88,12 @@ def test_catalogue_lists_every_kind():
     with pytest.raises(InputError) as e:
         S.expand("blocks.0.hook_mlp_out", attn_only)
     assert "attention-only" in e.value.hint
+
+
+@given(L=st.integers(0, 999), h=st.integers(0, 999), leaf=st.sampled_from(["hook_pattern", "hook_z", "W_O"]))
+def test_one_head_reads_back_what_head_name_writes(L, h, leaf):
+    from clamp.sites import block_layer, head_name, one_head
+    path = f"blocks.{L}.attn.{leaf}"
+    assert one_head(head_name(path, (h,))) == (path, L, h) and block_layer(path) == L
+    assert one_head(head_name(path, (h, h + 1, h + 2))) is None and one_head(path) is None
+    assert one_head(f"embed.W_E[{h}]") is None and block_layer("embed.W_E") is None
