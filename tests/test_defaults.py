@@ -63,6 +63,7 @@ def test_the_affine_defaults_are_the_studys_model():
     assert r.train.steps == 3000 and r.train.batch == 64
     assert r.task.options.modulus == 11 and r.task.options.first_loss == 3
     assert r.phases["loss"]["below"] == pytest.approx(0.5 * math.log(11))
+    assert r.phases["position_accuracy/pos2"] == {"above": 0.9}
 
 
 @pytest.mark.slow
@@ -71,5 +72,6 @@ def test_affine_defaults_learn_the_determined_terms(tmp_path):
     res = run(only_task("affine"), tmp_path / "aff")
     s = res.seeds[0]
     assert s.summary["phases"]["loss"]["below"]["step"] is not None
+    assert s.summary["phases"]["position_accuracy/pos2"]["above"]["step"] is not None
     last = s.metrics[-1]
     assert last["loss"] < 0.01 and last["position_accuracy/pos2"] > 0.95
