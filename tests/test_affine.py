@@ -69,7 +69,9 @@ def test_chunked_batches_equal_one_at_a_time():
 
 
 @pytest.mark.parametrize("key,value,expected", [
-    ("modulus", 12, "a prime (so every a has an inverse), e.g. 13"),
+    ("modulus", 12, "a prime (so every a has an inverse), e.g. 11 or 13"),
+    ("modulus", 1022, "a prime in 2..1021"),
+    ("modulus", 1, "a prime in 2..1021"),
     ("length", 3, "at least 4 terms"),
     ("heldout_pairs", 110, "fewer than the 110 pairs"),
 ])

@@ -28,13 +28,17 @@ from ..schema import non_negative, opt, positive
 from .base import Batch, Task, TaskIO, register_task, rng_for
 
 
+MAX_MODULUS = 1021      # the pairs (a, b) are listed: p·(p-1) of them, ~1M at most
+
+
 def _is_prime(n: int) -> bool:
     return n >= 2 and all(n % d for d in range(2, int(math.isqrt(n)) + 1))
 
 
 @dataclass(frozen=True)
 class AffineOptions:
-    modulus: int = opt(11, check=positive, doc="the prime p: tokens are the residues 0..p-1")
+    modulus: int = opt(11, check=lambda v: None if 2 <= v <= MAX_MODULUS else f"a prime in 2..{MAX_MODULUS}",
+                       doc="the prime p: tokens are the residues 0..p-1")
     length: int = opt(16, check=positive, doc="terms per sequence")
     heldout_pairs: int = opt(10, check=non_negative,
                              doc="pairs (a, b) kept out of training, for the heldout evaluator")
@@ -43,8 +47,9 @@ class AffineOptions:
 
     def validate(self):
         if not _is_prime(self.modulus):
-            nxt = next(q for q in range(self.modulus + 1, 2 * self.modulus + 3) if _is_prime(q))
-            return ("modulus", f"a prime (so every a has an inverse), e.g. {nxt}")
+            near = [q for q in range(self.modulus - 1, 1, -1) if _is_prime(q)][:1] + \
+                [q for q in range(self.modulus + 1, MAX_MODULUS + 1) if _is_prime(q)][:1]
+            return ("modulus", "a prime (so every a has an inverse), e.g. " + " or ".join(map(str, sorted(near))))
         if self.length < 4:
             return ("length", "at least 4 terms (x_3 is the first the context determines)")
         pairs = self.modulus * (self.modulus - 1)
