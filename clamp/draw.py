@@ -178,13 +178,13 @@ def graph_figure(g: nx.MultiDiGraph, condition: str = "reference"):
         text = name + (f"  ({where})" if where else "")
         if form and form.get("median"):
             text += f"\nforms alone at ~{form['median']:.0f} steps"
-        boxes[name] = ax.text(0, y, text, ha="center", va="center", fontsize=8.5,
+        boxes[name] = ax.text(0, y, text, ha="center", va="center", fontsize=8.5, zorder=4,
                               bbox=dict(boxstyle="round", fc=SUBCIRCUIT, ec="#555555"))
     label_y = dict(zip(order, ys(len(order))))
     for k, b in enumerate(behs):
         mine = [label_y[o] for o in order if o[0] == b]
         y = sum(mine) / len(mine) if mine else ys(len(behs))[k]
-        boxes[b] = ax.text(2.0, y, behaviour_text(b), ha="center", va="center", fontsize=8.5,
+        boxes[b] = ax.text(2.05, y, behaviour_text(b), ha="center", va="center", fontsize=8.5, zorder=4,
                            bbox=dict(boxstyle="round", fc=BEHAVIOUR, ec="#555555"))
     for key in order:
         names, d = groups[key]
@@ -192,16 +192,17 @@ def graph_figure(g: nx.MultiDiGraph, condition: str = "reference"):
         colour = effect_colour(d)
         text = " + ".join(effect_label(d, a).split("\n")[0].split(" (with ")[0] for a in names)
         text += "\n" + effect_label(d, names[0]).split("\n", 1)[1]
-        lab = ax.text(1.0, label_y[key], text, ha="center", va="center", fontsize=7.5, color=colour,
+        # labels share one left edge, so a line from a subcircuit ends at its label's edge without
+        # crossing another label; labels sit above the lines, so one passing behind stays readable
+        lab = ax.text(0.55, label_y[key], text, ha="left", va="center", fontsize=7.5, color=colour, zorder=4,
                       bbox=dict(boxstyle="round", fc="white", ec=colour, lw=0.8),
                       gid=f"effect {'+'.join(names)} -> {b}")
         for a in names:
-            ax.annotate("", xy=(0.5, 0.5), xycoords=lab, xytext=(0.5, 0.5), textcoords=boxes[a],
-                        arrowprops=dict(arrowstyle="-", color=colour, lw=1.0, shrinkA=0, shrinkB=0,
-                                        patchA=boxes[a].get_bbox_patch(), patchB=lab.get_bbox_patch()))
-        ax.annotate("", xy=(0.5, 0.5), xycoords=boxes[b], xytext=(0.5, 0.5), textcoords=lab,
-                    arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.1, mutation_scale=14,
-                                    patchA=lab.get_bbox_patch(), patchB=boxes[b].get_bbox_patch()))
+            ax.annotate("", xy=(0.0, 0.5), xycoords=lab, xytext=(1.0, 0.5), textcoords=boxes[a], zorder=2,
+                        arrowprops=dict(arrowstyle="-", color=colour, lw=1.0, shrinkA=0, shrinkB=0))
+        ax.annotate("", xy=(0.0, 0.5), xycoords=boxes[b], xytext=(1.0, 0.5), textcoords=lab, zorder=2,
+                    arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.1, mutation_scale=14, shrinkA=0,
+                                    shrinkB=2))
     for k, (a, b, d) in enumerate(comp):
         ax.annotate("", xy=(0.0, 0.5), xycoords=boxes[b], xytext=(0.0, 0.5), textcoords=boxes[a],
                     arrowprops=dict(arrowstyle="-|>", color="#6a1b9a", lw=0.9, ls="--",
