@@ -126,6 +126,8 @@ def estimate(recipe: Recipe) -> Estimate:
     task = TASKS[recipe.task.name].data_bytes(recipe.task.options, t.batch, t.eval_size)
     n_evals = count_evals(recipe)
     columns = 8 + len(recipe.probes) * 10 + len(HEAD_MEASURES) * s.layers * s.heads
+    if "position_accuracy" in recipe.measure:
+        columns += s.n_ctx
     if "composition" in recipe.measure:
         columns += 3 * s.heads * s.heads * s.layers * (s.layers - 1) // 2
     metrics = 120 * columns * n_evals
