@@ -144,12 +144,12 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
         raise src.error(("seeds",), "an empty list", "at least one seed")
     if len(set(seeds)) != len(seeds):
         raise src.error(("seeds",), show(list(seeds)), "each seed once")
+    plugins = _plugins(data.get("plugins"), src)     # first: a plug-in may register the task, sources, measures
     task = _task(data.get("task"), src)
     mdata = data.get("model")
     if mdata is None or isinstance(mdata, dict):          # the task's own model defaults (e.g. embed_std)
         mdata = {**TASKS[task.name].default_model, **(mdata or {})}
     model = build_dataclass(ModelConfig, mdata, ("model",), src)
-    plugins = _plugins(data.get("plugins"), src)
     _check_model(model, plugins, task, src)
     written: dict = data["model"] if isinstance(data.get("model"), dict) else {}
     for k in model.unused_keys():
