@@ -46,6 +46,7 @@ from torch import nn
 from .adapter import AdaptedSeam, Adapter
 from .modsites import get
 from .errors import InputError, did_you_mean, show
+from .registry import NameTaken
 from .sites import ModelShape
 from .tasks import Batch
 
@@ -87,6 +88,8 @@ def load_plugin(entry: str) -> Any:
     if not is_path(entry):
         try:
             return importlib.import_module(entry)
+        except NameTaken as e:
+            raise InputError("", "", show(entry), "a plug-in whose names are free", str(e)) from None
         except ImportError as e:
             raise InputError("", "", show(entry), "a .py file or package directory (relative to the recipe), "
                              "or an importable module", str(e)[:120]) from None
@@ -108,6 +111,9 @@ def load_plugin(entry: str) -> Any:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except NameTaken as e:
+        del sys.modules[name]
+        raise InputError("", "", show(entry), "a plug-in whose names are free", str(e)) from None
     except Exception as e:
         del sys.modules[name]
         raise InputError("", "", show(entry), "a plug-in that imports",

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError, did_you_mean, show
+from .registry import decorator
 from .schema import between, opt, positive
 from .sites import Site
 from .tasks import Batch
@@ -78,9 +79,8 @@ class ValueSource:
 VALUES: dict[str, type[ValueSource]] = {}
 
 
-def register_value(cls: type[ValueSource]) -> type[ValueSource]:
-    VALUES[cls.name] = cls
-    return cls
+register_value = decorator(VALUES, "value source")
+"""`@register_value` (or `@register_value(replace=True)`): a taken name is refused unless replaced on purpose."""
 
 
 def get_value(name: str, *, ablation: bool = False) -> type[ValueSource]:

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent / "clamp"
 
 # bottom → top; a module may import its own layer and those below it
 LAYERS = {
-    "names": ["errors", "sites", "yamlio", "schema", "columns", "phases"],
+    "names": ["errors", "registry", "sites", "yamlio", "schema", "columns", "phases"],
     "model": ["model", "stacked", "tasks", "tasks.base", "tasks.fewshot", "tasks.repeat_tokens", "tasks.affine",
               "values", "measures", "optim", "adapter", "modsites", "usermodel", "seam", "nnsight_seam", "hf"],
     "recipe": ["recipe", "overrides", "outputs", "spec", "budget", "compile", "suite"],

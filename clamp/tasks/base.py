@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError, did_you_mean, show
+from ..registry import decorator
 
 
 @dataclass(frozen=True)
@@ -129,9 +130,8 @@ class Task:
 TASKS: dict[str, type[Task]] = {}
 
 
-def register_task(cls: type[Task]) -> type[Task]:
-    TASKS[cls.name] = cls
-    return cls
+register_task = decorator(TASKS, "task")
+"""`@register_task` (or `@register_task(replace=True)`): a taken name is refused unless replaced on purpose."""
 
 
 def get_task(name: str) -> type[Task]:

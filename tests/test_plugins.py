@@ -1,0 +1,109 @@
+"""Plug-ins named in recipes: a user's task through the CLI, and registries that refuse taken names."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clamp.cli import main
+from clamp.registry import NameTaken, register
+from clamp.tasks import TASKS, register_task
+from clamp.values import VALUES, register_value
+
+TASK_PLUGIN = '''
+from dataclasses import dataclass
+import torch
+from clamp.tasks import Batch, Task, TaskIO, register_task, rng_for
+from clamp.schema import opt, positive
+
+
+@dataclass(frozen=True)
+class CountOptions:
+    vocab: int = opt(8, check=positive, doc="vocabulary")
+    length: int = opt(12, check=positive, doc="sequence length")
+
+
+@register_task
+class CountUp(Task):
+    """x, x+1, x+2, ... mod vocab: every next token follows from the current one."""
+    name = "{name}"
+    Options = CountOptions
+
+    @classmethod
+    def io(cls, o):
+        return TaskIO(vocab=o.vocab, n_out=o.vocab, n_ctx=o.length)
+
+    def _seq(self, g, B):
+        o = self.options
+        tokens = (torch.randint(o.vocab, (B, 1), generator=g) + torch.arange(o.length)) % o.vocab
+        return Batch(tokens, torch.cat([tokens[:, 1:], torch.full((B, 1), -100)], 1))
+
+    def train_batch(self, step, size):
+        return self._seq(rng_for(self.seed, 7, step), size)
+
+    def evaluators(self, size):
+        return {{"train": self._seq(rng_for(self.seed, 11), size)}}
+'''
+
+RECIPE = """\
+name: counting
+plugins: [{plugin}]
+task: {{name: {name}}}
+measure: [loss, accuracy]
+train: {{steps: 60, eval_every: 20, eval_size: 32, lr: 1.0e-2}}
+"""
+
+
+@pytest.fixture
+def restore_registries():
+    tasks, values = dict(TASKS), dict(VALUES)
+    yield
+    TASKS.clear(), TASKS.update(tasks)
+    VALUES.clear(), VALUES.update(values)
+
+
+def test_a_plugin_task_runs_from_the_cli(tmp_path, restore_registries):
+    (tmp_path / "count_plugin.py").write_text(TASK_PLUGIN.format(name="count_up_cli"))
+    (tmp_path / "r.yaml").write_text(RECIPE.format(plugin="count_plugin.py", name="count_up_cli"))
+    assert main(["plan", str(tmp_path / "r.yaml")]) == 0
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["loss"] < rows[0]["loss"]
+
+
+def test_a_plugin_that_takes_a_builtin_name_is_refused_with_both_named(tmp_path, capsys, restore_registries):
+    (tmp_path / "bad_plugin.py").write_text(TASK_PLUGIN.format(name="fewshot"))
+    (tmp_path / "r.yaml").write_text(RECIPE.format(plugin="bad_plugin.py", name="fewshot"))
+    assert main(["plan", str(tmp_path / "r.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "r.yaml:2: plugins[0]" in err
+    assert "clamp.tasks.fewshot.Fewshot" in err and "bad_plugin.CountUp" in err and "replace=True" in err
+    assert TASKS["fewshot"].__module__ == "clamp.tasks.fewshot"                  # the built-in is intact
+
+
+def test_registries_refuse_a_taken_name_unless_replacing_on_purpose(restore_registries):
+    class Zero:
+        name = "zero"
+    with pytest.raises(NameTaken, match=r"value source name .zero. is taken by clamp\.values\.Zero"):
+        register_value(Zero)
+    register_value(replace=True)(Zero)
+    assert VALUES["zero"] is Zero
+
+    class Again:
+        name = "again_task"
+    register_task(Again)
+    register_task(Again)                                          # the same class twice: not a collision
+    table: dict = {}
+    register(table, "thing", "a", Again)
+    with pytest.raises(NameTaken):
+        register(table, "thing", "a", Zero)
+
+
+def test_plugin_errors_are_located(tmp_path, capsys, restore_registries):
+    (tmp_path / "broken.py").write_text("raise RuntimeError('no')\n")
+    for plugin, expected in (("missing.py", "a .py file or a package directory"),
+                             ("broken.py", "importing it raised RuntimeError: no")):
+        (tmp_path / "r.yaml").write_text(RECIPE.format(plugin=plugin, name="fewshot"))
+        assert main(["plan", str(tmp_path / "r.yaml")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "r.yaml:2: plugins[0]" in err and expected in err and "Traceback" not in err
