@@ -24,12 +24,17 @@ from .yamlio import Source, load_yaml, parse_key_path
 # (key path reached, what was found there, what was expected) → the located error to raise
 Fail = Callable[[tuple, str, str], InputError]
 
+# mappings whose keys are names (metric columns, subcircuits, probes), never key paths: a column
+# such as `max(prev_token_score/blocks.0.attn.hook_pattern[*])` is one key, dots and all
+NAMED_KEYS = {("phases",), ("train", "stop"), ("subcircuits",), ("probes",)}
+
 
 def set_path(data: dict, parts: list, value: Any, fail: Fail, merge: bool = False,
-             label: Callable[[Any], str] | None = None) -> list[tuple]:
+             label: Callable[[Any], str] | None = None, at: tuple = ()) -> list[tuple]:
     """Set `data[parts[0]][parts[1]]... = value` (a deep copy); with `merge`, a non-empty mapping
-    value merges into a mapping already there, its keys being key paths too. Returns the key
-    paths set."""
+    value merges into a mapping already there, its keys being key paths too (except in the
+    mappings of NAMED_KEYS, whose keys are names). `at`: where `data` is in the recipe. Returns the
+    key paths set."""
     node: Any = data
     for i, p in enumerate(parts[:-1]):
         if isinstance(node, dict):
@@ -50,12 +55,13 @@ def set_path(data: dict, parts: list, value: Any, fail: Fail, merge: bool = Fals
         raise fail(tuple(parts[:-1]), show(node), "a mapping to set a key in")
     elif merge and isinstance(value, dict) and value and isinstance(node.get(last), dict):
         done: list[tuple] = []
+        here = at + tuple(parts)
         for k, v in value.items():
-            sub = parse_key_path(str(k), label(k) if label else str(k))
+            sub = [k] if here in NAMED_KEYS else parse_key_path(str(k), label(k) if label else str(k))
 
             def inner(pp: tuple, found: str, expected: str, _p: tuple = tuple(parts)) -> InputError:
                 return fail(_p + pp, found, expected)
-            done += [tuple(parts) + p for p in set_path(node[last], sub, v, inner, True, label)]
+            done += [tuple(parts) + p for p in set_path(node[last], sub, v, inner, True, label, here)]
         return done
     node[last] = copy.deepcopy(value)
     return [tuple(parts)]

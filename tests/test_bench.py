@@ -227,3 +227,33 @@ def test_a_suite_with_and_without_ensembles_gives_the_same_table(local_result, t
     assert all("ensemble" not in json.loads(p.read_text()) for p in (alone.dir / "runs").glob("*/seed_*/summary.json"))
     assert all(json.loads(p.read_text())["ensemble"]["members"] == 3
                for p in (local_result.dir / "runs").glob("*/seed_*/summary.json"))
+
+
+DOTTED = """\
+name: dotted
+base:
+  model: {layers: 2, heads: 2, d_model: 16}
+  task: {name: fewshot, classes: 10, labels: 4, dim: 8}
+  train: {steps: 20, batch: 8, eval_every: 10, eval_size: 16}
+  measure: [loss, prev_token_score]
+  phases: {loss: {below: 0.5}}
+seeds: [0]
+variants:
+  base: {}
+  aggregate:
+    phases:
+      "max(prev_token_score/blocks.0.attn.hook_pattern[*])": {RULE: 0.3}
+    train:
+      stop: {"max(prev_token_score/blocks.1.attn.hook_pattern[*])": {above: 0.99}}
+"""
+
+
+def test_variant_keys_inside_phases_and_stop_are_column_names_dots_and_all(tmp_path):
+    s = suite_from_data(*load_yaml(DOTTED.replace("RULE", "above"), str(tmp_path / "s.yaml")))
+    r = s.recipes[("aggregate", ())]
+    assert r.phases["max(prev_token_score/blocks.0.attn.hook_pattern[*])"] == {"above": 0.3}
+    assert r.phases["loss"] == {"below": 0.5}
+    assert r.train.stop == {"max(prev_token_score/blocks.1.attn.hook_pattern[*])": {"above": 0.99}}
+    with pytest.raises(InputError) as e:                     # an error in the variant names the suite's line
+        suite_from_data(*load_yaml(DOTTED.replace("RULE", "abve"), str(tmp_path / "s.yaml")))
+    assert "s.yaml:12:" in str(e.value) and "did you mean 'above'" in str(e.value)
