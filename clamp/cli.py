@@ -278,14 +278,15 @@ def _suite_code(res) -> int:
 
 
 def cmd_probe(a) -> int:
-    from .posthoc import probe_run
+    from .columns import is_probe_metric
+    from .posthoc import probe_run, probes_output
     rows = probe_run(a.dir, a.probes)
     for seed, rs in sorted(rows.items()):
-        cols = sorted({k for r in rs for k in r if "@" in k and k.split("@")[0] in ("loss", "accuracy")})
+        cols = sorted({k for r in rs for k in r if is_probe_metric(k)})
         print(f"seed {seed}:")
         print(table(["step", "loss", "accuracy"] + cols,
                     [[r["step"], r.get("loss"), r.get("accuracy")] + [r.get(c) for c in cols] for r in rs]))
-    print(f"wrote probes.jsonl beside each seed's metrics.jsonl in {a.dir}")
+    print(f"wrote {probes_output(a.probes)} beside each seed's metrics.jsonl in {a.dir}")
     return 0
 
 

@@ -78,6 +78,12 @@ def probe_column(column: str, probe: str) -> str:
     return f"{column}@{probe}"
 
 
+def is_probe_metric(column: str) -> bool:
+    """A probe's loss or accuracy column on any evaluator: loss@p, accuracy/<evaluator>@p."""
+    base, at, _ = column.partition("@")
+    return bool(at) and base.split("/", 1)[0] in ("loss", "accuracy")
+
+
 def glob_match(pattern: str, column: str) -> bool:
     """`*` matches anything (brackets are literal, as in column names)."""
     return fnmatch.fnmatchcase(column, pattern.replace("[", "[[]"))

@@ -1,6 +1,7 @@
 """Clamp-based progress measures after the fact: probes applied to every checkpoint of a run.
 
-Flow position: run dir (checkpoints) ─posthoc→ probes.jsonl. A probes file uses recipe
+Flow position: run dir (checkpoints) ─posthoc→ probes_<probes file stem>.jsonl (one per probes
+file, so a second probes file never overwrites the first's results). A probes file uses recipe
 syntax for two keys, `subcircuits` (added to the run's) and `probes` (name → list of clamps
 and ablations); it is checked against the run's own model with the usual located errors.
 Each checkpoint is evaluated exactly as an online evaluation at that step would be (the
@@ -14,7 +15,7 @@ from typing import Callable
 
 from .errors import InputError, show
 from .runs import Run
-from .yamlio import Source, load_yaml_file
+from .yamlio import Source, load_yaml_file, safe_name
 from .recipe import Recipe, recipe_to_dict
 from .spec import load_recipe, recipe_from_data
 from .store import atomic_write, dumps, list_checkpoints, load_checkpoint, writer
@@ -42,10 +43,15 @@ def with_probes(recipe: Recipe, probes_path: str | os.PathLike) -> Recipe:
     return recipe_from_data(merged, msrc, default_name=recipe.name)
 
 
+def probes_output(probes_path: str | os.PathLike) -> str:
+    """The file name a probes file's results are written to: probes_<its stem>.jsonl."""
+    return f"probes_{safe_name(os.path.splitext(os.path.basename(os.fspath(probes_path)))[0])}.jsonl"
+
+
 def probe_run(run_dir: str | os.PathLike, probes_path: str | os.PathLike,
               progress: Callable[[dict], None] | None = None) -> dict[int, list[dict]]:
-    """Evaluate every checkpoint of every seed of a run with the probes; writes probes.jsonl
-    beside each seed's metrics.jsonl and returns the rows per seed."""
+    """Evaluate every checkpoint of every seed of a run with the probes; writes
+    `probes_output(probes_path)` beside each seed's metrics.jsonl and returns the rows per seed."""
     run = Run.load(run_dir)
     if not run.seeds:
         raise InputError(str(run_dir), "", "no run here", "a directory written by `clamp run` or `clamp bench`")
@@ -63,6 +69,6 @@ def probe_run(run_dir: str | os.PathLike, probes_path: str | os.PathLike,
             if progress:
                 progress({"event": "eval", "seed": seed, "step": step, "steps": ckpts[-1][0]})
         with writer(sr.dir, "seed run", what=str(sr.dir)):
-            atomic_write(sr.dir / "probes.jsonl", "".join(dumps(r) + "\n" for r in rows))
+            atomic_write(sr.dir / probes_output(probes_path), "".join(dumps(r) + "\n" for r in rows))
         out[seed] = rows
     return out

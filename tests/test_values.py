@@ -273,3 +273,23 @@ def test_posthoc_probes_equal_online_probes(tmp_path):
     from clamp.errors import InputError
     with pytest.raises(InputError, match="bad.yaml:2: probes.x"):
         probe_run(tmp_path / "plain", tmp_path / "bad.yaml")
+
+
+def test_clamp_probe_prints_every_evaluator_and_keeps_each_probe_files_results(tmp_path, capsys):
+    """Two probes files applied one after the other: each writes its own file, and the printed table
+    has every evaluator's loss and accuracy under the probe."""
+    from clamp.cli import main
+    from clamp.train import read_metrics
+    train = {"steps": 8, "batch": 8, "lr": 1e-2, "eval_every": 4, "eval_size": 16, "checkpoint_every": 4}
+    train_seed(tiny(train=train), 0, tmp_path / "run")
+    (tmp_path / "first.yaml").write_text("probes:\n  a: [{ablate: blocks.0.attn.hook_z[0]}]\n")
+    (tmp_path / "second.yaml").write_text("probes:\n  b: [{ablate: blocks.1.attn.hook_z[1]}]\n")
+    assert main(["probe", str(tmp_path / "run"), str(tmp_path / "first.yaml")]) == 0
+    out = capsys.readouterr().out
+    for ev in ("test_relabel", "heldout_exemplars", "heldout_classes"):
+        assert f"accuracy/{ev}@a" in out and f"loss/{ev}@a" in out
+    assert main(["probe", str(tmp_path / "run"), str(tmp_path / "second.yaml")]) == 0
+    first = read_metrics(tmp_path / "run" / "probes_first.jsonl")
+    second = read_metrics(tmp_path / "run" / "probes_second.jsonl")
+    assert [r["step"] for r in first] == [r["step"] for r in second] == [4, 8]
+    assert "loss@a" in first[0] and "loss@b" in second[0] and "loss@b" not in first[0]
