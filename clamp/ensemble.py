@@ -45,7 +45,7 @@ from .pool import Job, Outcome
 from .recipe import Recipe, dump_recipe
 from .stacked import MemberError, MemberSeam, Stack
 from .store import atomic_write, list_checkpoints, load_checkpoint, read_metrics, run_metrics, save_checkpoint
-from .tasks import Batch
+from .tasks import TASKS, Batch
 from .train import (ERROR_LOG, Trainer, _finish, _Progress, check_dir, fill_grads, install_extensions,
                     one_line, prepare_dir, resolve_device, stop_now)
 
@@ -60,8 +60,8 @@ EVAL_SEQUENCES = 512
 def ensemble_key(recipe: Recipe) -> tuple | None:
     """Runs with equal keys can train as one ensemble; None: this run trains alone."""
     shape = recipe.shape()
-    if shape.family != "builtin" or shape.backend != "native":
-        return None
+    if shape.family != "builtin" or shape.backend != "native" or TASKS[recipe.task.name].own_loss():
+        return None                                    # the stacked loss is the cross-entropy
     targets = [iv.target for iv in (*recipe.interventions, *(i for p in recipe.probes.values() for i in p))]
     if any("module:" in str(t) for t in targets) or any(
             "module:" in str(s) for sc in recipe.subcircuits.values() for s in getattr(sc, "sites", ())):

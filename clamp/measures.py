@@ -32,16 +32,19 @@ Definitions (A = the head's attention pattern after any clamp, averaged over seq
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, ClassVar, Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .columns import (PATTERN_MEASURES, composition_column, evaluator_column, head_column, pattern_site,
+from .columns import (MEASURES, PATTERN_MEASURES, composition_column, evaluator_column, head_column, pattern_site,
                       position_column, scores_site)
+from .registry import NameTaken, register
 from .sites import ModelShape
 from .tasks import Batch
+
+Scorer = Callable[[Tensor, Batch], "tuple[float, float | None]"]     # (logits, batch) → (loss, accuracy)
 
 
 def loss_and_accuracy(logits: Tensor, targets: Tensor) -> tuple[float, float]:
@@ -104,6 +107,77 @@ REPEATS = "(repeated segments)"      # the key of the induction-score forward in
 Outputs = dict[str, tuple[Tensor, dict[str, Tensor]]]     # forward key → (logits, recorded site values)
 
 
+# ---------------------------------------------------------------------------------------
+# A user's measures (plug-ins): metric columns computed at every evaluation
+
+
+class Measure:
+    """A progress measure of one's own: subclass, set `name` (the measure a recipe's `measure:` lists)
+    and implement `compute`; register with `@register_measure`. Its columns are `name` or
+    `name/<anything>` and must be known before the run (`columns`), so phase rules, stop rules,
+    expectations and the graph can name them and be checked when the recipe loads."""
+
+    name: ClassVar[str]
+    doc: ClassVar[str] = ""
+    record: ClassVar[tuple[str, ...]] = ()     # sites recorded on the 'train' evaluator's forward
+
+    @classmethod
+    def columns(cls, shape: ModelShape, evaluators: tuple[str, ...]) -> list[str]:
+        """The columns this measure writes for a model of `shape` with these evaluators."""
+        return [cls.name]
+
+    def compute(self, outputs: dict[str, tuple[Tensor, dict[str, Tensor]]], batches: dict[str, Batch],
+                seam) -> dict[str, float]:
+        """One value per column: `outputs` holds each evaluator's (logits [batch, pos, n_out], recorded
+        sites: `record` on 'train'), `batches` its batch, `seam` the model (seam.weight(name) reads a
+        parameter) with this step's interventions applied to the outputs, not to the weights."""
+        raise NotImplementedError
+
+
+MEASURE_PLUGINS: dict[str, type[Measure]] = {}
+
+
+def register_measure(cls: type[Measure] | None = None, *, replace: bool = False):
+    """`@register_measure` (or `@register_measure(replace=True)`): a name taken by another measure, or
+    by one of clamp's own, is refused."""
+    def add(c: type[Measure]) -> type[Measure]:
+        if c.name in MEASURES:
+            raise NameTaken(f"measure name {c.name!r} is clamp's own (measures.py), not replaced by "
+                            f"{c.__module__}.{c.__qualname__}: rename it")
+        register(MEASURE_PLUGINS, "measure", c.name, c, replace)
+        return c
+    return add if cls is None else add(cls)
+
+
+def user_columns(outputs: Outputs, todo: list[tuple[str, Batch, list[str]]], measures: Iterable[str],
+                 shape: ModelShape, seam) -> dict[str, float]:
+    """The columns of the user's measures among `measures`, from forwards already run."""
+    row: dict[str, float] = {}
+    batches = {key: batch for key, batch, _ in todo if key != REPEATS}
+    outs = {key: outputs[key] for key in batches}
+    evs = tuple(batches)
+    for m in measures:
+        cls = MEASURE_PLUGINS.get(m)
+        if cls is None:
+            continue
+        got = cls().compute(outs, batches, seam)
+        allowed = set(cls.columns(shape, evs))
+        extra = sorted(set(got) - allowed)
+        if extra:
+            raise ValueError(f"measure {m!r} wrote columns its columns() does not declare: {', '.join(extra[:3])}")
+        row.update({k: float(v) for k, v in got.items()})
+    return row
+
+
+def run_forwards(intervener, todo: list[tuple[str, Batch, list[str]]]) -> Outputs:
+    """Each forward of `todo` through `intervener`, recording its sites."""
+    outputs: Outputs = {}
+    for key, batch, record in todo:
+        with intervener.recording(record) as rec:
+            outputs[key] = (intervener.forward(batch), rec)
+    return outputs
+
+
 def forwards(evaluators: dict[str, Batch], repeats: Batch | None, measures: Iterable[str],
              shape: ModelShape) -> list[tuple[str, Batch, list[str]]]:
     """The forward passes an evaluation needs: (key, batch, sites to record) for each."""
@@ -112,6 +186,8 @@ def forwards(evaluators: dict[str, Batch], repeats: Batch | None, measures: Iter
     record = patterns if any(m in PATTERN_MEASURES for m in measures) else []
     if "negative_similarity" in measures:
         record = record + [scores_site(L) for L in range(shape.layers)] + ["hook_embed"]
+    record = record + [s for m in measures if m in MEASURE_PLUGINS for s in MEASURE_PLUGINS[m].record
+                       if s not in record]
     out = [(name, batch, record if name == "train" else []) for name, batch in evaluators.items()]
     if "induction_score" in measures and repeats is not None:
         out.append((REPEATS, repeats, patterns))
@@ -120,21 +196,19 @@ def forwards(evaluators: dict[str, Batch], repeats: Batch | None, measures: Iter
 
 @torch.no_grad()
 def evaluate(intervener, evaluators: dict[str, Batch], repeats: Batch | None, measures: Iterable[str],
-             shape: ModelShape, outputs: Outputs | None = None) -> dict[str, float]:
-    """One row of metric columns. The forwards run here through `intervener` unless their `outputs`
-    are given (an ensemble runs its members' forwards together: ensemble.py)."""
+             shape: ModelShape, outputs: Outputs | None = None, scorer: Scorer | None = None) -> dict[str, float]:
+    """One row of clamp's own metric columns. The forwards run here through `intervener` unless their
+    `outputs` are given (an ensemble runs its members' forwards together: ensemble.py)."""
     todo = forwards(evaluators, repeats, measures, shape)
     if outputs is None:
-        outputs = {}
-        for key, batch, record in todo:
-            with intervener.recording(record) as rec:
-                outputs[key] = (intervener.forward(batch), rec)
-    return score(outputs, todo, measures, shape)
+        outputs = run_forwards(intervener, todo)
+    return score(outputs, todo, measures, shape, scorer)
 
 
 def score(outputs: Outputs, todo: list[tuple[str, Batch, list[str]]], measures: Iterable[str],
-          shape: ModelShape) -> dict[str, float]:
-    """The metric columns of forwards already run (`forwards` lists them; `outputs` holds their results)."""
+          shape: ModelShape, scorer: Scorer | None = None) -> dict[str, float]:
+    """clamp's own metric columns of forwards already run (`forwards` lists them; `outputs` holds their
+    results); `scorer` is the task's (loss, accuracy) (Task.score; default cross-entropy, argmax)."""
     measures = tuple(measures)
     row: dict[str, float] = {}
     for name, batch, record in todo:
@@ -146,10 +220,10 @@ def score(outputs: Outputs, todo: list[tuple[str, Batch, list[str]]], measures: 
                 for h, v in enumerate(induction_strengths(rec[pattern_site(L)], keys, None).tolist()):
                     row[head_column("induction_score", L, h)] = v
             continue
-        loss, acc = loss_and_accuracy(logits, batch.targets)
+        loss, acc = scorer(logits, batch) if scorer is not None else loss_and_accuracy(logits, batch.targets)
         if "loss" in measures:
             row[evaluator_column("loss", name)] = loss
-        if "accuracy" in measures:
+        if "accuracy" in measures and acc is not None:
             row[evaluator_column("accuracy", name)] = acc
         if "position_accuracy" in measures and name == "train":
             for t, v in enumerate(position_accuracies(logits, batch.tokens).tolist()):

@@ -13,6 +13,7 @@ from __future__ import annotations
 from . import columns as C
 from .errors import did_you_mean, show
 from .recipe import Intervention, Recipe
+from .measures import MEASURE_PLUGINS
 from .tasks import TASKS
 
 
@@ -23,6 +24,8 @@ def unavailable(recipe: Recipe, measure: str) -> str:
         return f"{recipe.task.name} has no label positions"
     if measure == "induction_strength" and cls.induction_keys is False:
         return f"{recipe.task.name} marks no induction keys"
+    if measure == "accuracy" and not cls.accuracy:
+        return f"{recipe.task.name}'s targets are not classes (it has no accuracy)"
     if measure == "copying_score":
         io = cls.io(recipe.task.options)
         if io.vocab != io.n_out or io.vector_dim:
@@ -44,7 +47,7 @@ def produced(recipe: Recipe) -> set[str]:
     out: set[str] = set()
     base: set[str] = set()
     for m in ("loss", "accuracy"):
-        if m in recipe.measure:
+        if m in recipe.measure and not unavailable(recipe, m):
             base.update(C.evaluator_column(m, e) for e in evs)
     out |= base
     for m in C.HEAD_MEASURES:
@@ -52,12 +55,15 @@ def produced(recipe: Recipe) -> set[str]:
             out.update(C.head_column(m, L, h) for L in range(s.layers) for h in range(s.heads))
     if "position_accuracy" in recipe.measure and "train" in evs:
         out.update(C.position_column("position_accuracy", t) for t in range(s.n_ctx - 1))
+    for m in recipe.measure:
+        if m in MEASURE_PLUGINS:
+            out.update(MEASURE_PLUGINS[m].columns(s, evs))
     if "composition" in recipe.measure:
         out.update(C.composition_column(k, l1, h1, l2, h2) for k in "kqv" for l1 in range(s.layers)
                    for l2 in range(l1 + 1, s.layers) for h1 in range(s.heads) for h2 in range(s.heads))
+    scored = ("loss", "accuracy") if TASKS[recipe.task.name].accuracy else ("loss",)
     for probe in recipe.probes:
-        out.update(C.probe_column(c, probe) for c in {C.evaluator_column(m, e) for m in ("loss", "accuracy")
-                                                       for e in evs})
+        out.update(C.probe_column(c, probe) for c in {C.evaluator_column(m, e) for m in scored for e in evs})
     return out
 
 

@@ -24,6 +24,7 @@ import torch
 from . import outputs
 from . import sites as S
 from .columns import MEASURES
+from .measures import MEASURE_PLUGINS
 from .errors import InputError, did_you_mean, show
 from . import hf, seam, usermodel       # seam: the table of model families (their sites, their shapes)
 from .overrides import apply_override, deep_merge
@@ -490,10 +491,11 @@ def _measures(value, src, task: str) -> tuple[str, ...]:
     if value is None:
         return TASKS[task].default_measures
     items = build(tuple[str, ...], value, ("measure",), src)
+    known = MEASURES + tuple(sorted(MEASURE_PLUGINS))
     for i, m in enumerate(items):
-        if m not in MEASURES:
-            raise src.error(("measure", i), show(m), "a measure: one of " + ", ".join(MEASURES),
-                            did_you_mean(m, MEASURES))
+        if m not in known:
+            raise src.error(("measure", i), show(m), "a measure: one of " + ", ".join(known),
+                            did_you_mean(m, known))
     return items
 
 

@@ -36,10 +36,10 @@ from .errors import InputError, did_you_mean, show
 from .schema import build
 from .yamlio import Source, check_name, safe_name, load_yaml, load_yaml_file, read_text
 from .overrides import apply_override, merge_overrides
-from .spec import Recipe, absolute_paths, parse_recipe, resolve_extends
+from .spec import Recipe, _plugins, absolute_paths, parse_recipe, resolve_extends
 
 
-SUITE_KEYS = ("name", "base", "seeds", "variants", "grid", "set", "expect")
+SUITE_KEYS = ("name", "plugins", "base", "seeds", "variants", "grid", "set", "expect")
 EXPECT_KEYS = ("name", "ratio", "difference", "value", "of", "below", "above", "between", "abs", "require")
 QUANTITY_HELP = ("crossing, phase:<column>:<rule>[:<field>], final:<column>, or at:<step>:<column> "
                  "(a column may be max(<glob>), min(<glob>) or mean(<glob>))")
@@ -130,7 +130,10 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
     src.check_keys(data, SUITE_KEYS)
     name = check_name(data.get("name", safe_name(default_name)), ("name",), src)
     overrides = list(build(tuple[str, ...], data.get("set", []), ("set",), src)) + list(overrides)
+    plugins = list(_plugins(data.get("plugins"), src))   # imported first, and added to every recipe's
     base_data, base_src = _base(data.get("base"), src)
+    if plugins:
+        base_data["plugins"] = plugins + [p for p in base_data.get("plugins") or [] if p not in plugins]
     seeds = build(tuple[int, ...], data.get("seeds", base_data.get("seeds", [0])), ("seeds",), src)
     if not seeds or len(set(seeds)) != len(seeds):
         raise src.error(("seeds",), show(list(seeds)), "a non-empty list of distinct seeds")
@@ -145,17 +148,19 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
     for o in overrides:
         apply_override(base_run, o, Source(base_src.file, dict(base_src.lines), dict(base_src.overrides)))
     base = parse_recipe(base_run, base_src, name)
-    recipes, inlined = _variant_recipes(name, variants, grid, seeds, overrides, base_data, base_src, src)
+    recipes, inlined = _variant_recipes(name, variants, grid, seeds, overrides, base_data, base_src, src, plugins)
     expect = _expectations(data.get("expect") or [], src, variants, recipes, base)
     raw = {**copy.deepcopy(data), "name": name, "base": absolute_paths(base_data, base_src), "seeds": list(seeds),
            "variants": copy.deepcopy(inlined)}
     if overrides:
         raw["set"] = overrides
+    if plugins:
+        raw["plugins"] = plugins
     return Suite(name, src.file, base, seeds, variants, grid, expect, recipes, raw)
 
 
 def _variant_recipes(name: str, variants: dict, grid: dict, seeds: tuple, overrides: list, base_data: dict,
-                     base_src: Source, src: Source) -> tuple[dict, dict]:
+                     base_src: Source, src: Source, plugins: list | None = None) -> tuple[dict, dict]:
     """The recipe of every variant at every grid point (overrides: variant, grid point, then --set),
     and each variant's overrides with paths made absolute (as suite.yaml keeps them)."""
     recipes: dict = {}
@@ -173,6 +178,8 @@ def _variant_recipes(name: str, variants: dict, grid: dict, seeds: tuple, overri
         for point in itertools.product(*[[(k, v) for v in vals] for k, vals in grid.items()]):
             d = copy.deepcopy(vdata)
             d["seeds"] = [seeds[0]]
+            if plugins:
+                d["plugins"] = plugins + [p for p in d.get("plugins") or [] if p not in plugins]
             s = Source(vsrc.file, dict(vsrc.lines), dict(vsrc.overrides))
             merge_overrides(d, ov, ("variants", vname), src, s)
             for k, v in point:

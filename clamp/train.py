@@ -34,7 +34,8 @@ from .columns import probe_column
 from .compile import Plan, compile_plan
 from .errors import InputError, RunError
 from .hooks import Intervener
-from .measures import Outputs, composition_baseline, composition_scores, copying_scores, evaluate, forwards, score
+from .measures import (Outputs, composition_baseline, composition_scores, copying_scores, evaluate, forwards,
+                       run_forwards, score, user_columns)
 from .donor import Donors
 from .seam import ModelSeam, build
 from .phases import column_value, phase_times
@@ -88,7 +89,7 @@ class Trainer:
         `batch` (benchmarks: pre-generated batches) replaces the task's batch for this step."""
         self.intervener.set_step(self.step)
         batch = batch if batch is not None else self.batch()
-        loss = loss_fn(self.intervener.forward(batch), batch.targets)
+        loss = self.task.loss(self.intervener.forward(batch), batch)
         value = loss.item()
         if not math.isfinite(value):
             raise RunError(f"training loss became {value} at step {self.step}")
@@ -146,10 +147,11 @@ class Trainer:
         evs, reps = self._due(every)
         self.model.eval()
         row: dict = {"step": self.step, "sequences": self.step * r.train.batch, "seed": self.seed}
+        todo = forwards(evs, reps, r.measure, self.plan.shape)
         if outputs is None:
-            row.update(evaluate(self.intervener, evs, reps, r.measure, self.plan.shape))
-        else:
-            row.update(score(outputs, forwards(evs, reps, r.measure, self.plan.shape), r.measure, self.plan.shape))
+            outputs = run_forwards(self.intervener, todo)
+        row.update(score(outputs, todo, r.measure, self.plan.shape, self.task.score))
+        row.update(user_columns(outputs, todo, r.measure, self.plan.shape, self.seam))
         if "composition" in r.measure:
             row.update(composition_scores(self.seam))
         if "copying_score" in r.measure:
@@ -169,7 +171,7 @@ class Trainer:
         for name in r.probes:
             iv, notes = self._probe_intervener(name, row)
             iv.set_step(at)
-            prow = evaluate(iv, self._evaluators, None, ("loss", "accuracy"), self.plan.shape)
+            prow = evaluate(iv, self._evaluators, None, ("loss", "accuracy"), self.plan.shape, scorer=self.task.score)
             row.update({probe_column(k, name): v for k, v in prow.items()})
             if notes:
                 row[probe_column("heads", name)] = notes
@@ -291,21 +293,25 @@ def train_seed(recipe: Recipe, seed: int, run_dir: str | os.PathLike, progress: 
 
 
 def extensions_for(recipe: Recipe) -> dict:
-    """The task and value-source classes a recipe uses, so a worker that did not import the
-    caller's code (a Ray worker, a spawned process) can register them before training."""
+    """The task, value-source and measure classes a recipe uses (in training and in probes), so a
+    worker that did not import the caller's code (a Ray worker, a spawned process) can register them
+    before training. (Plug-in modules travel by value to Ray workers: raybackend.py.)"""
+    from .measures import MEASURE_PLUGINS
     from .tasks import TASKS
     from .values import VALUES
+    used = [*recipe.interventions, *(iv for ivs in recipe.probes.values() for iv in ivs)]
     return {"tasks": {recipe.task.name: TASKS[recipe.task.name]},
-            "values": {iv.source: VALUES[iv.source] for iv in recipe.interventions if iv.source}}
+            "values": {iv.source: VALUES[iv.source] for iv in used if iv.source and iv.source in VALUES},
+            "measures": {m: MEASURE_PLUGINS[m] for m in recipe.measure if m in MEASURE_PLUGINS}}
 
 
 def install_extensions(ext: dict) -> None:
+    from .measures import MEASURE_PLUGINS
     from .tasks import TASKS
     from .values import VALUES
-    for name, cls in ext.get("tasks", {}).items():
-        TASKS.setdefault(name, cls)
-    for name, cls in ext.get("values", {}).items():
-        VALUES.setdefault(name, cls)
+    for table, key in ((TASKS, "tasks"), (VALUES, "values"), (MEASURE_PLUGINS, "measures")):
+        for name, cls in ext.get(key, {}).items():
+            table.setdefault(name, cls)
 
 
 ERROR_LOG = "error.log"

@@ -74,6 +74,9 @@ def is_path(entry: str) -> bool:
     return entry.endswith(".py") or "/" in entry or os.sep in entry
 
 
+LOADED: dict[str, Any] = {}      # plug-in modules imported from files (name → module), for Ray (by value)
+
+
 def plugin_name(entry: str) -> str:
     """The module name a plug-in entry is imported under."""
     if entry.endswith(".py"):
@@ -109,13 +112,14 @@ def load_plugin(entry: str) -> Any:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    LOADED[name] = module
     try:
         spec.loader.exec_module(module)
     except NameTaken as e:
-        del sys.modules[name]
+        del sys.modules[name], LOADED[name]
         raise InputError("", "", show(entry), "a plug-in whose names are free", str(e)) from None
     except Exception as e:
-        del sys.modules[name]
+        del sys.modules[name], LOADED[name]
         raise InputError("", "", show(entry), "a plug-in that imports",
                          f"importing it raised {type(e).__name__}: {str(e)[:160]}") from None
     return module

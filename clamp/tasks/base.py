@@ -10,6 +10,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InputError, did_you_mean, show
@@ -80,6 +81,7 @@ class Task:
     default_model: ClassVar[dict] = {}                  # model keys whose default differs for this task
     default_train: ClassVar[dict] = {}                  # train keys whose default differs for this task
     default_measures: ClassVar[tuple[str, ...]] = ("loss", "accuracy", "prev_token_score", "induction_strength")
+    accuracy: ClassVar[bool] = True     # False: targets are not classes (no accuracy column)
 
     def __init__(self, options, seed: int):
         self.options = options
@@ -111,6 +113,25 @@ class Task:
 
     def train_batch(self, step: int, size: int) -> Batch:
         raise NotImplementedError
+
+    def loss(self, logits: Tensor, batch: Batch) -> Tensor:
+        """The training loss (a scalar with gradient) of logits [batch, pos, n_out]: by default the mean
+        next-token cross-entropy over positions whose target is not -100. A task whose targets are not
+        classes (a regression, say) overrides this and `score` (its runs then train alone, not as
+        ensembles, whose stacked loss is the cross-entropy)."""
+        return F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
+
+    def score(self, logits: Tensor, batch: Batch) -> tuple[float, float | None]:
+        """(loss, accuracy) of an evaluation batch; accuracy None when the task has none (`accuracy`
+        False). By default cross-entropy and argmax accuracy over positions with a target."""
+        keep = batch.targets != -100
+        lg, tg = logits[keep], batch.targets[keep]                     # [n, n_out], [n]
+        return F.cross_entropy(lg, tg).item(), (lg.argmax(-1) == tg).float().mean().item()
+
+    @classmethod
+    def own_loss(cls) -> bool:
+        """Whether the task defines its own loss (not the default cross-entropy)."""
+        return cls.loss is not Task.loss
 
     def train_batches(self, start: int, count: int, size: int) -> list[Batch]:
         """The training batches of steps start .. start+count-1, each equal to `train_batch(step, size)`
