@@ -457,7 +457,25 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--variant", help="the suite variant whose attention to draw (default: the first)")
     q.add_argument("--seed", type=int, help="the seed whose attention to draw (default: the first)")
     q.set_defaults(fn=cmd_report)
+    for verb, q in sub.choices.items():
+        if verb != "demo":
+            q.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                           help="import a plug-in first: a .py file or package directory, or a module name "
+                           "(repeatable); what it registers (tasks, value sources, measures) recipes can name")
     return p
+
+
+def _load_plugins(entries: list[str]) -> None:
+    """`--plugin` entries (a .py file or package directory, relative to the working directory, or an
+    importable module name), imported before anything is read. Recipes that list them in `plugins:`
+    carry them into their run directories; these do not, so a later verb needs the flag again."""
+    from .usermodel import is_path, load_plugin
+    for entry in entries:
+        try:
+            load_plugin(os.path.abspath(entry) if is_path(entry) else entry)
+        except InputError as e:
+            raise InputError("--plugin", "", show(entry), e.expected.replace("the recipe", "the working directory"),
+                             e.hint) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -471,6 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:                            # bad arguments (one line written) or --help
         return e.code if isinstance(e.code, int) else 2
     try:
+        _load_plugins(getattr(args, "plugin", None) or [])
         return args.fn(args)
     except InputError as e:
         sys.stderr.write(f"clamp: error: {e}\n")

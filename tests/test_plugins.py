@@ -107,3 +107,18 @@ def test_plugin_errors_are_located(tmp_path, capsys, restore_registries):
         assert main(["plan", str(tmp_path / "r.yaml")]) == 2
         err = capsys.readouterr().err.strip()
         assert "r.yaml:2: plugins[0]" in err and expected in err and "Traceback" not in err
+
+
+def test_the_plugin_flag_imports_before_any_verb_reads(tmp_path, capsys, monkeypatch, restore_registries):
+    (tmp_path / "flag_plugin.py").write_text(TASK_PLUGIN.format(name="count_up_flag"))
+    (tmp_path / "r.yaml").write_text("name: counting\ntask: {name: count_up_flag}\nmeasure: [loss]\n"
+                                     "train: {steps: 20, eval_every: 10, eval_size: 16}\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["plan", "r.yaml"]) == 2                                    # not imported: an unknown task
+    assert "task.name: found 'count_up_flag'" in capsys.readouterr().err
+    for verb in (["plan", "r.yaml"], ["sites", "r.yaml"], ["run", "r.yaml", "--out", "out"]):
+        assert main(verb + ["--plugin", "flag_plugin.py"]) == 0
+    assert main(["report", "out", "--plugin", "flag_plugin.py"]) == 0
+    assert main(["plan", "r.yaml", "--plugin", "nowhere.py"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("clamp: error: --plugin: found") and "nowhere.py" in err
