@@ -34,3 +34,22 @@ train: {steps: 20, batch: 8, lr: 1.0e-2, eval_every: 5, eval_size: 16}
 @pytest.fixture
 def tiny_recipe():
     return tiny
+
+
+@pytest.fixture(autouse=True)
+def isolated_registries():
+    """What a test registers (tasks, value sources, measures, plug-in modules) is gone after it, so no
+    test sees another's extensions (error messages list the registries' names)."""
+    import sys
+    from clamp.measures import MEASURE_PLUGINS
+    from clamp.tasks import TASKS
+    from clamp.usermodel import LOADED
+    from clamp.values import VALUES
+    tables = (TASKS, VALUES, MEASURE_PLUGINS, LOADED)
+    saved = [dict(t) for t in tables]
+    yield
+    for name in set(LOADED) - set(saved[3]):
+        sys.modules.pop(name, None)
+    for t, s in zip(tables, saved):
+        t.clear()
+        t.update(s)

@@ -1,4 +1,4 @@
-"""Extending clamp through its public interface only: a plug-in (tests/extension/my_ext.py) with a
+"""Extending clamp through its public interface only: a plug-in (recipes/extension/my_ext.py) with a
 task whose targets are numbers (its own loss), a value source and a progress measure, plus a model of
 one's own (recipes/user_model/tiny_lm.py), all named in a suite's `plugins:` and run through the CLI
 on the local pool and on Ray: the same results either way."""
@@ -13,7 +13,7 @@ import pytest
 from clamp.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-PLUGIN = ROOT / "tests" / "extension" / "my_ext.py"
+PLUGIN = ROOT / "recipes" / "extension" / "my_ext.py"
 MODEL = ROOT / "recipes" / "user_model" / "tiny_lm.py"
 
 RECIPE = """\

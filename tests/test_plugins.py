@@ -54,15 +54,7 @@ train: {{steps: 60, eval_every: 20, eval_size: 32, lr: 1.0e-2}}
 """
 
 
-@pytest.fixture
-def restore_registries():
-    tasks, values = dict(TASKS), dict(VALUES)
-    yield
-    TASKS.clear(), TASKS.update(tasks)
-    VALUES.clear(), VALUES.update(values)
-
-
-def test_a_plugin_task_runs_from_the_cli(tmp_path, restore_registries):
+def test_a_plugin_task_runs_from_the_cli(tmp_path):
     (tmp_path / "count_plugin.py").write_text(TASK_PLUGIN.format(name="count_up_cli"))
     (tmp_path / "r.yaml").write_text(RECIPE.format(plugin="count_plugin.py", name="count_up_cli"))
     assert main(["plan", str(tmp_path / "r.yaml")]) == 0
@@ -71,7 +63,7 @@ def test_a_plugin_task_runs_from_the_cli(tmp_path, restore_registries):
     assert rows[-1]["loss"] < rows[0]["loss"]
 
 
-def test_a_plugin_that_takes_a_builtin_name_is_refused_with_both_named(tmp_path, capsys, restore_registries):
+def test_a_plugin_that_takes_a_builtin_name_is_refused_with_both_named(tmp_path, capsys):
     (tmp_path / "bad_plugin.py").write_text(TASK_PLUGIN.format(name="fewshot"))
     (tmp_path / "r.yaml").write_text(RECIPE.format(plugin="bad_plugin.py", name="fewshot"))
     assert main(["plan", str(tmp_path / "r.yaml")]) == 2
@@ -81,7 +73,7 @@ def test_a_plugin_that_takes_a_builtin_name_is_refused_with_both_named(tmp_path,
     assert TASKS["fewshot"].__module__ == "clamp.tasks.fewshot"                  # the built-in is intact
 
 
-def test_registries_refuse_a_taken_name_unless_replacing_on_purpose(restore_registries):
+def test_registries_refuse_a_taken_name_unless_replacing_on_purpose():
     class Zero:
         name = "zero"
     with pytest.raises(NameTaken, match=r"value source name .zero. is taken by clamp\.values\.Zero"):
@@ -99,7 +91,7 @@ def test_registries_refuse_a_taken_name_unless_replacing_on_purpose(restore_regi
         register(table, "thing", "a", Zero)
 
 
-def test_plugin_errors_are_located(tmp_path, capsys, restore_registries):
+def test_plugin_errors_are_located(tmp_path, capsys):
     (tmp_path / "broken.py").write_text("raise RuntimeError('no')\n")
     for plugin, expected in (("missing.py", "a .py file or a package directory"),
                              ("broken.py", "importing it raised RuntimeError: no")):
@@ -109,7 +101,7 @@ def test_plugin_errors_are_located(tmp_path, capsys, restore_registries):
         assert "r.yaml:2: plugins[0]" in err and expected in err and "Traceback" not in err
 
 
-def test_the_plugin_flag_imports_before_any_verb_reads(tmp_path, capsys, monkeypatch, restore_registries):
+def test_the_plugin_flag_imports_before_any_verb_reads(tmp_path, capsys, monkeypatch):
     (tmp_path / "flag_plugin.py").write_text(TASK_PLUGIN.format(name="count_up_flag"))
     (tmp_path / "r.yaml").write_text("name: counting\ntask: {name: count_up_flag}\nmeasure: [loss]\n"
                                      "train: {steps: 20, eval_every: 10, eval_size: 16}\n")
