@@ -125,14 +125,24 @@ class TrainConfig:
 
 
 
+def _per_head(measure: str) -> str | None:
+    from .columns import HEAD_MEASURES
+    from .measures import MEASURE_PLUGINS
+    known = HEAD_MEASURES + tuple(sorted(MEASURE_PLUGINS))
+    if measure in known:
+        return None
+    from .errors import did_you_mean
+    hint = did_you_mean(measure, known)
+    return "a per-head measure: one of " + ", ".join(known) + (f"; {hint}" if hint else "")
+
+
 @dataclass(frozen=True)
 class Selection:
     """Heads chosen by measurement: the heads of `layer` ranked or thresholded by a per-head measure."""
 
     layer: int = opt(0, check=lambda v: None if v >= 0 else "a layer >= 0", doc="the layer whose heads are chosen")
-    by: Literal["prev_token_score", "label_prev_token_score", "induction_strength", "induction_score",
-                "negative_similarity", "copying_score"] = opt(
-        "prev_token_score", doc="the per-head measure")
+    by: str = opt("prev_token_score", check=lambda v: _per_head(v), doc="the per-head measure (clamp's, or a "
+                  "plug-in's whose columns are per head: columns.head_column)")
     top: int = opt(0, check=lambda v: None if v >= 0 else "a count >= 0", doc="the k highest")
     bottom: int = opt(0, check=lambda v: None if v >= 0 else "a count >= 0", doc="the k lowest")
     above: float | None = opt(None, doc="every head whose measure is above this")

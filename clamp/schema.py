@@ -103,10 +103,11 @@ def _union(tp: Any, value: Any, path: Path, src: Source) -> Any:
     args = typing.get_args(tp)
     if value is None and type(None) in args:
         return None
+    options = [a for a in args if a is not type(None)]
+    if len(options) == 1:                      # X | None with a value: X's own error, at its own key
+        return build(options[0], value, path, src)
     errors = []
-    for a in args:
-        if a is type(None):
-            continue
+    for a in options:
         try:
             return build(a, value, path, src)
         except InputError as e:

@@ -114,3 +114,44 @@ def test_the_plugin_flag_imports_before_any_verb_reads(tmp_path, capsys, monkeyp
     assert main(["plan", "r.yaml", "--plugin", "nowhere.py"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("clamp: error: --plugin: found") and "nowhere.py" in err
+
+
+HEAD_MEASURE_PLUGIN = '''
+from clamp.columns import head_column
+from clamp.measures import Measure, register_measure
+
+
+@register_measure
+class OutputNorm(Measure):
+    name = "output_norm"
+    doc = "Frobenius norm of each head's W_O"
+
+    @classmethod
+    def columns(cls, shape, evaluators):
+        return [head_column(cls.name, L, h) for L in range(shape.layers) for h in range(shape.heads)]
+
+    def compute(self, outputs, batches, seam):
+        out = {}
+        for L in range(seam.shape.layers):
+            for h, v in enumerate(seam.weight(f"blocks.{L}.attn.W_O").flatten(1).norm(dim=1).tolist()):
+                out[head_column(self.name, L, h)] = v
+        return out
+'''
+
+
+def test_a_plugin_per_head_measure_selects_heads_and_times_a_phase(tmp_path):
+    (tmp_path / "norms.py").write_text(HEAD_MEASURE_PLUGIN)
+    (tmp_path / "r.yaml").write_text(
+        "name: norms\nplugins: [norms.py]\nmodel: {layers: 2, heads: 4, d_model: 16}\n"
+        "task: {name: fewshot, classes: 10, labels: 4, dim: 8}\nmeasure: [loss, output_norm]\n"
+        "train: {steps: 20, batch: 8, eval_every: 5, eval_size: 16}\n"
+        "phases: {'max(output_norm/blocks.1.attn.hook_pattern[*])': {above: 0.0}}\n"
+        "subcircuits:\n  big: {sites: [blocks.1.attn.hook_z], select: {layer: 1, by: output_norm, top: 1}}\n"
+        "probes:\n  no_big: [{ablate: big}]\n")
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")]) == 0
+    rows = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        norms = [r[f"output_norm/blocks.1.attn.hook_pattern[{h}]"] for h in range(4)]
+        assert r["heads@no_big"]["big"] == [max(range(4), key=lambda h: norms[h])]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["phases"]["max(output_norm/blocks.1.attn.hook_pattern[*])"]["above"]["step"] == 0
