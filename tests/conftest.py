@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 
+import contextlib
+
 import pytest
 import torch
 from hypothesis import settings
@@ -36,10 +38,9 @@ def tiny_recipe():
     return tiny
 
 
-@pytest.fixture(autouse=True)
-def isolated_registries():
-    """What a test registers (tasks, value sources, measures, plug-in modules) is gone after it, so no
-    test sees another's extensions (error messages list the registries' names)."""
+@contextlib.contextmanager
+def registries_restored():
+    """What is registered inside (tasks, value sources, measures, plug-in modules) is gone after it."""
     import sys
     from clamp.measures import MEASURE_PLUGINS
     from clamp.tasks import TASKS
@@ -47,9 +48,19 @@ def isolated_registries():
     from clamp.values import VALUES
     tables = (TASKS, VALUES, MEASURE_PLUGINS, LOADED)
     saved = [dict(t) for t in tables]
-    yield
-    for name in set(LOADED) - set(saved[3]):
-        sys.modules.pop(name, None)
-    for t, s in zip(tables, saved):
-        t.clear()
-        t.update(s)
+    try:
+        yield
+    finally:
+        for name in set(LOADED) - set(saved[3]):
+            sys.modules.pop(name, None)
+        for t, s in zip(tables, saved):
+            t.clear()
+            t.update(s)
+
+
+@pytest.fixture(autouse=True)
+def isolated_registries():
+    """No test sees another's extensions (error messages list the registries' names); a module-scoped
+    fixture that loads plug-ins wraps itself in `registries_restored` too."""
+    with registries_restored():
+        yield

@@ -171,7 +171,7 @@ def test_a_failing_variant_is_reported_and_the_others_complete(tmp_path):
 
 @pytest.mark.parametrize("patch, message", [
     (("seeds: [0, 1, 2]", "seeds: [0, 1, 2]\nvariantz: {}"),
-     "suite.yaml:8: variantz: found unknown key 'variantz'; expected one of name, base, seeds, variants, grid, set, expect; "  # noqa: E501
+     "suite.yaml:8: variantz: found unknown key 'variantz'; expected one of name, plugins, base, seeds, variants, grid, set, expect; "  # noqa: E501
      "did you mean 'variants'?"),
     (("  baseline: {}", "  baseline: {train.stpes: 10}"),
      "suite.yaml:9: train.stpes: found unknown key 'stpes'"),

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from clamp.cli import main
+from conftest import registries_restored
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "recipes" / "extension" / "my_ext.py"
@@ -54,13 +55,14 @@ expect:
 
 
 @pytest.fixture(scope="module")
-def suites(tmp_path_factory) -> tuple[Path, Path]:
+def suites(tmp_path_factory):
     d = tmp_path_factory.mktemp("ext")
     (d / "recipe.yaml").write_text(RECIPE.format(plugin=PLUGIN))
     (d / "suite.yaml").write_text(SUITE.format(model=MODEL))
-    assert main(["bench", str(d / "suite.yaml"), "--out", str(d / "local")]) == 0
-    assert main(["bench", str(d / "suite.yaml"), "--out", str(d / "ray"), "--backend", "ray"]) == 0
-    return d / "local", d / "ray"
+    with registries_restored():                   # the plug-in's names are gone for later test modules
+        assert main(["bench", str(d / "suite.yaml"), "--out", str(d / "local")]) == 0
+        assert main(["bench", str(d / "suite.yaml"), "--out", str(d / "ray"), "--backend", "ray"]) == 0
+        yield d / "local", d / "ray"
 
 
 def rows(path: Path) -> list[dict]:
