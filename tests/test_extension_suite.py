@@ -105,3 +105,7 @@ def test_other_verbs_read_the_plugins_from_the_run(suites, tmp_path, capsys):
     assert main(["probe", str(run), str(tmp_path / "later.yaml")]) == 0
     assert "loss@later" in capsys.readouterr().out
     assert main(["plan", str(run / "recipe.yaml")]) == 0
+    assert main(["graph", str(local), "--out", str(tmp_path / "graph"), "--behaviour", "explained:above"]) == 0
+    graph = json.loads((tmp_path / "graph" / "graph.json").read_text())
+    effects = [e for e in graph["edges"] if e["kind"] == "effect" and e["target"] == "phase:explained:above"]
+    assert [e["source"] for e in effects] == ["blocks.0.attn.hook_pattern[1]"]   # the user's measure, timed

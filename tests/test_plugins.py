@@ -155,3 +155,8 @@ def test_a_plugin_per_head_measure_selects_heads_and_times_a_phase(tmp_path):
         assert r["heads@no_big"]["big"] == [max(range(4), key=lambda h: norms[h])]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["phases"]["max(output_norm/blocks.1.attn.hook_pattern[*])"]["above"]["step"] == 0
+    # ... and in a stop rule: the run ends at the first evaluation after step 0 that meets it
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "stopped"), "--set",
+                 "train.stop={'max(output_norm/blocks.1.attn.hook_pattern[*])': {above: 0.0}}"]) == 0
+    stopped = [json.loads(x) for x in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
+    assert stopped[-1]["step"] < 20
