@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..columns import position_column
 from ..schema import non_negative, opt, positive
 from .base import Batch, Task, TaskIO, register_task, rng_for
 
@@ -112,7 +113,7 @@ class Affine(Task):
         # half of chance-level loss on the predictable terms; the first determined term predicted (it
         # needs the recurrence itself: no repeat can be copied that early in most sequences)
         return {"loss": {"below": 0.5 * math.log(o.modulus), "relative": 0.5},
-                f"position_accuracy/pos{o.first_loss - 1}": {"above": 0.9}}
+                position_column("position_accuracy", o.first_loss - 1): {"above": 0.9}}
 
     def _draw(self, g: torch.Generator, B: int, pairs: Tensor) -> dict[str, Tensor]:
         return {"pair": torch.randint(len(pairs), (B,), generator=g),
