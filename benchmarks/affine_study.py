@@ -20,6 +20,7 @@ sys.path.insert(0, str(HERE.parent))
 import torch  # noqa: E402
 from scipy.stats import binomtest  # noqa: E402
 
+from clamp.columns import head_column  # noqa: E402
 from clamp.results import load_results  # noqa: E402
 from clamp.store import load_model, run_dir, run_metrics  # noqa: E402
 from clamp.tasks import TASKS  # noqa: E402
@@ -85,9 +86,9 @@ def roles(res) -> str:
             continue
         m = run_metrics(run_dir(res.dir, r["run"], int(r["seed"])))[-1]
         cells = [r["seed"]]
-        for meas, site in (("copying_score", "W_O"), ("negative_similarity", "hook_attn_scores")):
+        for meas in ("copying_score", "negative_similarity"):
             for L in range(3):
-                vals = [m[f"{meas}/blocks.{L}.attn.{site}[{h}]"] for h in range(4)]
+                vals = [m[head_column(meas, L, h)] for h in range(4)]
                 h = max(range(4), key=lambda i: vals[i])
                 cells.append(f"{vals[h]:.2f} (H{h})")
         rows.append(cells)
