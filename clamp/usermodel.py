@@ -93,9 +93,12 @@ def load_plugin(entry: str) -> Any:
             return importlib.import_module(entry)
         except NameTaken as e:
             raise InputError("", "", show(entry), "a plug-in whose names are free", str(e)) from None
-        except ImportError as e:
+        except (ImportError, ValueError, TypeError) as e:      # ValueError: '' or a relative name
             raise InputError("", "", show(entry), "a .py file or package directory (relative to the recipe), "
                              "or an importable module", str(e)[:120]) from None
+        except Exception as e:  # noqa: BLE001 - a plug-in's own failure is bad input, said in one line
+            raise InputError("", "", show(entry), "a plug-in that imports",
+                             f"importing it raised {type(e).__name__}: {str(e)[:160]}") from None
     path = entry
     init = os.path.join(path, "__init__.py") if os.path.isdir(path) else path
     if not os.path.isfile(init):

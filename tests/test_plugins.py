@@ -114,6 +114,13 @@ def test_the_plugin_flag_imports_before_any_verb_reads(tmp_path, capsys, monkeyp
     assert main(["plan", "r.yaml", "--plugin", "nowhere.py"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("clamp: error: --plugin: found") and "nowhere.py" in err
+    (tmp_path / "boom").mkdir()
+    (tmp_path / "boom" / "__init__.py").write_text("raise KeyError('x')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for bad in ("", ".x", "no_such_module_anywhere", "boom"):          # module names, as written
+        assert main(["plan", "r.yaml", "--plugin", bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("clamp: error: --plugin: found") and "Traceback" not in err[0]
 
 
 HEAD_MEASURE_PLUGIN = '''
