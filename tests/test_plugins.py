@@ -167,3 +167,17 @@ def test_a_plugin_per_head_measure_selects_heads_and_times_a_phase(tmp_path):
                  "train.stop={'max(output_norm/blocks.1.attn.hook_pattern[*])': {above: 0.0}}"]) == 0
     stopped = [json.loads(x) for x in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
     assert stopped[-1]["step"] < 20
+
+
+def test_a_plugin_measure_in_an_ensemble_equals_runs_alone(tmp_path):
+    (tmp_path / "norms.py").write_text(HEAD_MEASURE_PLUGIN)
+    (tmp_path / "r.yaml").write_text(
+        "name: norms\nplugins: [norms.py]\nseeds: [0, 1]\nmodel: {layers: 2, heads: 4, d_model: 16}\n"
+        "task: {name: fewshot, classes: 10, labels: 4, dim: 8}\nmeasure: [loss, output_norm]\n"
+        "train: {steps: 20, batch: 8, eval_every: 5, eval_size: 16}\n")
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "ens"), "--workers", "1"]) == 0
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "alone"), "--no-ensemble"]) == 0
+    assert json.loads((tmp_path / "ens" / "seed_0" / "summary.json").read_text())["ensemble"] == {"members": 2}
+    for s in (0, 1):
+        ens = (tmp_path / "ens" / f"seed_{s}" / "metrics.jsonl").read_bytes()
+        assert ens == (tmp_path / "alone" / f"seed_{s}" / "metrics.jsonl").read_bytes() and b"output_norm" in ens
