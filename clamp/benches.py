@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import budget, store
+from .compile import check_plans
 from . import columns as C
 from .phases import column_value
 from .ensemble import expand, make_jobs
@@ -57,6 +58,7 @@ def run_suite(suite: Suite, out: str | os.PathLike, *, workers: int | None = Non
     out = Path(out)
     runs = suite.runs()
     for recipe in suite.recipes.values():
+        check_plans(recipe, metrics_of=store.run_metrics)    # conflicts refused before anything runs
         budget.check(recipe, max_memory)
     dirs = {(r.id, r.seed): store.run_dir(out, r.id, r.seed) for r in runs}
     emit = progress or (lambda ev: None)

@@ -273,6 +273,18 @@ def _check_needs(edits: list[Edit], recipe: Recipe, shape: S.ModelShape) -> None
                     f"a site computed before {e.site.name} in the forward pass")
 
 
+def check_plans(recipe: Recipe, metrics_of: MetricsOf | None = None) -> None:
+    """InputError, located, when the training plan or a probe's plan cannot be compiled (two writes to
+    one site and head in one window, a source reading a later site, ...): so a run or suite is refused
+    before it starts, not each run at its first step. Probes whose heads are chosen at each evaluation
+    (`select.run: self`) are checked when they run."""
+    compile_plan(recipe, metrics_of=metrics_of)
+    for name, ivs in recipe.probes.items():
+        scs = [recipe.subcircuits.get(iv.target) for iv in ivs]
+        if not any(sc is not None and sc.select is not None and sc.select.run == "self" for sc in scs):
+            compile_plan(recipe, probe=name, metrics_of=metrics_of)
+
+
 def probe_text(recipe: Recipe, name: str, seed: int | None = None, metrics_of: MetricsOf | None = None) -> str:
     """What a probe does at each evaluation (heads chosen at each evaluation are described)."""
     lines = [f"probe {name!r} (evaluation only; columns <measure>@{name}):"]

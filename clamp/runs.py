@@ -14,7 +14,7 @@ from typing import Callable
 
 from . import budget, store
 from .phases import spread
-from .compile import compile_plan
+from .compile import check_plans, compile_plan
 from .ensemble import expand, make_jobs
 from .pool import Job, available_cores, run_jobs
 from .recipe import Recipe, dump_recipe
@@ -107,7 +107,7 @@ def run(recipe: Recipe | str | os.PathLike, out: str | os.PathLike | None = None
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe)
     out = Path(out) if out is not None else Path("runs") / recipe.name
-    compile_plan(recipe, metrics_of=run_metrics)               # reject conflicts before touching disk
+    check_plans(recipe, metrics_of=run_metrics)                # reject conflicts before touching disk
     budget.check(recipe, max_memory)
     emit = progress or (lambda ev: None)
 

@@ -257,3 +257,16 @@ def test_variant_keys_inside_phases_and_stop_are_column_names_dots_and_all(tmp_p
     with pytest.raises(InputError) as e:                     # an error in the variant names the suite's line
         suite_from_data(*load_yaml(DOTTED.replace("RULE", "abve"), str(tmp_path / "s.yaml")))
     assert "s.yaml:12:" in str(e.value) and "did you mean 'above'" in str(e.value)
+
+
+def test_a_probe_that_writes_where_a_variant_writes_is_refused_before_anything_runs(tmp_path, capsys):
+    from clamp.cli import main
+    suite = DOTTED.replace("RULE", "above").replace(
+        "  phases: {loss: {below: 0.5}}\n",
+        "  phases: {loss: {below: 0.5}}\n  probes: {p: [{ablate: blocks.0.attn.hook_z[0]}]}\n").replace(
+        "  base: {}\n", "  base: {}\n  clash: {interventions: [{ablate: blocks.0.attn.hook_z[0], steps: [0, 10]}]}\n")
+    (tmp_path / "s.yaml").write_text(suite)
+    assert main(["bench", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "probes.p[0]: found a second write to blocks.0.attn.hook_z[0]" in err
+    assert not (tmp_path / "out").exists()
