@@ -176,13 +176,18 @@ def _chromium() -> str:
         pytest.skip(why + " (CLAMP_NO_BROWSER_INSTALL set)")
     if not shutil.which("apt-get") or os.geteuid() != 0:
         pytest.skip(why + " and no root apt-get to install Debian's chromium package")
+    last = ""
     for cmd in (["apt-get", "install", "-y", "-q", "chromium"], ["apt-get", "update", "-q"],
                 ["apt-get", "install", "-y", "-q", "chromium"]):
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                           env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+            last = p.stderr.strip()[-300:]
+        except subprocess.TimeoutExpired:
+            pytest.skip(f"{why}; `{' '.join(cmd)}` took more than 300 s (no package mirror?)")
         if shutil.which("chromium"):
             return shutil.which("chromium")                            # type: ignore[return-value]
-    pytest.skip(f"{why}; apt-get install chromium failed: {p.stderr.strip()[-300:]}")
+    pytest.skip(f"{why}; apt-get install chromium failed: {last}")
 
 
 CHECK = """<script>
