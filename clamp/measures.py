@@ -43,15 +43,9 @@ from .columns import (MEASURES, PATTERN_MEASURES, composition_column, evaluator_
 from .registry import NameTaken, register
 from .sites import ModelShape
 from .tasks import Batch
+from .tasks.base import loss_and_accuracy
 
 Scorer = Callable[[Tensor, Batch], "tuple[float, float | None]"]     # (logits, batch) → (loss, accuracy)
-
-
-def loss_and_accuracy(logits: Tensor, targets: Tensor) -> tuple[float, float]:
-    """logits [batch, pos, n_out], targets [batch, pos] with -100 = no target."""
-    keep = targets != -100
-    lg, tg = logits[keep], targets[keep]                  # [n, n_out], [n]
-    return F.cross_entropy(lg, tg).item(), (lg.argmax(-1) == tg).float().mean().item()
 
 
 def prev_token_scores(A: Tensor, rows: Tensor | None = None) -> Tensor:

@@ -43,6 +43,7 @@ from .recipe import Recipe, dump_recipe
 from .store import (atomic_write, list_checkpoints, load_checkpoint, read_json, read_metrics, run_metrics,
                     save_checkpoint, write_json)
 from .tasks import TASKS, Batch, Task
+from .tasks.base import next_token_loss
 
 Progress = Callable[[dict], None]
 DATA_CHUNK = 16          # training batches made at once (the same batches as one at a time)
@@ -53,8 +54,7 @@ def make_optimizer(recipe: Recipe, model: torch.nn.Module) -> optim.Optimizer:
     return optim.make_optimizer(t.optimizer, model.parameters(), t.lr, t.betas, t.weight_decay)
 
 
-def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+loss_fn = next_token_loss        # the default training loss (Task.loss), for scripts and benchmarks
 
 
 class Trainer:

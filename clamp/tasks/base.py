@@ -61,6 +61,18 @@ class Batch:
                      s(self.induction_others), s(self.classes))
 
 
+def next_token_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of logits [batch, pos, n_out] over targets [batch, pos] that are not -100."""
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+
+def loss_and_accuracy(logits: Tensor, targets: Tensor) -> tuple[float, float]:
+    """(cross-entropy, argmax accuracy) over positions whose target is not -100."""
+    keep = targets != -100
+    lg, tg = logits[keep], targets[keep]                  # [n, n_out], [n]
+    return F.cross_entropy(lg, tg).item(), (lg.argmax(-1) == tg).float().mean().item()
+
+
 def rng_for(*key: int) -> torch.Generator:
     """A torch generator seeded from a tuple of ints (seed, stream, step...), well mixed."""
     state = np.random.SeedSequence([int(k) & 0xFFFFFFFF for k in key]).generate_state(2)
@@ -119,14 +131,12 @@ class Task:
         next-token cross-entropy over positions whose target is not -100. A task whose targets are not
         classes (a regression, say) overrides this and `score` (its runs then train alone, not as
         ensembles, whose stacked loss is the cross-entropy)."""
-        return F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=-100)
+        return next_token_loss(logits, batch.targets)
 
     def score(self, logits: Tensor, batch: Batch) -> tuple[float, float | None]:
         """(loss, accuracy) of an evaluation batch; accuracy None when the task has none (`accuracy`
         False). By default cross-entropy and argmax accuracy over positions with a target."""
-        keep = batch.targets != -100
-        lg, tg = logits[keep], batch.targets[keep]                     # [n, n_out], [n]
-        return F.cross_entropy(lg, tg).item(), (lg.argmax(-1) == tg).float().mean().item()
+        return loss_and_accuracy(logits, batch.targets)
 
     @classmethod
     def own_loss(cls) -> bool:
