@@ -18,8 +18,10 @@ from .explanations import compare, explain, predict
 from .api import bench, plan
 from .adapter import Adapter
 from .usermodel import model_factory
+from .plugins import trust_plugins
 
 __all__ = ["InputError", "RunError", "Recipe", "load_recipe", "recipe_from_data", "dump_recipe",
            "with_overrides", "Plan", "compile_plan", "plan", "Run", "run", "Suite", "load_suite", "bench",
-           "SuiteResult", "load_results", "Graph", "explain", "compare", "predict", "Adapter", "model_factory"]
+           "SuiteResult", "load_results", "Graph", "explain", "compare", "predict", "Adapter", "model_factory",
+           "trust_plugins"]
 __version__ = "0.1.0"

@@ -105,8 +105,9 @@ def _run_suite(suite: Suite, out: Path, runs: list[RunSpec], dirs: dict, workers
         d = dirs[r.id, r.seed]
         if o is not None and o.error is not None and d.is_dir() and (read_json(d / "summary.json") or {}).get(
                 "status") in (None, "ok"):
-            write_json(d / "summary.json", {"name": r.recipe.name, "seed": r.seed, "status": "failed",
-                                            "error": o.error})
+            with store.writer(d, "seed run", what=str(d)):
+                write_json(d / "summary.json", {"name": r.recipe.name, "seed": r.seed, "status": "failed",
+                                                "error": o.error})
     return write()
 
 

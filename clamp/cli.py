@@ -116,11 +116,28 @@ def _deleted(prog: "Progress"):
     """Progress events, and a line on stderr for what --fresh deleted."""
     def on(ev: dict) -> None:
         if ev.get("event") == "deleted":
-            n = len(ev["files"])
-            sys.stderr.write(f"clamp: --fresh deleted {n} item(s) in {ev['dir']} (a directory clamp made)\n")
+            d = Path(ev["dir"])
+            sys.stderr.write(f"clamp: --fresh deleted {len(ev['files'])} item(s) clamp wrote in {d}: "
+                             f"{_listing(ev['files'], d)}\n")
+            if ev.get("kept"):
+                sys.stderr.write(f"clamp: --fresh kept {len(ev['kept'])} item(s) clamp did not write: "
+                                 f"{_listing(ev['kept'], d)}\n")
+        elif ev.get("event") == "resumed":
+            bad = "; ".join(f"{Path(s['checkpoint']).name}: {s['reason']}" for s in ev["skipped"][:2])
+            who = ev.get("run") or f"seed {ev.get('seed')}"
+            sys.stderr.write(f"clamp: {who}: resumed from step {ev['step']}, the newest checkpoint that loads ("
+                             f"{len(ev['skipped'])} newer one(s) did not: {bad})\n")
+            prog(ev)
         else:
             prog(ev)
     return on
+
+
+def _listing(paths: list[str], base: Path, n: int = 8) -> str:
+    """Paths relative to `base`, the first `n` of them, and how many more."""
+    rel = [os.path.relpath(p, base) for p in paths]
+    rel = [r for r in rel if "/" not in r] + [r for r in rel if "/" in r]          # top level first
+    return ", ".join(rel[:n]) + (f" (and {len(rel) - n} more)" if len(rel) > n else "") if rel else "nothing"
 
 
 def _failures(runs: Sequence[tuple[str, str | Path, dict]]) -> int:
@@ -235,8 +252,10 @@ def cmd_demo(a) -> int:
     print(table(h, rows))
     print()
     print(suite_text(res))
-    png = plot_curves(curves, out / "loss_curves.png", title="clamp demo: baseline vs. induction clamp",
-                      hlines={"ln 2": math.log(2), "0.4·ln 2": 0.4 * math.log(2)})
+    from .store import writer
+    with writer(out, "suite", what=str(out)):
+        png = plot_curves(curves, out / "loss_curves.png", title="clamp demo: baseline vs. induction clamp",
+                          hlines={"ln 2": math.log(2), "0.4·ln 2": 0.4 * math.log(2)})
     print(f"wrote {out} (results.csv, report.md, report.html, {png.name}, one directory per run)  "
           f"[{time.time() - t0:.0f} s wall]")
     return _suite_code(res)
@@ -331,15 +350,16 @@ def cmd_report(a) -> int:
     from .report import plot_curves, run_curves, run_rows, suite_text, write_suite_report
     from .results import load_results
     from .runs import Run
-    from .store import writer
+    from .store import check_writable, writer
     d = Path(a.dir)
     if not d.is_dir():
         raise InputError(str(d), "", "no such directory", "a directory written by `clamp run` or `clamp bench`")
+    check_writable(d, str(d))                          # a directory clamp did not make is neither read nor written
     heads = [_head_arg(h) for h in a.head]
     if (d / "results.csv").exists():
         res = load_results(d)
+        plan = plan_report(d, a.column or None, heads or None, a.step or None, a.variant, a.seed)
         with writer(d, "suite", what=str(d)):
-            plan = plan_report(d, a.column or None, heads or None, a.step or None, a.variant, a.seed)
             paths = write_suite_report(res)
             paths.append(write_report(plan))
         print(suite_text(res))
@@ -351,8 +371,8 @@ def cmd_report(a) -> int:
                          "a directory written by `clamp run` or `clamp bench`")
     if a.variant is not None:
         raise InputError("--variant", "", show(a.variant), "no --variant for a run directory (it has no variants)")
+    plan = plan_report(d, a.column or None, heads or None, a.step or None, None, a.seed)
     with writer(d, "run", what=str(d)):
-        plan = plan_report(d, a.column or None, heads or None, a.step or None, None, a.seed)
         print(table(*run_rows(run)))
         png = plot_curves(run_curves(run), d / "loss_curves.png", title=run.name)
         page = write_report(plan)
@@ -462,6 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                            help="import a plug-in first: a .py file or package directory, or a module name "
                            "(repeatable); what it registers (tasks, value sources, measures) recipes can name")
+            q.add_argument("--trust-plugins", action="store_true",
+                           help="also import the plug-ins that run and suite directories list (plug-ins are "
+                           "code: only for directories whose author you trust)")
     return p
 
 
@@ -469,13 +492,24 @@ def _load_plugins(entries: list[str]) -> None:
     """`--plugin` entries (a .py file or package directory, relative to the working directory, or an
     importable module name), imported before anything is read. Recipes that list them in `plugins:`
     carry them into their run directories; these do not, so a later verb needs the flag again."""
-    from .usermodel import is_path, load_plugin
+    from .plugins import is_path, load_plugin
     for entry in entries:
         try:
-            load_plugin(os.path.abspath(entry) if is_path(entry) else entry)
+            load_plugin(os.path.abspath(entry) if is_path(entry) or os.path.exists(entry) else entry)
         except InputError as e:
             raise InputError("--plugin", "", show(entry), e.expected.replace("the recipe", "the working directory"),
                              e.hint) from None
+
+
+def _skipped_note() -> None:
+    """Say which plug-ins listed by a directory were not imported (nothing that was shown needed them)."""
+    from .plugins import not_imported
+    skipped = not_imported()
+    if skipped:
+        where = sorted(set(skipped.values()))
+        sys.stderr.write(f"clamp: note: did not import {len(skipped)} plug-in(s) listed in {', '.join(where[:2])}"
+                         f"{' and others' if len(where) > 2 else ''} ({', '.join(sorted(skipped)[:3])}): plug-ins "
+                         "are code; nothing shown here needed them (--trust-plugins imports them)\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -489,8 +523,13 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:                            # bad arguments (one line written) or --help
         return e.code if isinstance(e.code, int) else 2
     try:
+        from .plugins import forget_not_imported, trust_plugins
+        trust_plugins(bool(getattr(args, "trust_plugins", False)))
+        forget_not_imported()
         _load_plugins(getattr(args, "plugin", None) or [])
-        return args.fn(args)
+        code = args.fn(args)
+        _skipped_note()
+        return code
     except InputError as e:
         sys.stderr.write(f"clamp: error: {e}\n")
         return 2

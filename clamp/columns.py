@@ -35,7 +35,7 @@ MEASURES = ("loss", "accuracy", "position_accuracy", "prev_token_score", "label_
             "induction_strength", "induction_score", "negative_similarity", "copying_score", "composition")
 PATTERN_MEASURES = ("prev_token_score", "label_prev_token_score", "induction_strength", "induction_score")
 HEAD_MEASURES = PATTERN_MEASURES + ("negative_similarity", "copying_score")
-AGGREGATE = re.compile(r"^(max|min|mean)\((.+)\)$")
+AGGREGATE = re.compile(r"^(max|min|mean)\((.+)\)\Z")
 
 
 def pattern_site(layer: int) -> str:

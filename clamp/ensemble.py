@@ -44,7 +44,7 @@ from .model import build_model
 from .pool import Job, Outcome
 from .recipe import Recipe, dump_recipe
 from .stacked import MemberError, MemberSeam, Stack
-from .store import atomic_write, list_checkpoints, load_checkpoint, read_metrics, run_metrics, save_checkpoint
+from .store import atomic_write, read_metrics, run_metrics, save_checkpoint
 from .tasks import TASKS, Batch
 from .train import (ERROR_LOG, Trainer, _finish, _Progress, check_dir, fill_grads, install_extensions,
                     one_line, prepare_dir, resolve_device, stop_now)
@@ -419,8 +419,8 @@ def train_ensemble(entries: Sequence[tuple[Recipe, int, str | Path, str | None]]
             if done is not None:
                 results[i] = done
                 continue
-            (run_dir / "summary.json").unlink(missing_ok=True)
-            (run_dir / ERROR_LOG).unlink(missing_ok=True)
+            store.remove(run_dir / "summary.json")
+            store.remove(run_dir / ERROR_LOG)
             atomic_write(run_dir / "recipe.yaml", resolved)
             todo.append((i, one, seed, run_dir, label))
         if todo:
@@ -451,10 +451,15 @@ def _train_members(todo: list, emit: Progress) -> dict[int, dict]:
     ens = Ensemble(members, stack, emit)
     ens.shrink()                                      # members that failed before starting leave the stack
     for m in members:
-        ckpts = list_checkpoints(m.run_dir)
-        if ckpts:
-            m.load_state(load_checkpoint(ckpts[-1][1]))
         st = m.progress
+        try:
+            st.skipped = store.resume(m.run_dir, m.load_state)
+        except Exception as e:  # noqa: BLE001 - no checkpoint of this member loads: it fails, the others go on
+            ens.fail(m, e)
+            continue
+        if st.skipped:
+            emit(_tag(m, {"event": "resumed", "seed": m.seed, "step": m.step, "skipped": st.skipped,
+                          "dir": str(m.run_dir)}))
         st.step = st.resumed_from = m.step
         st.rows = [r for r in read_metrics(m.run_dir / "metrics.jsonl") if r.get("step", -1) < m.step]
         m.n_eval = len(st.rows)
@@ -462,6 +467,7 @@ def _train_members(todo: list, emit: Progress) -> dict[int, dict]:
         m.metrics = open(m.run_dir / "metrics.jsonl", "a", encoding="utf-8")
         emit(_tag(m, {"event": "start", "seed": m.seed, "step": m.step, "steps": m.recipe.train.steps,
                       "dir": str(m.run_dir)}))
+    ens.shrink()                                      # and those none of whose checkpoints loaded
     try:
         ens.train()
     except KeyboardInterrupt:

@@ -41,6 +41,17 @@ def show(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def kind(value: object) -> str:
+    """What a value is, without its content (for whole files that are not what was expected: their
+    text is not echoed back)."""
+    if isinstance(value, str):
+        return f"text ({len(value)} characters), not a mapping"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} item(s), not a mapping"
+    return f"{_plain(value) if isinstance(value, (bool, int, float)) or value is None else type(value).__name__}, " \
+        "not a mapping"
+
+
 def _plain(value: object) -> str:
     if value is None:
         return "nothing (null)"
@@ -71,7 +82,7 @@ class InputError(Exception):
         for i, cap in caps:
             if len(_join(parts)) <= MAX_MESSAGE:
                 break
-            parts[i] = _middle(parts[i], cap)
+            parts[i] = _middle(parts[i], cap, tail=i == 0)    # a location keeps its file name and line
         return _join(parts)
 
     def at(self, where: str) -> "InputError":
@@ -88,8 +99,9 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
-def _middle(text: str, cap: int) -> str:
-    return text if len(text) <= cap else text[:cap * 2 // 3 - 2] + "..." + text[-(cap - cap * 2 // 3 - 1):]
+def _middle(text: str, cap: int, tail: bool = False) -> str:
+    head = cap // 4 if tail else cap * 2 // 3
+    return text if len(text) <= cap else text[:head - 2] + "..." + text[-(cap - head - 1):]
 
 
 def _join(parts: list[str]) -> str:

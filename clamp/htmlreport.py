@@ -46,6 +46,7 @@ class Series:
     dirs: dict[int, Path] = field(default_factory=dict)
     rows: dict[int, list[dict]] = field(default_factory=dict)
     phases: dict[int, dict[str, dict]] = field(default_factory=dict)
+    summaries: dict[int, dict] = field(default_factory=dict)
 
 
 def intervention_label(iv) -> str:
@@ -332,10 +333,13 @@ def run_series(d: Path) -> list[Series]:
     if not run.seeds:
         raise InputError(str(d), "", "no run or suite here (no summary.json, no results.csv)",
                          "a directory written by `clamp run` or `clamp bench`")
-    sr = Series(run.name, load_recipe(d / "recipe.yaml"))
+    from .plugins import reading_directory
+    with reading_directory(str(d / "recipe.yaml")):
+        sr = Series(run.name, load_recipe(d / "recipe.yaml"))
     for s, seed_run in sorted(run.seeds.items()):
         sr.dirs[s], sr.rows[s] = seed_run.dir, seed_run.metrics
         sr.phases[s] = _steps(seed_run.summary)
+        sr.summaries[s] = seed_run.summary
     return [sr]
 
 
@@ -424,15 +428,20 @@ def write_report(directory: str | Path | ReportPlan, columns: list[str] | None =
                  heads: list[tuple[int, int]] | None = None, steps: list[int] | None = None,
                  variant: str | None = None, seed: int | None = None) -> Path:
     """DIR/report.html and the PNGs it embeds (DIR/report/); returns the HTML's path. The caller holds
-    the directory's writer lock."""
-    from .store import atomic_write
+    the directory's writer lock (or it is taken here)."""
+    from .store import writer
     rp = (directory if isinstance(directory, ReportPlan)
           else plan_report(directory, columns, heads, steps, variant, seed))
+    with writer(rp.dir, None, what=str(rp.dir)):
+        return _write_report(rp)
+
+
+def _write_report(rp: ReportPlan) -> Path:
+    from .store import atomic_write, make_dir, remove
     d, res, series = rp.dir, rp.res, rp.series
-    out = d / "report"
-    out.mkdir(exist_ok=True)
+    out = make_dir(d / "report")
     for old in out.glob("*.png"):             # pictures of an earlier report with other choices
-        old.unlink()
+        remove(old)
     sections = []
     if res is not None:
         s0 = res.suite                                                        # type: ignore[attr-defined]
@@ -445,11 +454,21 @@ def write_report(directory: str | Path | ReportPlan, columns: list[str] | None =
                              _table(VERDICT_HEADERS, verdict_rows(res.verdicts), 7)))  # type: ignore[attr-defined]
         h, rows = phase_table(res.rows, timed_columns(res.suite))            # type: ignore[attr-defined]
         sections.append(("phases", "Phase-change times", _table(h, rows)))
+        failed = [[r["run"], r["seed"], r["status"], r.get("error") or "no summary.json was written",
+                   str(run_dir(d, r["run"], int(r["seed"])) / "summary.json")]
+                  for r in res.rows if r["status"] != "ok"]                   # type: ignore[attr-defined]
     else:
         sr = series[0]
         rows = [[s2, ", ".join(f"{c} {r}: {st if st is not None else 'none'}" for c, rr in sr.phases[s2].items()
                                 for r, st in rr.items()) or "no phase rules"] for s2 in sorted(sr.rows)]
         sections.append(("phases", "Phase-change times", _table(["seed", "phase changes (step; none: never)"], rows)))
+        failed = [[sr.name, s2, sm.get("status", "missing"), sm.get("error") or "no summary.json was written",
+                   str(sr.dirs[s2] / "summary.json")]
+                  for s2, sm in sorted(sr.summaries.items()) if sm.get("status") != "ok"]
+    if failed:
+        sections.append(("failed", "Runs that did not finish",
+                         "<p class=\"note\">Their reason, and the summary.json that holds it (the traceback is in "
+                         "error.log beside it).</p>" + _table(["run", "seed", "status", "reason", "summary"], failed)))
     inner, _ = curves_section(series, rp.columns, out)
     sections.append(("curves", "Curves", inner))
     inner, _ = attention_section(rp.pick, rp.seed, rp.heads, rp.steps, out)

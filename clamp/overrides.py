@@ -77,17 +77,19 @@ def deep_merge(base: Any, over: Any) -> Any:
     return copy.deepcopy(over)
 
 
-def parse_override(text: str) -> tuple[list, Any]:
+def parse_override(text: str, label: str | None = None) -> tuple[list, Any]:
     """'train.lr=1e-3' → (['train', 'lr'], 0.001); the value is read as YAML (plain YAML only:
-    tags and oversized values are refused as in files; text that is not YAML is a string)."""
+    tags and oversized values are refused as in files; text that is not YAML is a string).
+    `label`: where it was written (default: the --set flag)."""
     key, eq, raw = text.partition("=")
     if not eq or not key.strip():
-        raise InputError("--set", "", show(text), "key.path=value, e.g. --set train.lr=1e-3")
-    parts = parse_key_path(key.strip(), f"--set {text}")
+        raise InputError(label or "--set", "", show(text), "key.path=value, e.g. --set train.lr=1e-3")
+    label = label or f"--set {text}"
+    parts = parse_key_path(key.strip(), label)
     if not raw.strip():
         return parts, None
     try:
-        value, _ = load_yaml(raw, f"--set {text}")
+        value, _ = load_yaml(raw, label)
     except InputError as e:
         if e.found != "text that is not valid YAML":
             raise
@@ -95,24 +97,36 @@ def parse_override(text: str) -> tuple[list, Any]:
     return parts, value
 
 
-def apply_override(data: dict, text: str, src: Source) -> None:
-    """Apply one `--set key.path=value` to recipe data."""
-    parts, value = parse_override(text)
+def apply_override(data: dict, text: str, src: Source, label: str | None = None) -> None:
+    """Apply one `key.path=value` to recipe data: a `--set` flag, or (with `label`, its file:line) an
+    entry of a suite's `set:`. Errors in the value name where it was written."""
+    parts, value = parse_override(text, label)
+    label = label or f"--set {text}"
 
     def fail(path: tuple, found: str, expected: str) -> InputError:
-        return InputError(f"--set {text}", format_path(path), found, expected)
+        return InputError(label, format_path(path), found, expected)
     for p in set_path(data, parts, value, fail):
-        src.overrides[p] = f"--set {text}"
+        _replaced(src, p, label)
 
 
 def merge_overrides(data: dict, overrides: dict, where: tuple, suite_src: Source, run_src: Source) -> None:
     """Apply a suite variant's (or grid point's) overrides, located at `where` in the suite file."""
     for key, value in overrides.items():
         at = where + (key,)
-        label = suite_src.where(at)
+        label = f"{suite_src.where(at)}: {format_path(where[:1] if where[0] == 'grid' else where)}"
 
         def fail(path: tuple, found: str, expected: str, _at=at) -> InputError:
             return suite_src.error(_at, f"{format_path(path)}: {found}" if path else found,
                                    expected + " (a key path into the base recipe)")
         for p in set_path(data, parse_key_path(str(key), label), value, fail, merge=True, label=lambda k: label):
-            run_src.overrides[p] = label
+            _replaced(run_src, p, label)
+
+
+def _replaced(src: Source, path: tuple, label: str) -> None:
+    """The value at `path` now comes from `label`: what the file held below it is gone, so no error
+    below it may be located at the file's old lines."""
+    n = len(path)
+    for table in (src.lines, src.overrides):
+        for p in [p for p in table if len(p) > n and p[:n] == path]:
+            del table[p]
+    src.overrides[path] = label

@@ -30,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-_AGG = re.compile(r"^(max|min|mean)\((.+)\)$")
+_AGG = re.compile(r"^(max|min|mean)\((.+)\)\Z")
 
 
 def column_value(row: dict, col: str, prefix: str = "") -> float | None:
@@ -40,7 +40,7 @@ def column_value(row: dict, col: str, prefix: str = "") -> float | None:
     if not m:
         v = row.get(prefix + col)
         return None if v in (None, "") or isinstance(v, (dict, list)) else float(v)
-    rx = re.compile("^" + re.escape(prefix + m.group(2)).replace(r"\*", ".*") + "$")
+    rx = re.compile("^" + re.escape(prefix + m.group(2)).replace(r"\*", ".*") + r"\Z")
     xs = [float(v) for k, v in row.items() if rx.match(k) and v not in (None, "") and not isinstance(v, (dict, list))]
     if not xs:
         return None

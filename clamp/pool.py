@@ -1,20 +1,23 @@
 """Run many independent jobs on local worker processes, forwarding their progress events.
 
 Used by `clamp.run` (one job per seed) and benches.py (one job per variant × seed). Jobs are
-module-level functions with picklable arguments. Workers are forked (so tasks and value
-sources registered in the calling program exist in them too) and set torch to the
-run's thread count before any work; with one worker, jobs run in this process.
+module-level functions with picklable arguments. Each job runs in a process of its own, forked
+(so tasks and value sources registered in the calling program exist in it too), at most
+`workers` at a time, with torch set to the run's thread count before any work; with one
+worker, jobs run in this process.
 
-A job that raises does not stop the others: its result carries the error text.
+A job that raises does not stop the others: its result carries the error text. A worker that
+dies (killed, out of memory) fails its own job only.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import queue
 import threading
 import traceback
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
@@ -104,9 +107,61 @@ def run_jobs(jobs: Sequence[Job], workers: int, on_event: Callable[[Event], None
             return [events.get(timeout=0.1)]
         except queue.Empty:
             return []
-    with forwarding(get, on_event), ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
-                                                        initializer=_init, initargs=(events,)) as ex:
-        return collect({ex.submit(_call, job): i for i, job in enumerate(jobs)}, jobs, on_done, "worker process")
+    with forwarding(get, on_event):
+        return _processes(jobs, workers, ctx, events, on_done)
+
+
+def _child(job: Job, conn, events) -> None:
+    """A worker process: one job, its outcome sent back on `conn`."""
+    _init(events)
+    out = _call(job)
+    try:
+        conn.send(out)
+    except Exception as e:  # noqa: BLE001 - an outcome that cannot be pickled is still an outcome
+        conn.send(Outcome(job.key, None, f"its result could not be sent back: {_describe(e)}"))
+    conn.close()
+
+
+def _processes(jobs: Sequence[Job], workers: int, ctx, events, on_done: Callable[[Outcome], None]) -> list[Outcome]:
+    """Each job in a process of its own, at most `workers` at a time: a worker that dies (killed, out of
+    memory) fails its own job only; the jobs not started yet start as usual."""
+    results: dict[int, Outcome] = {}
+    running: dict[int, tuple[Any, Any]] = {}              # job index → (process, receiving end)
+    todo = list(range(len(jobs)))
+    try:
+        while todo or running:
+            while todo and len(running) < workers:
+                i = todo.pop(0)
+                recv, send = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_child, args=(jobs[i], send, events))
+                proc.start()
+                send.close()
+                running[i] = (proc, recv)
+            ready = mp.connection.wait([c for _, c in running.values()] + [p.sentinel for p, _ in running.values()])
+            for i, (proc, recv) in list(running.items()):
+                if recv not in ready and proc.sentinel not in ready:
+                    continue
+                try:
+                    out = recv.recv() if recv.poll() else None
+                except (EOFError, OSError):
+                    out = None
+                proc.join()
+                recv.close()
+                if out is None:
+                    code = proc.exitcode
+                    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                    out = Outcome(jobs[i].key, None, f"worker process failed: it died ({how}) before finishing")
+                del running[i]
+                results[i] = out
+                on_done(out)
+    finally:
+        for proc, recv in running.values():              # interrupted: the others stop too
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+            recv.close()
+    return [results[i] for i in range(len(jobs))]
 
 
 def collect(futures: dict[Future, int], jobs: Sequence[Job], on_done: Callable[[Outcome], None],

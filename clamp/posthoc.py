@@ -14,6 +14,7 @@ import os
 from typing import Callable
 
 from .errors import InputError, show
+from .plugins import reading_directory
 from .runs import Run
 from .yamlio import Source, load_yaml_file, safe_name
 from .recipe import Recipe, recipe_to_dict
@@ -57,7 +58,8 @@ def probe_run(run_dir: str | os.PathLike, probes_path: str | os.PathLike,
         raise InputError(str(run_dir), "", "no run here", "a directory written by `clamp run` or `clamp bench`")
     out = {}
     for seed, sr in sorted(run.seeds.items()):
-        recipe = with_probes(load_recipe(sr.dir / "recipe.yaml"), probes_path)
+        with reading_directory(str(sr.dir / "recipe.yaml")):
+            recipe = with_probes(load_recipe(sr.dir / "recipe.yaml"), probes_path)
         ckpts = list_checkpoints(sr.dir)
         if not ckpts:
             raise InputError(str(sr.dir), "", "a run without checkpoints", "a run with train.checkpoint_every set")

@@ -37,7 +37,7 @@ def run_jobs_ray(jobs: Sequence[Job], address: str | None = None, on_event: Call
         kw = dict(address=address) if address else dict(num_cpus=num_cpus or available_cores())
         ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False, **kw)
         started = True
-    from .usermodel import LOADED
+    from .plugins import LOADED
     for module in LOADED.values():          # plug-ins imported from files: their classes travel by value
         ray.cloudpickle.register_pickle_by_value(module)
     try:

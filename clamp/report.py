@@ -12,7 +12,7 @@ from pathlib import Path
 from . import columns as C
 from .phases import spread
 from .draw import save_figure
-from .store import atomic_write, run_dir, run_metrics
+from .store import atomic_write, run_dir, run_metrics, writer
 
 
 def _f(v, digits: int = 4) -> str:
@@ -197,12 +197,13 @@ def plot_curves(curves: dict, path: Path, title: str = "", ylabel: str = "train 
 def write_suite_report(res, curves: bool = True) -> list[Path]:
     """report.md (and, with `curves`, loss_curves.png) of a suite directory, written atomically."""
     d = Path(res.dir)
-    atomic_write(d / "report.md", suite_markdown(res))
-    out = [d / "report.md"]
-    if curves:
-        c = suite_curves(res)
-        if any(c.values()):
-            out.append(plot_curves(c, d / "loss_curves.png", title=f"suite {res.suite.name}"))
+    with writer(d, "suite", what=str(d)):
+        atomic_write(d / "report.md", suite_markdown(res))
+        out = [d / "report.md"]
+        if curves:
+            c = suite_curves(res)
+            if any(c.values()):
+                out.append(plot_curves(c, d / "loss_curves.png", title=f"suite {res.suite.name}"))
     return out
 
 

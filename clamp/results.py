@@ -17,6 +17,7 @@ from . import columns as C
 from .benches import collect_rows
 from .errors import InputError
 from .phases import column_value, spread
+from .plugins import reading_directory
 from .yamlio import load_yaml_file
 from .suite import Expectation, Suite, primary_crossing, suite_from_data
 
@@ -43,7 +44,8 @@ def load_results(path: str | os.PathLike) -> SuiteResult:
     if not (d / "suite.yaml").exists():
         raise InputError(str(d), "", "no suite.yaml", "a directory written by `clamp bench`")
     data, src = load_yaml_file(d / "suite.yaml", "a suite file")
-    suite = suite_from_data(data, src)
+    with reading_directory(str(d / "suite.yaml")):
+        suite = suite_from_data(data, src)
     return suite_result(suite, d, collect_rows(suite, d))
 
 

@@ -137,7 +137,8 @@ def run(recipe: Recipe | str | os.PathLike, out: str | os.PathLike | None = None
             if not sm or sm.get("status") == "ok" or sm.get("name") is None:
                 sm = {"name": recipe.name, "seed": o.key, "status": "failed", "error": o.error}
                 if d.is_dir():
-                    write_json(d / "summary.json", sm)
+                    with store.writer(d, "seed run", what=str(d)):
+                        write_json(d / "summary.json", sm)
             summaries[o.key] = sm
             emit({"event": "done", "seed": o.key, "status": "failed", "error": o.error})
         if len(recipe.seeds) > 1:

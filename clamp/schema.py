@@ -150,8 +150,13 @@ def _bool(tp: Any, value: Any, path: Path, src: Source) -> bool:
     raise src.error(path, show(value), "true or false")
 
 
+MAX_INT = 2**53          # integers a recipe holds are counts, sizes, steps and seeds: all far below this
+
+
 def _int(tp: Any, value: Any, path: Path, src: Source) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) >= MAX_INT:
+            raise src.error(path, show(value), "an integer below 2^53 (9,007,199,254,740,992)")
         return value
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)

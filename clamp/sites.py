@@ -30,8 +30,8 @@ from .errors import InputError, did_you_mean, show
 HeadItem = Union[int, tuple[int, int], str]          # 3 | (4, 8) | '*'
 
 _SEGMENT = r"[A-Za-z0-9_*]+"
-_PATH_RE = re.compile(rf"^{_SEGMENT}(?:\.{_SEGMENT})*$")
-_ITEM_RE = re.compile(r"^(?:(\d+)|(\d+):(\d+)|(\*))$")
+_PATH_RE = re.compile(rf"^{_SEGMENT}(?:\.{_SEGMENT})*\Z")
+_ITEM_RE = re.compile(r"^(?:(\d+)|(\d+):(\d+)|(\*))\Z")
 
 
 @dataclass(frozen=True)

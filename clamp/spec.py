@@ -25,9 +25,10 @@ from . import outputs
 from . import sites as S
 from .columns import MEASURES
 from .measures import MEASURE_PLUGINS
-from .errors import InputError, did_you_mean, show
+from .errors import InputError, did_you_mean, kind, show
 from . import hf, seam, usermodel       # seam: the table of model families (their sites, their shapes)
 from .overrides import apply_override, deep_merge
+from .plugins import is_path, load_plugin
 from .phases import PLATEAU, PLATEAU_DOC
 from .recipe import (BUILTIN_ONLY, KINDS, PHASE_RULES, PRESERVE, TOP_KEYS, FreezeOptions, Intervention, ModelConfig,
                      Recipe, Subcircuit, TaskSpec, TrainConfig, model_shape, recipe_to_dict)
@@ -49,6 +50,10 @@ def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recip
     return recipe_from_data(data, src, overrides, default_name=default_name)
 
 
+MAX_EXTENDS = 32            # files in one chain of extends
+MAX_SEEDS = 1000            # seeds in one recipe or suite: each is a run with a directory of its own
+
+
 def resolve_extends(data: Any, src: Source, path: str, seen: tuple = ()) -> tuple[Any, Source]:
     """`extends: other.yaml` (relative to this file): that recipe's data with this file's keys merged
     over it (mappings merge key by key, everything else is replaced). Locations stay exact."""
@@ -60,6 +65,9 @@ def resolve_extends(data: Any, src: Source, path: str, seen: tuple = ()) -> tupl
     base_path = os.path.normpath(os.path.join(os.path.dirname(path), rel))
     if base_path in seen or base_path == os.path.normpath(path):
         raise src.error(("extends",), show(rel), "a recipe that does not extend itself")
+    if len(seen) + 1 >= MAX_EXTENDS:
+        raise src.error(("extends",), f"{show(rel)}, file {len(seen) + 2} of a chain of extends",
+                        f"at most {MAX_EXTENDS} files in a chain of extends", "merge some of them into one")
     try:
         text = read_text(base_path, "a recipe file")
     except InputError as e:
@@ -67,8 +75,11 @@ def resolve_extends(data: Any, src: Source, path: str, seen: tuple = ()) -> tupl
                         f"{e.where}: {e.found}") from None
     base, bsrc = load_yaml(text, base_path)
     if base is not None and not isinstance(base, dict):
-        raise bsrc.error((), show(base), "a recipe (a mapping of recipe keys) to extend")
+        raise src.error(("extends",), f"{show(rel)}, whose content is {kind(base)}",
+                        "a recipe (a mapping of recipe keys) to extend")
     base, bsrc = resolve_extends(base or {}, bsrc, base_path, seen + (os.path.normpath(path),))
+    if "name" in base and "name" not in data:            # a recipe is named by its own file, not by what it extends
+        base = {k: v for k, v in base.items() if k != "name"}
     merged = Source(src.file, dict(src.lines), dict(src.overrides))
     for p, line in bsrc.lines.items():
         if p not in src.lines:
@@ -112,7 +123,7 @@ def absolute_paths(data: Any, src: Source, prefix: tuple = ()) -> Any:
     plugins = data.get("plugins")
     if isinstance(plugins, list):
         for i, entry in enumerate(plugins):
-            if isinstance(entry, str) and usermodel.is_path(entry):
+            if isinstance(entry, str) and is_path(entry):
                 plugins[i] = src.resolve(prefix + ("plugins", i), entry)
     probes = data.get("probes")
     for name, lst in (probes.items() if isinstance(probes, dict) else ()):
@@ -130,7 +141,7 @@ def recipe_from_data(data: Any, src: Source | None = None, overrides: Sequence[s
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise src.error((), show(data), "a mapping of recipe keys: " + ", ".join(TOP_KEYS))
+        raise src.error((), kind(data), "a mapping of recipe keys: " + ", ".join(TOP_KEYS))
     data = copy.deepcopy(data)
     for text in overrides:
         apply_override(data, text, src)
@@ -145,6 +156,9 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
         raise src.error(("seeds",), "an empty list", "at least one seed")
     if len(set(seeds)) != len(seeds):
         raise src.error(("seeds",), show(list(seeds)), "each seed once")
+    if len(seeds) > MAX_SEEDS:
+        raise src.error(("seeds",), f"{len(seeds)} seeds", f"at most {MAX_SEEDS:,} seeds in one recipe (each is a run "
+                        "with its own directory, trained and summarised one by one)", "split them over several runs")
     plugins = _plugins(data.get("plugins"), src)     # first: a plug-in may register the task, sources, measures
     task = _task(data.get("task"), src)
     mdata = data.get("model")
@@ -202,10 +216,10 @@ def _plugins(value, src) -> tuple[str, ...]:
         if not isinstance(entry, str) or not entry or "\x00" in entry:
             raise src.error(path, show(entry), "a path to a .py file or package directory, or a module name")
         written = entry
-        if usermodel.is_path(entry):
+        if is_path(entry):
             entry = src.resolve(path, entry)
         try:
-            usermodel.load_plugin(entry)
+            load_plugin(entry)
         except InputError as e:
             raise src.error(path, show(written), e.expected, e.hint) from None
         out.append(entry)
@@ -254,6 +268,10 @@ def _shape(model: ModelConfig, task: TaskSpec, plugins: tuple[str, ...], src: So
     except InputError as e:
         key = "module" if model.module else "family"
         raise src.error(("model", key), e.found, e.expected, e.hint) from None
+    except (RuntimeError, ValueError, OverflowError, TypeError, MemoryError) as e:   # sizes torch cannot describe
+        raise src.error(("task",) if "task" in src.lines or not src.lines else (), "a model torch cannot build "
+                        f"at these sizes ({type(e).__name__}: {' '.join(str(e).split())[:80]})",
+                        "sizes a real run could hold", "make the task or the model smaller") from None
     return shape
 
 
@@ -333,9 +351,9 @@ def _subcircuits(value, src, shape) -> dict[str, Subcircuit]:
             raise src.error(path, show(name), "a subcircuit name without dots",
                             "dots are for site names; use e.g. prev_token")
         sc = build_dataclass(Subcircuit, body, path, src)
-        for key, kind in (("sites", "activation"), ("params", "parameter")):
+        for key, what in (("sites", "activation"), ("params", "parameter")):
             for i, s in enumerate(getattr(sc, key)):
-                got = _check_name(s, path + (key, i), src, shape, kind)
+                got = _check_name(s, path + (key, i), src, shape, what)
                 if sc.select is not None:
                     bad = [g for g in got if g.heads is not None or not g.info.per_head]
                     if bad or "[" in s:
@@ -371,7 +389,8 @@ def _windows(value, path, src, steps: int) -> tuple[tuple[int, int], ...]:
                             f"[{a}, {a + 1}] is the single step {a}" if a == b else "")
         if b > steps:
             raise src.error(p, show(pair), f"a window inside the run's {steps} steps",
-                            f"write [{a}, end] to run to the last step")
+                            f"write [{a}, end] to run to the last step" if a < steps else
+                            f"it starts after the run ends: make train.steps larger than {a}, or move the window")
         out.append((a, b))
     out.sort()
     for (a0, b0), (a1, b1) in zip(out, out[1:]):

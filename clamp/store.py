@@ -8,11 +8,9 @@ suite directory format's mechanics:
   append-only file (a line at a time; a line cut by a kill is dropped when read back);
 - JSON is always valid JSON: a NaN or infinite number is written as null and named, with what it
   was, under "non_finite";
-- a directory clamp made holds a marker file `.clamp`; `--fresh` deletes only such a directory's
-  contents, and clamp writes into an existing directory only if it is empty or clamp's own;
-- one writer per directory: `writer(dir)` holds an OS lock (flock on `.clamp.lock`) for as long
-  as a process writes there; a second writer gets a one-line error (exit 2), and stale
-  temporary files of a killed writer are removed when the next one takes the lock;
+- which directories are clamp's, what in them clamp wrote, and one writer per directory are
+  owned.py's (a verified marker and a manifest; flock on `.clamp.lock`); every atomic write here
+  asks it first, so clamp never replaces a file it did not write;
 - checkpoints are loaded with `torch.load(weights_only=True)`: no code is ever unpickled.
 
 It also owns the layout, so no other module builds these paths by hand:
@@ -25,27 +23,20 @@ and loading a trained model back from a run directory (`load_model`).
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import math
 import os
-import shutil
-import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
 from .errors import InputError
+from .owned import MARKER, LOCK, check_writable, claimed, guard, make_dir, marker, record, remove, writer  # noqa: F401
+from .plugins import reading_directory
 from .seam import build
 from .spec import load_recipe
 
-MARKER = ".clamp"
-LOCK = ".clamp.lock"
-# what a run or suite directory of an older clamp (before markers) holds: adopted on resume
-_LEGACY = (("recipe.yaml", "metrics.jsonl"), ("recipe.yaml", "summary.json"), ("suite.yaml", "results.csv"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -119,8 +110,11 @@ def _tmp(path: Path) -> Path:
 
 
 def atomic_save(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp)` to make the file, then move it into place; no temporary is left behind."""
+    """Call `write(tmp)` to make the file, then move it into place; no temporary is left behind.
+    Inside a directory clamp holds, the path is recorded as clamp's first, and a file clamp did not
+    write is never replaced (InputError)."""
     path = Path(path)
+    guard(path)
     tmp = _tmp(path)
     try:
         write(tmp)
@@ -139,143 +133,6 @@ def atomic_write(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, obj: dict) -> Path:
     return atomic_write(path, dumps(obj, indent=1) + "\n")
-
-
-def remove_stale(directory: Path) -> list[Path]:
-    """Temporary files a killed writer left in `directory` and its checkpoints/ (call with the lock held)."""
-    out = []
-    for d in (directory, directory / "checkpoints"):
-        if d.is_dir():
-            for p in d.glob(".*.tmp*"):
-                if p.is_file():
-                    p.unlink(missing_ok=True)
-                    out.append(p)
-    return out
-
-
-# ---------------------------------------------------------------------------------------
-# Directories: markers, ownership, one writer
-
-
-def is_clamps(directory: Path) -> bool:
-    return (directory / MARKER).is_file()
-
-
-def _legacy(directory: Path) -> bool:
-    return any(all((directory / f).is_file() for f in files) for files in _LEGACY)
-
-
-def _contents(directory: Path) -> list[Path]:
-    return [p for p in directory.iterdir() if p.name != LOCK]
-
-
-def check_writable(directory: Path, what: str = "--out") -> None:
-    """InputError unless clamp may write into `directory`: missing (its parent a writable directory),
-    empty, or a directory clamp made. Reads only."""
-    d = Path(directory)
-    if "\x00" in str(d):
-        raise InputError(what, "", repr(str(d))[:80], "a directory path without NUL bytes")
-    if d.exists() and not d.is_dir():
-        raise InputError(what, "", f"{str(d)!r}, which is not a directory", "a directory for the run's files")
-    if d.is_dir():
-        if not os.access(d, os.W_OK | os.X_OK):
-            raise InputError(what, "", f"{str(d)!r}, which is not writable", "a directory clamp can write into")
-        if _contents(d) and not is_clamps(d) and not _legacy(d):
-            first = sorted(p.name for p in _contents(d))[:3]
-            raise InputError(what, "", f"{str(d)!r}, a directory clamp did not make (it holds {', '.join(first)}"
-                             f"{', ...' if len(_contents(d)) > 3 else ''})",
-                             "an empty or new directory, or one clamp wrote", "choose another --out")
-        return
-    parent = d.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(what, "", f"{str(d)!r}, which cannot be created ({str(parent)!r} is not a writable "
-                         "directory)", "a directory clamp can create")
-
-
-_held: dict[str, tuple[int, int]] = {}        # this process's locks: real path → (fd, depth)
-
-
-@contextmanager
-def writer(directory: str | os.PathLike, kind: str, fresh: bool = False, what: str = "--out") -> Iterator[dict]:
-    """Hold `directory` for writing: create it, take its lock (re-entrant within a process and its
-    forked children), with `fresh` delete its contents (only if clamp made it), mark it as clamp's,
-    and remove stale temporary files. Yields {'deleted': [...], 'removed_tmp': [...]}."""
-    d = Path(directory)
-    check_writable(d, what)
-    if fresh and d.is_dir() and _contents(d) and not is_clamps(d):
-        raise InputError(what, "", f"{str(d)!r}, which has no {MARKER} marker (clamp did not make it)",
-                         "a directory clamp made, for --fresh to delete", "remove it yourself, or choose another --out")
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(what, "", f"{str(d)!r}, which cannot be created ({e.strerror})",
-                         "a directory clamp can create") from None
-    key = os.path.realpath(d)
-    info: dict = {"deleted": [], "removed_tmp": []}
-    if key in _held:
-        fd, depth = _held[key]
-        _held[key] = (fd, depth + 1)
-    else:
-        fd = _acquire(d, what)
-        _held[key] = (fd, 1)
-    try:
-        if _held[key][1] == 1:
-            if fresh:
-                for p in _contents(d):
-                    info["deleted"].append(str(p))
-                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-            if not is_clamps(d):
-                atomic_write(d / MARKER, json.dumps({"kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                                     "by": "clamp"}) + "\n")
-            info["removed_tmp"] = [str(p) for p in remove_stale(d)]
-        yield info
-    finally:
-        fd, depth = _held[key]
-        if depth == 1:
-            del _held[key]
-            os.close(fd)                       # releases the flock
-        else:
-            _held[key] = (fd, depth - 1)
-
-
-@contextmanager
-def claimed(directory: str | os.PathLike, kind: str, fresh: bool, check: Callable[[], None],
-            emit: Callable[[dict], None]) -> Iterator[dict]:
-    """Take a directory for a run or suite: `check()` (what is there fits what will be written) before
-    anything is touched, then hold the writer lock (--fresh first deletes what clamp made there, and
-    `emit` says so), and check again under the lock."""
-    directory = Path(directory)
-    if not fresh:
-        check_writable(directory)
-        check()                                            # refused before anything is touched
-    with writer(directory, kind, fresh=fresh) as held:
-        if held["deleted"]:
-            emit({"event": "deleted", "dir": str(directory), "files": held["deleted"]})
-        check()
-        yield held
-
-
-def _acquire(d: Path, what: str) -> int:
-    fd = os.open(d / LOCK, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        holder = ""
-        try:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-        except OSError:
-            pass
-        os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise InputError(what, "", f"{str(d)!r}, which another clamp process is writing"
-                             + (f" ({holder})" if holder else ""),
-                             "one writer per directory", "wait for it to finish, or choose another --out") from None
-        raise
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}".encode(), 0)
-    return fd
 
 
 # ---------------------------------------------------------------------------------------
@@ -326,7 +183,7 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
 
 def save_checkpoint(run_dir: Path, step: int, state: dict) -> Path:
     path = checkpoint_path(run_dir, step)
-    path.parent.mkdir(exist_ok=True)
+    make_dir(path.parent)
     return atomic_save(path, lambda tmp: torch.save(state, tmp))
 
 
@@ -342,6 +199,24 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return state
 
 
+def resume(run_dir: str | os.PathLike, load: Callable[[dict], None]) -> list[dict]:
+    """Give `load` the newest checkpoint of a run that reads and loads (a partial run resumes from
+    it); returns the newer ones that did not ({checkpoint, reason}), newest first. When none loads,
+    the newest one's error is raised. A run without checkpoints loads nothing."""
+    skipped: list[dict] = []
+    first: Exception | None = None
+    for _, path in reversed(list_checkpoints(run_dir)):
+        try:
+            load(load_checkpoint(path))
+            return skipped
+        except (InputError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:
+            first = first or e
+            skipped.append({"checkpoint": str(path), "reason": " ".join(f"{type(e).__name__}: {e}".split())[:200]})
+    if first is not None:
+        raise first
+    return skipped
+
+
 class LoadedModel:
     """A trained run's model at one checkpoint: its recipe, the model behind the seam, the step."""
 
@@ -355,7 +230,8 @@ def load_model(run: str | os.PathLike, step: int = -1, seed: int | None = None) 
     d = Path(run)
     if not (d / "recipe.yaml").is_file():
         raise InputError(str(d), "", "no recipe.yaml", "a run directory written by `clamp run`")
-    recipe = load_recipe(d / "recipe.yaml")
+    with reading_directory(str(d / "recipe.yaml")):
+        recipe = load_recipe(d / "recipe.yaml")
     ckpts = dict(list_checkpoints(d))
     if not ckpts:
         raise InputError(str(d), "", "a run without checkpoints", "a run with checkpoints/ (a finished run)")

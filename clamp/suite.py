@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import os
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -36,9 +37,11 @@ from .errors import InputError, did_you_mean, show
 from .schema import build
 from .yamlio import Source, check_name, safe_name, load_yaml, load_yaml_file, read_text
 from .overrides import apply_override, merge_overrides
-from .spec import Recipe, _plugins, absolute_paths, parse_recipe, resolve_extends
+from .spec import MAX_SEEDS, Recipe, _plugins, absolute_paths, parse_recipe, resolve_extends
 
 
+MAX_RECIPES = 1000          # variant × grid combinations: each recipe is parsed and checked up front
+MAX_RUNS = 10_000           # runs (combinations × seeds): results.csv is rewritten as each one finishes
 SUITE_KEYS = ("name", "plugins", "base", "seeds", "variants", "grid", "set", "expect")
 EXPECT_KEYS = ("name", "ratio", "difference", "value", "of", "below", "above", "between", "abs", "require")
 QUANTITY_HELP = ("crossing, phase:<column>:<rule>[:<field>], final:<column>, or at:<step>:<column> "
@@ -108,6 +111,15 @@ def run_id(variant: str, point: tuple) -> str:
     return safe_name(variant + "".join(f"__{k}={_slug(v)}" for k, v in point))
 
 
+def _frozen(v: Any) -> Any:
+    """A grid value as a key: lists become tuples and mappings sorted tuples of pairs."""
+    if isinstance(v, list):
+        return tuple(_frozen(x) for x in v)
+    if isinstance(v, dict):
+        return tuple(sorted((str(k), _frozen(x)) for k, x in v.items()))
+    return v
+
+
 def _slug(v) -> str:
     return safe_name(str(v).replace(" ", ""))
 
@@ -129,26 +141,42 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
         raise src.error((), show(data), "a mapping with keys " + ", ".join(SUITE_KEYS))
     src.check_keys(data, SUITE_KEYS)
     name = check_name(data.get("name", safe_name(default_name)), ("name",), src)
-    overrides = list(build(tuple[str, ...], data.get("set", []), ("set",), src)) + list(overrides)
+    written = list(build(tuple[str, ...], data.get("set", []), ("set",), src))
+    sets = [(t, f"{src.where(('set', i))}: set[{i}]") for i, t in enumerate(written)] + \
+        [(t, f"--set {t}") for t in overrides]
+    overrides = [t for t, _ in sets]
     plugins = list(_plugins(data.get("plugins"), src))   # imported first, and added to every recipe's
     base_data, base_src = _base(data.get("base"), src)
     if plugins:
         base_data["plugins"] = plugins + [p for p in base_data.get("plugins") or [] if p not in plugins]
-    seeds = build(tuple[int, ...], data.get("seeds", base_data.get("seeds", [0])), ("seeds",), src)
+    seeds = build(tuple[int, ...], data["seeds"], ("seeds",), src) if "seeds" in data else \
+        build(tuple[int, ...], base_data.get("seeds", [0]), ("seeds",), base_src)      # the base's, located there
+    seeds_src = src if "seeds" in data else base_src
     if not seeds or len(set(seeds)) != len(seeds):
-        raise src.error(("seeds",), show(list(seeds)), "a non-empty list of distinct seeds")
+        raise seeds_src.error(("seeds",), show(list(seeds)), "a non-empty list of distinct seeds")
+    if len(seeds) > MAX_SEEDS:
+        raise seeds_src.error(("seeds",), f"{len(seeds)} seeds", f"at most {MAX_SEEDS:,} seeds", "split the suite")
     variants = data.get("variants") or {"base": {}}
     if not isinstance(variants, dict):
         raise src.error(("variants",), show(variants), "a mapping of variant names to overrides")
     grid = data.get("grid") or {}
     if not isinstance(grid, dict) or any(not isinstance(v, list) or not v for v in grid.values()):
         raise src.error(("grid",), show(grid), "a mapping of key.path to non-empty lists of values")
+    n_recipes = len(variants) * math.prod(len(v) for v in grid.values())
+    if n_recipes > MAX_RECIPES or n_recipes * len(seeds) > MAX_RUNS:
+        raise src.error(("grid",) if grid else ("variants",),
+                        f"{len(variants)} variant(s) × {math.prod(len(v) for v in grid.values())} grid point(s) × "
+                        f"{len(seeds)} seed(s) = {n_recipes * len(seeds):,} runs",
+                        f"at most {MAX_RECIPES:,} variant × grid combinations and {MAX_RUNS:,} runs in one suite (each "
+                        "combination's recipe is checked before anything runs, and results.csv and report.md are "
+                        "rewritten as each run finishes)", "split it into several suites")
     base_data["seeds"] = [seeds[0]]
     base_run = copy.deepcopy(base_data)
-    for o in overrides:
-        apply_override(base_run, o, Source(base_src.file, dict(base_src.lines), dict(base_src.overrides)))
-    base = parse_recipe(base_run, base_src, name)
-    recipes, inlined = _variant_recipes(name, variants, grid, seeds, overrides, base_data, base_src, src, plugins)
+    run_src = Source(base_src.file, dict(base_src.lines), dict(base_src.overrides))
+    for o, label in sets:
+        apply_override(base_run, o, run_src, label)
+    base = parse_recipe(base_run, run_src, name)
+    recipes, inlined = _variant_recipes(name, variants, grid, seeds, sets, base_data, base_src, src, plugins)
     expect = _expectations(data.get("expect") or [], src, variants, recipes, base)
     raw = {**copy.deepcopy(data), "name": name, "base": absolute_paths(base_data, base_src), "seeds": list(seeds),
            "variants": copy.deepcopy(inlined)}
@@ -159,7 +187,7 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
     return Suite(name, src.file, base, seeds, variants, grid, expect, recipes, raw)
 
 
-def _variant_recipes(name: str, variants: dict, grid: dict, seeds: tuple, overrides: list, base_data: dict,
+def _variant_recipes(name: str, variants: dict, grid: dict, seeds: tuple, sets: list, base_data: dict,
                      base_src: Source, src: Source, plugins: list | None = None) -> tuple[dict, dict]:
     """The recipe of every variant at every grid point (overrides: variant, grid point, then --set),
     and each variant's overrides with paths made absolute (as suite.yaml keeps them)."""
@@ -184,10 +212,10 @@ def _variant_recipes(name: str, variants: dict, grid: dict, seeds: tuple, overri
             merge_overrides(d, ov, ("variants", vname), src, s)
             for k, v in point:
                 merge_overrides(d, {k: v}, ("grid", k), src, s)
-            for o in overrides:                      # the command line has the last word
-                apply_override(d, o, s)
+            for o, label in sets:                    # the suite's set:, then the command line: the last word
+                apply_override(d, o, s, label)
             d["name"] = safe_name(f"{name}:{vname}" + "".join(f"[{k}={_slug(v)}]" for k, v in point))
-            recipes[(str(vname), tuple(point))] = parse_recipe(d, s, name)
+            recipes[(str(vname), tuple((k, _frozen(v)) for k, v in point))] = parse_recipe(d, s, name)
     ids: dict[str, tuple] = {}
     for (vname, point) in recipes:
         rid = run_id(vname, point)

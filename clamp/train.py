@@ -40,7 +40,7 @@ from .donor import Donors
 from .seam import ModelSeam, build
 from .phases import column_value, phase_times
 from .recipe import Recipe, dump_recipe
-from .store import (atomic_write, list_checkpoints, load_checkpoint, read_json, read_metrics, run_metrics,
+from .store import (atomic_write, read_json, read_metrics, run_metrics,
                     save_checkpoint, write_json)
 from .tasks import TASKS, Batch, Task
 from .tasks.base import next_token_loss
@@ -272,8 +272,8 @@ def train_seed(recipe: Recipe, seed: int, run_dir: str | os.PathLike, progress: 
         done = prepare_dir(run_dir, resolved)
         if done is not None:
             return done
-        (run_dir / "summary.json").unlink(missing_ok=True)
-        (run_dir / ERROR_LOG).unlink(missing_ok=True)
+        store.remove(run_dir / "summary.json")
+        store.remove(run_dir / ERROR_LOG)
         atomic_write(run_dir / "recipe.yaml", resolved)
         state = _Progress()
         t0 = time.perf_counter()
@@ -328,6 +328,7 @@ class _Progress:
         self.n_steps = 0
         self.stopped = False
         self.plan: Plan | None = None
+        self.skipped: list[dict] = []          # newer checkpoints that could not be resumed from
 
 
 def _train(recipe: Recipe, seed: int, run_dir: Path, emit: Progress, st: _Progress) -> None:
@@ -335,9 +336,9 @@ def _train(recipe: Recipe, seed: int, run_dir: Path, emit: Progress, st: _Progre
     plan = st.plan = compile_plan(recipe, seed, metrics_of=run_metrics)
     atomic_write(run_dir / "plan.txt", plan.text() + "\n")
     trainer = Trainer(recipe, seed, plan)
-    ckpts = list_checkpoints(run_dir)
-    if ckpts:
-        trainer.load_state(load_checkpoint(ckpts[-1][1]))
+    st.skipped = store.resume(run_dir, trainer.load_state)
+    if st.skipped:
+        emit({"event": "resumed", "seed": seed, "step": trainer.step, "skipped": st.skipped, "dir": str(run_dir)})
     st.step = st.resumed_from = trainer.step
     st.rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get("step", -1) < trainer.step]
     atomic_write(run_dir / "metrics.jsonl", "".join(store.dumps(r) + "\n" for r in st.rows))
@@ -394,6 +395,8 @@ def _finish(recipe: Recipe, seed: int, run_dir: Path, st: _Progress, t0: float, 
         summary["error_step"] = st.step
         if (run_dir / ERROR_LOG).exists():
             summary["error_log"] = ERROR_LOG
+    if st.skipped:
+        summary["skipped_checkpoints"] = st.skipped
     if "composition" in recipe.measure and st.plan is not None:
         summary["composition_baseline"] = composition_baseline(st.plan.shape)
     summary.update(extra or {})

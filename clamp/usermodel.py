@@ -32,11 +32,8 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import inspect
 import json
-import os
-import sys
 from dataclasses import replace
 from typing import Any, Callable
 
@@ -46,7 +43,7 @@ from torch import nn
 from .adapter import AdaptedSeam, Adapter
 from .modsites import get
 from .errors import InputError, did_you_mean, show
-from .registry import NameTaken
+from .plugins import LOADED, is_path, load_plugin, plugin_name  # noqa: F401 - the plug-in names users import
 from .sites import ModelShape
 from .tasks import Batch
 
@@ -63,69 +60,6 @@ def model_factory(adapter: Adapter) -> Callable[[Callable[..., nn.Module]], Call
         setattr(fn, ATTR, adapter)
         return fn
     return deco
-
-
-# ---------------------------------------------------------------------------------------
-# Plug-ins
-
-
-def is_path(entry: str) -> bool:
-    """A plug-in entry that is a file or directory path (else an installed module's dotted name)."""
-    return entry.endswith(".py") or "/" in entry or os.sep in entry
-
-
-LOADED: dict[str, Any] = {}      # plug-in modules imported from files (name → module), for Ray (by value)
-
-
-def plugin_name(entry: str) -> str:
-    """The module name a plug-in entry is imported under."""
-    if entry.endswith(".py"):
-        return os.path.splitext(os.path.basename(entry))[0]
-    return os.path.basename(os.path.normpath(entry)) if is_path(entry) else entry
-
-
-def load_plugin(entry: str) -> Any:
-    """Import one plug-in (an absolute path to a .py file or package directory, or a dotted name);
-    InputError (unlocated) when it cannot be. Importing the same file twice returns the first import."""
-    name = plugin_name(entry)
-    if not is_path(entry):
-        try:
-            return importlib.import_module(entry)
-        except NameTaken as e:
-            raise InputError("", "", show(entry), "a plug-in whose names are free", str(e)) from None
-        except (ImportError, ValueError, TypeError) as e:      # ValueError: '' or a relative name
-            raise InputError("", "", show(entry), "a .py file or package directory (relative to the recipe), "
-                             "or an importable module", str(e)[:120]) from None
-        except Exception as e:  # noqa: BLE001 - a plug-in's own failure is bad input, said in one line
-            raise InputError("", "", show(entry), "a plug-in that imports",
-                             f"importing it raised {type(e).__name__}: {str(e)[:160]}") from None
-    path = entry
-    init = os.path.join(path, "__init__.py") if os.path.isdir(path) else path
-    if not os.path.isfile(init):
-        raise InputError("", "", show(entry), "a .py file or a package directory with __init__.py "
-                         "(paths are relative to the recipe)")
-    have = sys.modules.get(name)
-    if have is not None:
-        if os.path.realpath(getattr(have, "__file__", "") or "") == os.path.realpath(init):
-            return have
-        raise InputError("", "", show(entry), f"a plug-in whose name is free ('{name}' is already imported "
-                         f"from {getattr(have, '__file__', None) or 'built-ins'})", "rename the file")
-    spec = importlib.util.spec_from_file_location(
-        name, init, submodule_search_locations=[path] if os.path.isdir(path) else None)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    LOADED[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except NameTaken as e:
-        del sys.modules[name], LOADED[name]
-        raise InputError("", "", show(entry), "a plug-in whose names are free", str(e)) from None
-    except Exception as e:
-        del sys.modules[name], LOADED[name]
-        raise InputError("", "", show(entry), "a plug-in that imports",
-                         f"importing it raised {type(e).__name__}: {str(e)[:160]}") from None
-    return module
 
 
 def resolve(text: str, plugins: tuple[str, ...]) -> tuple[Callable[..., nn.Module], Adapter]:

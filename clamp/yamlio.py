@@ -36,6 +36,10 @@ class Source:
 
     def where(self, path: Sequence) -> str:
         path = tuple(path)
+        if path and path not in self.lines and path not in self.overrides:
+            made = [label for p, label in self.overrides.items() if p[:len(path)] == path]
+            if made:                          # a key no file wrote: the override that made it
+                return made[0]
         for n in range(len(path), -1, -1):
             if path[:n] in self.overrides:
                 return self.overrides[path[:n]]
@@ -62,7 +66,8 @@ class Source:
         for n in range(len(path), -1, -1):
             if path[:n] in self.overrides:
                 label = self.overrides[path[:n]]
-                return None if label.startswith("--set") else label.rsplit(":", 1)[0]
+                m = re.match(r"(.*?):\d+(?::|$)", label)        # 'file:line' or 'file:line: key path'
+                return None if label.startswith("--set") or not m else m.group(1)
             if path[:n] in self.lines:
                 break
         return self.file or None
@@ -291,7 +296,7 @@ class _Converter:
         return out
 
 
-NAME = re.compile(r"^\w[\w.,:=+\-\[\]]{0,119}$")
+NAME = re.compile(r"^\w[\w.,:=+\-\[\]]{0,119}\Z")
 NAME_HELP = "a name (letters, digits and _ . , : = + - [ ]; not starting with . or -; no / or spaces; <= 120)"
 
 

@@ -44,7 +44,7 @@ def registries_restored():
     import sys
     from clamp.measures import MEASURE_PLUGINS
     from clamp.tasks import TASKS
-    from clamp.usermodel import LOADED
+    from clamp.plugins import LOADED
     from clamp.values import VALUES
     tables = (TASKS, VALUES, MEASURE_PLUGINS, LOADED)
     saved = [dict(t) for t in tables]

@@ -174,7 +174,7 @@ def test_a_failing_variant_is_reported_and_the_others_complete(tmp_path):
      "suite.yaml:8: variantz: found unknown key 'variantz'; expected one of name, plugins, base, seeds, variants, grid, set, expect; "  # noqa: E501
      "did you mean 'variants'?"),
     (("  baseline: {}", "  baseline: {train.stpes: 10}"),
-     "suite.yaml:9: train.stpes: found unknown key 'stpes'"),
+     "suite.yaml:9: variants.baseline: train.stpes: found unknown key 'stpes'"),
     (("ratio: [match, baseline]", "ratio: [mach, baseline]"),
      "suite.yaml:14: expect[0].ratio[0]: found 'mach'; expected a variant of this suite: baseline, match; "
      "did you mean 'match'?"),

@@ -165,3 +165,103 @@ def test_cli_fuzz_report():
         if os.environ.get("CLAMP_FUZZ_VERBOSE"):
             for m, n in STATS["messages"].most_common(40):
                 print(f"  {n:5d}  found{m}")
+
+
+# ---------------------------------------------------------------------------------------
+# Suites whose bad value sits in `set:`, on `--set`, in a variant or a grid: the error names the place
+
+LOCATED_BASE = """\
+name: lb
+seeds: [0]
+model: {layers: 2, heads: 4, d_model: 16}
+task: {name: fewshot, classes: 10, labels: 4, dim: 8}
+train: {steps: 12, batch: 8, lr: 0.01, eval_every: 4, eval_size: 16}
+measure: [loss, accuracy]
+"""
+LOCATED_KEYS = ["train.lr", "train.batch", "train.optimizer", "train.betas", "train.eval_size", "model.layers",
+                "model.norm", "model.pos", "task.labels", "task.classes", "task.dim", "measure", "seeds",
+                "train.nope", "model.nope", "nope", "task.name"]
+located_value = st.one_of(st.integers(-5, 10**7), st.floats(allow_nan=False), st.text(TEXT, max_size=8),
+                          st.sampled_from([None, True, [], {}, [1, 2, 3], {"a": 1}, "adam", "pre", "rope", -0.5]))
+
+
+def _flow(value) -> str:
+    """A value as one line of YAML (JSON is YAML)."""
+    import json
+    return json.dumps(value, ensure_ascii=True)
+
+
+STATS_LOCATED: dict = {"cases": 0, "checked": collections.Counter(), "codes": collections.Counter()}
+
+
+@settings(max_examples=N, deadline=None, derandomize="CLAMP_FUZZ_EXAMPLES" not in os.environ,
+          suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_cli_fuzz_errors_are_located_where_the_value_was_written(tmp_path_factory, capsys, data):
+    tmp = tmp_path_factory.mktemp("loc")
+    key = data.draw(st.sampled_from(LOCATED_KEYS))
+    value = data.draw(located_value)
+    place = data.draw(st.sampled_from(["set", "flag", "variant_path", "variant_nested", "grid", "base"]))
+    base = LOCATED_BASE
+    lines = ["name: ls", "base: b.yaml"]
+    extra: list[str] = []
+    entry = f"{key}={_flow(value)}"
+    if place == "set":
+        lines += ["set:", "  - train.eval_every=4", f"  - {_flow(entry)}"]
+        expect = f"{tmp / 's.yaml'}:{len(lines)}: set[1]"
+    lines += ["variants:", "  base: {}"]
+    if place == "variant_path":
+        lines.append(f"  v: {{{_flow(key)}: {_flow(value)}}}")
+        expect = f"{tmp / 's.yaml'}:{len(lines)}: variants.v"
+    elif place == "variant_nested":
+        node = value
+        for part in reversed(key.split(".")):
+            node = {part: node}
+        lines.append(f"  v: {_flow(node)}")
+        expect = f"{tmp / 's.yaml'}:{len(lines)}: variants.v"
+    else:
+        lines.append("  v: {train.eval_size: 16}")
+    if place == "grid":
+        lines += ["grid:", f"  {_flow(key)}: [{_flow(value)}]"]
+        expect = f"{tmp / 's.yaml'}:{len(lines)}: grid"
+    if place == "flag":
+        extra = ["--set", entry]
+        expect = f"--set {entry}"
+    if place == "base":
+        top, _, rest = key.partition(".")
+        doc, _ = load_yaml(LOCATED_BASE)
+        section = {**(doc.get(top) or {}), rest: value} if rest and isinstance(doc.get(top), dict) else \
+            ({rest: value} if rest else value)
+        blines = [ln for ln in LOCATED_BASE.splitlines() if not ln.startswith(f"{top}:")]
+        blines.append(f"{top}: {_flow(section)}")
+        base = "\n".join(blines) + "\n"
+        expect = f"{tmp / 'b.yaml'}:{len(blines)}"
+    (tmp / "b.yaml").write_text(base)
+    (tmp / "s.yaml").write_text("\n".join(lines) + "\n")
+    argv = ["bench", str(tmp / "s.yaml"), "--out", str(tmp / "out"), "--max-memory", "1", *extra]
+    code = main(argv)
+    _, err = capsys.readouterr()
+    STATS_LOCATED["cases"] += 1
+    STATS_LOCATED["codes"][code] += 1
+    assert code in (0, 2), (argv, err)
+    assert "internal error" not in err and "Traceback" not in err, (argv, err)
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp / "out").exists()
+    line = err.strip().removeprefix("clamp: error: ")
+    if "memory" in line and "expected at most" in line:           # a valid value: refused only by the memory limit
+        return
+    from clamp.errors import format_path
+    from clamp.yamlio import parse_key_path
+    shown = format_path(parse_key_path(key, ""))
+    at = line.split(": found", 1)[0]
+    if at.endswith(shown) or f"{shown}." in at or f"{shown}[" in at or (
+            shown.split(".")[0] == at.rsplit(": ", 1)[-1] and "unknown key" in line):
+        STATS_LOCATED["checked"][place] += 1
+        assert line.startswith(expect), (place, key, value, line, expect)
+
+
+def test_cli_fuzz_located_report():
+    """Prints what the located-error fuzz test checked (run with -s after it)."""
+    if STATS_LOCATED["cases"]:
+        print(f"\nlocated-error fuzz: {STATS_LOCATED['cases']} cases, exit codes {dict(STATS_LOCATED['codes'])}; "
+              f"errors whose key path is the value's, location checked: {dict(STATS_LOCATED['checked'])}")

@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parent.parent / "clamp"
 LAYERS = {
     "names": ["errors", "registry", "sites", "yamlio", "schema", "columns", "phases"],
     "model": ["model", "stacked", "tasks", "tasks.base", "tasks.fewshot", "tasks.repeat_tokens", "tasks.affine",
-              "values", "measures", "optim", "adapter", "modsites", "usermodel", "seam", "nnsight_seam", "hf"],
+              "values", "measures", "optim", "adapter", "modsites", "plugins", "usermodel", "seam", "nnsight_seam",
+              "hf"],
     "recipe": ["recipe", "overrides", "outputs", "spec", "budget", "compile", "suite"],
-    "store": ["store"],
+    "store": ["owned", "store"],
     "run": ["hooks", "donor", "train", "ensemble", "runs", "pool", "raybackend", "posthoc", "benches"],
     "analysis": ["results", "composition", "draw", "graph", "explanations", "report", "htmlreport"],
     "top": ["api", "cli", "__init__"],

@@ -9,7 +9,8 @@ import torch
 import clamp
 from clamp.measures import induction_strengths, prev_token_scores
 from clamp.phases import phase_times, relative_crossing, threshold_crossing
-from clamp.train import list_checkpoints, read_metrics, train_seed
+from clamp.store import list_checkpoints, read_metrics
+from clamp.train import train_seed
 
 from conftest import tiny
 

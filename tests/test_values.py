@@ -244,7 +244,7 @@ def test_graft_takes_the_donors_activation(tmp_path):
     tr, rec, _, b = run_once(f"interventions:\n  - clamp: blocks.0.hook_resid_post\n    to: graft\n"
                              f"    run: {tmp_path / 'donor'}\n", ["blocks.0.hook_resid_post"])
     dm = build_model(donor.shape(), 0)
-    from clamp.train import list_checkpoints
+    from clamp.store import list_checkpoints
     dm.load_state_dict(torch.load(list_checkpoints(tmp_path / "donor")[-1][1], weights_only=True)["model"])
     want, _ = plain(dm, b, ["blocks.0.hook_resid_post"])
     assert torch.equal(rec["blocks.0.hook_resid_post"], want["blocks.0.hook_resid_post"])
