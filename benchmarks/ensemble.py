@@ -26,14 +26,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clamp import ensemble as E  # noqa: E402
-from clamp.model import build_model  # noqa: E402
-from clamp.spec import load_recipe  # noqa: E402
-from clamp.stacked import MemberSeam, Stack  # noqa: E402
-from clamp.train import Trainer  # noqa: E402
-from clamp.recipe import dump_recipe  # noqa: E402
-from clamp.spec import recipe_from_data  # noqa: E402
-from clamp.yamlio import load_yaml  # noqa: E402
+from clamp.training import ensemble as E  # noqa: E402
+from clamp.models.builtin import build_model  # noqa: E402
+from clamp.recipe.spec import load_recipe  # noqa: E402
+from clamp.models.stacked import MemberSeam, Stack  # noqa: E402
+from clamp.training.train import Trainer  # noqa: E402
+from clamp.recipe.types import dump_recipe  # noqa: E402
+from clamp.recipe.spec import recipe_from_data  # noqa: E402
+from clamp.names.yamlio import load_yaml  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from clamp.results import load_results  # noqa: E402
-from clamp.report import plot_curves, suite_curves  # noqa: E402
+from clamp.analysis.results import load_results  # noqa: E402
+from clamp.analysis.report import plot_curves, suite_curves  # noqa: E402
 
 SINGH = ["baseline", "match", "copy", "ideal_copy", "prev_token", "layer0_ideal", "match_until1000"]
 TOKENS = ["two_layer", "one_layer", "prev_token_clamp", "disallow_prev", "ablate_layer0", "freeze_embed"]

@@ -20,8 +20,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from clamp.spec import load_recipe  # noqa: E402
-from clamp.train import Trainer, loss_fn  # noqa: E402
+from clamp.recipe.spec import load_recipe  # noqa: E402
+from clamp.training.train import Trainer, loss_fn  # noqa: E402
 from perf import interleaved  # noqa: E402  (benchmarks/perf.py)
 
 ROOT = Path(__file__).resolve().parents[1]

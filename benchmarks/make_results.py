@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clamp.results import load_results  # noqa: E402
+from clamp.analysis.results import load_results  # noqa: E402
 
 # expectation name prefix → (paper, substrate re-implementation)
 QUOTES = {
@@ -92,7 +92,7 @@ def table(res) -> str:
 
 
 def times(res) -> str:
-    from clamp.report import md_table, phase_table
+    from clamp.analysis.report import md_table, phase_table
     h, rows = phase_table(res.rows)
     return md_table(h, rows)
 

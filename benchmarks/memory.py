@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DEMO = str(ROOT / "clamp" / "recipes" / "demo.yaml")
+DEMO = str(ROOT / "clamp" / "demo" / "demo.yaml")
 CASES = [
     ("demo recipe", DEMO, []),
     ("repeated tokens, defaults", None, ["task.name=repeat_tokens"]),
@@ -31,9 +31,9 @@ CASES = [
 CHILD = r"""
 import json, resource, sys, torch
 torch.set_num_threads(1)
-from clamp.spec import load_recipe, recipe_from_data
-from clamp.train import Trainer
-from clamp import budget
+from clamp.recipe.spec import load_recipe, recipe_from_data
+from clamp.training.train import Trainer
+from clamp.recipe import budget
 path, sets = sys.argv[1], sys.argv[2:]
 recipe = load_recipe(path, sets) if path != "-" else recipe_from_data({}, overrides=sets)
 est = budget.estimate(recipe)

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clamp.yamlio import load_yaml
-from clamp.spec import recipe_from_data  # noqa: E402
-from clamp.train import Trainer, loss_fn  # noqa: E402
+from clamp.names.yamlio import load_yaml
+from clamp.recipe.spec import recipe_from_data  # noqa: E402
+from clamp.training.train import Trainer, loss_fn  # noqa: E402
 
 BASE = """
 model: {layers: 2, heads: 8, d_model: 64, attn_only: true, norm: pre, pos: rope}
@@ -159,7 +159,7 @@ def optimizer_steps(model) -> dict:
     """One optimizer step over the model's parameters (fixed gradients): torch's fused and
     single-tensor Adam, clamp's Adam, and clamp's Adam with one tensor's step count split per
     element (what a held freeze does). Ratios are to torch's fused Adam."""
-    from clamp.optim import Adam
+    from clamp.training.optim import Adam
     out = {}
     for name, make in [("optimizer: torch Adam (fused)", lambda ps: torch.optim.Adam(ps, lr=1e-4, fused=True)),
                        ("optimizer: torch Adam (single-tensor)",

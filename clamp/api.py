@@ -17,14 +17,14 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from .benches import run_suite
-from .compile import Plan, compile_plan
-from .htmlreport import write_report
-from .report import write_suite_report
-from .results import SuiteResult, suite_result
-from .recipe import Recipe
-from .store import run_metrics
-from .suite import Suite, load_suite
+from .training.benches import run_suite
+from .recipe.compile import Plan, compile_plan
+from .analysis.htmlreport import write_report
+from .analysis.report import write_suite_report
+from .analysis.results import SuiteResult, suite_result
+from .recipe.types import Recipe
+from .store.rundir import default_dir, run_metrics
+from .recipe.suite import Suite, load_suite
 
 
 def plan(recipe: Recipe, seed: int | None = None) -> Plan:
@@ -43,7 +43,7 @@ def bench(suite: str | os.PathLike | Suite, out: str | os.PathLike | None = None
     as ensembles unless `ensemble` is
     False (ensemble.py). Returns the judged results."""
     s = suite if isinstance(suite, Suite) else load_suite(suite)
-    d = Path(out) if out is not None else Path("runs") / s.name
+    d = Path(out) if out is not None else default_dir(s.name)
 
     def report(rows: list[dict]) -> None:
         write_suite_report(suite_result(s, d, rows), curves=False)

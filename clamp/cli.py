@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .errors import InputError, did_you_mean, show
-from .report import table
+from .names.errors import InputError, did_you_mean, show
+from .analysis.report import table
 
 
 class _Parser(argparse.ArgumentParser):
@@ -102,7 +102,7 @@ def _out(a, default: Path) -> Path:
 
 
 def _max_memory(a) -> float | None:
-    from .budget import parse_size
+    from .recipe.budget import parse_size
     if a.max_memory is None:
         return None
     try:
@@ -142,11 +142,12 @@ def _listing(paths: list[str], base: Path, n: int = 8) -> str:
 
 def _failures(runs: Sequence[tuple[str, str | Path, dict]]) -> int:
     """Print one line per failed run (what, where the reason is) on stderr; exit code 1 if any or none ran."""
-    bad = [(label, d, sm) for label, d, sm in runs if sm.get("status") != "ok"]
-    for label, d, sm in bad:
-        log = f", traceback in {Path(d) / sm['error_log']}" if sm.get("error_log") else ""
+    from .store.rundir import RunDir
+    bad = [(label, RunDir(d), sm) for label, d, sm in runs if sm.get("status") != "ok"]
+    for label, rd, sm in bad:
+        log = f", traceback in {rd.error_log}" if rd.error_log.exists() else ""
         sys.stderr.write(f"clamp: run {label} {sm.get('status', 'missing')}: {sm.get('error') or 'no summary.json'} "
-                         f"(see {Path(d) / 'summary.json'}{log})\n")
+                         f"(see {rd.summary_file}{log})\n")
     if not runs:
         sys.stderr.write("clamp: no run finished (no summary.json was written)\n")
     return 1 if bad or not runs else 0
@@ -158,10 +159,11 @@ def _sets(a) -> list[str]:
 
 
 def cmd_run(a) -> int:
-    from .runs import run
-    from .spec import load_recipe
+    from .training.runs import run
+    from .recipe.spec import load_recipe
     recipe = load_recipe(a.recipe, _sets(a))
-    out = _out(a, Path("runs") / recipe.name)
+    from .store.rundir import default_dir
+    out = _out(a, default_dir(recipe.name))
     prog = Progress(len(recipe.seeds), quiet=a.quiet)
     t0 = time.time()
     result = run(recipe, out, workers=a.workers, progress=_deleted(prog), fresh=a.fresh,
@@ -183,10 +185,10 @@ def cmd_run(a) -> int:
 
 
 def cmd_plan(a) -> int:
-    from .budget import check
-    from .compile import compile_plan, probe_text
-    from .store import run_metrics
-    from .spec import load_recipe
+    from .recipe.budget import check
+    from .recipe.compile import compile_plan, probe_text
+    from .store.rundir import run_metrics
+    from .recipe.spec import load_recipe
     recipe = load_recipe(a.recipe, a.set)
     plan = compile_plan(recipe, metrics_of=run_metrics)
     est = check(recipe, _max_memory(a))
@@ -198,8 +200,8 @@ def cmd_plan(a) -> int:
 
 
 def cmd_sites(a) -> int:
-    from .sites import catalogue
-    from .spec import load_recipe
+    from .names.sites import catalogue
+    from .recipe.spec import load_recipe
     recipe = load_recipe(a.recipe or _builtin("demo.yaml"), a.set)
     shape = recipe.shape()
     infos = catalogue(shape)
@@ -226,14 +228,14 @@ def _unique(rows: list[list[str]]) -> list[list[str]]:
 
 
 def _builtin(name: str) -> str:
-    return str(Path(__file__).parent / "recipes" / name)
+    return str(Path(__file__).parent / "demo" / name)
 
 
 def cmd_demo(a) -> int:
     import math
     from .api import bench
-    from .report import curve_table, plot_curves, suite_curves, suite_text
-    from .suite import load_suite
+    from .analysis.report import curve_table, plot_curves, suite_curves, suite_text
+    from .recipe.suite import load_suite
     suite = load_suite(_builtin("demo_suite.yaml"))
     out = _out(a, Path("runs/demo"))
     t = suite.base.train
@@ -252,9 +254,10 @@ def cmd_demo(a) -> int:
     print(table(h, rows))
     print()
     print(suite_text(res))
-    from .store import writer
+    from .store.owned import writer
+    from .store.rundir import report_paths
     with writer(out, "suite", what=str(out)):
-        png = plot_curves(curves, out / "loss_curves.png", title="clamp demo: baseline vs. induction clamp",
+        png = plot_curves(curves, report_paths(out)[2], title="clamp demo: baseline vs. induction clamp",
                           hlines={"ln 2": math.log(2), "0.4·ln 2": 0.4 * math.log(2)})
     print(f"wrote {out} (results.csv, report.md, report.html, {png.name}, one directory per run)  "
           f"[{time.time() - t0:.0f} s wall]")
@@ -263,13 +266,14 @@ def cmd_demo(a) -> int:
 
 def cmd_bench(a) -> int:
     from .api import bench
-    from .report import suite_text
-    from .suite import load_suite
+    from .analysis.report import suite_text
+    from .recipe.suite import load_suite
     suite = load_suite(a.suite, _sets(a))
-    out = _out(a, Path("runs") / suite.name)
+    from .store.rundir import default_dir
+    out = _out(a, default_dir(suite.name))
     if a.backend == "ray":
-        from .raybackend import _import_ray
-        _import_ray()                                   # missing Ray is bad input: say so before anything runs
+        from .training.raybackend import require_ray
+        require_ray()                                   # missing Ray is bad input: say so before anything runs
     t0 = time.time()
     prog = Progress(len(suite.runs()), quiet=a.quiet)
     res = bench(suite, out, workers=a.workers, backend=a.backend, address=a.address,
@@ -284,11 +288,10 @@ def cmd_bench(a) -> int:
 
 def _suite_code(res) -> int:
     """1 when a run failed or an expectation did not PASS (each said on stderr), else 0."""
-    from .store import run_dir, run_label
-    dirs = [(r, run_dir(res.dir, r["run"], int(r["seed"]))) for r in res.rows]
-    code = _failures([(run_label(r["run"], r["seed"]), d,
-                       {"status": r["status"], "error": r.get("error"),
-                        "error_log": "error.log" if (d / "error.log").exists() else None}) for r, d in dirs])
+    from .store.rundir import SuiteDir
+    sd = SuiteDir(res.dir)
+    code = _failures([(sd.label(r["run"], r["seed"]), sd.run(r["run"], int(r["seed"])).path,
+                       {"status": r["status"], "error": r.get("error")}) for r in res.rows])
     for v in res.verdicts:
         if v["verdict"] != "PASS":
             sys.stderr.write(f"clamp: expectation {v['name']!r}: {v['verdict']}\n")
@@ -297,8 +300,8 @@ def _suite_code(res) -> int:
 
 
 def cmd_probe(a) -> int:
-    from .columns import is_probe_metric
-    from .posthoc import probe_run, probes_output
+    from .names.columns import is_probe_metric
+    from .training.posthoc import probe_run, probes_output
     rows = probe_run(a.dir, a.probes)
     for seed, rs in sorted(rows.items()):
         cols = sorted({k for r in rs for k in r if is_probe_metric(k)})
@@ -310,8 +313,8 @@ def cmd_probe(a) -> int:
 
 
 def cmd_graph(a) -> int:
-    from .explanations import effect_text
-    from .graph import Graph
+    from .analysis.explanations import effect_text
+    from .analysis.graph import Graph
     g = Graph.from_runs(a.dir, behaviour=a.behaviour)
     paths = g.save(a.out or a.dir[0])
     subs = [n for n, d in g.g.nodes(data=True) if d["kind"] == "subcircuit"]
@@ -328,8 +331,8 @@ def cmd_graph(a) -> int:
 
 def cmd_explain(a) -> int:
     import json
-    from . import explanations as E
-    from .graph import Graph
+    from .analysis import explanations as E
+    from .analysis.graph import Graph
     g = Graph.from_runs(a.dir, behaviour=a.behaviour)
     if a.compare:
         res = E.compare(g, *a.compare)
@@ -346,17 +349,18 @@ def cmd_explain(a) -> int:
 
 def cmd_report(a) -> int:
     """`clamp report DIR`: re-render a suite's report.md, curves and report.html, or a run's."""
-    from .htmlreport import plan_report, write_report
-    from .report import plot_curves, run_curves, run_rows, suite_text, write_suite_report
-    from .results import load_results
-    from .runs import Run
-    from .store import check_writable, writer
+    from .analysis.htmlreport import plan_report, write_report
+    from .analysis.report import plot_curves, run_curves, run_rows, suite_text, write_suite_report
+    from .analysis.results import load_results
+    from .training.runs import Run
+    from .store.owned import check_writable, writer
+    from .store.rundir import SuiteDir, report_paths
     d = Path(a.dir)
     if not d.is_dir():
         raise InputError(str(d), "", "no such directory", "a directory written by `clamp run` or `clamp bench`")
     check_writable(d, str(d))                          # a directory clamp did not make is neither read nor written
     heads = [_head_arg(h) for h in a.head]
-    if (d / "results.csv").exists():
+    if SuiteDir.holds(d):
         res = load_results(d)
         plan = plan_report(d, a.column or None, heads or None, a.step or None, a.variant, a.seed)
         with writer(d, "suite", what=str(d)):
@@ -374,7 +378,7 @@ def cmd_report(a) -> int:
     plan = plan_report(d, a.column or None, heads or None, a.step or None, None, a.seed)
     with writer(d, "run", what=str(d)):
         print(table(*run_rows(run)))
-        png = plot_curves(run_curves(run), d / "loss_curves.png", title=run.name)
+        png = plot_curves(run_curves(run), report_paths(d)[2], title=run.name)
         page = write_report(plan)
     print(f"wrote {png}, {page}")
     return 0
@@ -382,7 +386,7 @@ def cmd_report(a) -> int:
 
 def _head_arg(text: str) -> tuple[int, int]:
     """`blocks.L.attn.hook_pattern[h]` → (L, h)."""
-    from .sites import one_head
+    from .names.sites import one_head
     got = one_head(text)
     if got is None or not got[0].endswith(".attn.hook_pattern"):
         raise InputError("--head", "", show(text), "a head as its pattern site, e.g. blocks.1.attn.hook_pattern[3]")
@@ -492,7 +496,7 @@ def _load_plugins(entries: list[str]) -> None:
     """`--plugin` entries (a .py file or package directory, relative to the working directory, or an
     importable module name), imported before anything is read. Recipes that list them in `plugins:`
     carry them into their run directories; these do not, so a later verb needs the flag again."""
-    from .plugins import is_path, load_plugin
+    from .models.plugins import is_path, load_plugin
     for entry in entries:
         try:
             load_plugin(os.path.abspath(entry) if is_path(entry) or os.path.exists(entry) else entry)
@@ -503,7 +507,7 @@ def _load_plugins(entries: list[str]) -> None:
 
 def _skipped_note() -> None:
     """Say which plug-ins listed by a directory were not imported (nothing that was shown needed them)."""
-    from .plugins import not_imported
+    from .models.plugins import not_imported
     skipped = not_imported()
     if skipped:
         where = sorted(set(skipped.values()))
@@ -523,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:                            # bad arguments (one line written) or --help
         return e.code if isinstance(e.code, int) else 2
     try:
-        from .plugins import forget_not_imported, trust_plugins
+        from .models.plugins import forget_not_imported, trust_plugins
         trust_plugins(bool(getattr(args, "trust_plugins", False)))
         forget_not_imported()
         _load_plugins(getattr(args, "plugin", None) or [])

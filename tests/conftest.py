@@ -26,7 +26,7 @@ model: {layers: 2, heads: 4, d_model: 16}
 task: {name: fewshot, classes: 10, labels: 4, dim: 8}
 train: {steps: 20, batch: 8, lr: 1.0e-2, eval_every: 5, eval_size: 16}
 """
-    from clamp.yamlio import load_yaml
+    from clamp.names.yamlio import load_yaml
     data, src = load_yaml(base + extra, "tiny.yaml")
     for k, v in sections.items():
         data[k] = v
@@ -44,7 +44,7 @@ def registries_restored():
     import sys
     from clamp.measures import MEASURE_PLUGINS
     from clamp.tasks import TASKS
-    from clamp.plugins import LOADED
+    from clamp.models.plugins import LOADED
     from clamp.values import VALUES
     tables = (TASKS, VALUES, MEASURE_PLUGINS, LOADED)
     saved = [dict(t) for t in tables]

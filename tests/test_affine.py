@@ -12,7 +12,7 @@ import clamp
 from clamp.measures import copying_scores, negative_similarities, position_accuracies
 from clamp.tasks.affine import Affine, AffineOptions, pair_split
 from clamp.values import PreviousToken, PreviousTokenOptions
-from clamp.yamlio import load_yaml
+from clamp.names.yamlio import load_yaml
 
 
 def affine(**kw) -> Affine:
@@ -85,7 +85,7 @@ def test_bad_options_are_located(key, value, expected):
 def test_default_recipe_has_the_studys_measures_and_columns():
     data, src = load_yaml("name: a\ntask: {name: affine}\n", "a.yaml")
     r = clamp.recipe_from_data(data, src)
-    from clamp.outputs import produced
+    from clamp.recipe.outputs import produced
     cols = produced(r)
     assert r.model.layers == 3 and not r.model.attn_only
     assert "position_accuracy/pos2" in cols and "position_accuracy/pos14" in cols and "loss/heldout" in cols
@@ -144,7 +144,7 @@ def test_negative_similarity_signs():
 
 
 def test_copying_score_is_the_eigenvalue_ratio_of_the_direct_path():
-    from clamp.seam import build
+    from clamp.models.seam import build
     seam = build(clamp.recipe_from_data(*_affine_recipe()).shape(), 0)
     with torch.no_grad():                              # LayerNorm scales away from 1, so folding matters
         for name, p in seam.module.named_parameters():
@@ -162,7 +162,7 @@ def test_copying_score_is_the_eigenvalue_ratio_of_the_direct_path():
 
 
 def test_copying_score_of_an_identity_path_is_one():
-    from clamp.seam import build
+    from clamp.models.seam import build
     seam = build(clamp.recipe_from_data(*_affine_recipe()).shape(), 0)
     m = seam.module
     with torch.no_grad():

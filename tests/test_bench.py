@@ -16,12 +16,12 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from clamp.api import bench as run_suite
-from clamp.results import load_results
-from clamp.suite import load_suite, suite_from_data
-from clamp.errors import InputError
-from clamp.yamlio import dump_yaml, load_yaml
+from clamp.analysis.results import load_results
+from clamp.recipe.suite import load_suite, suite_from_data
+from clamp.names.errors import InputError
+from clamp.names.yamlio import dump_yaml, load_yaml
 from fuzzing import mutate
-from clamp.train import read_metrics
+from clamp.training.train import read_metrics
 
 SUITE = """\
 name: small

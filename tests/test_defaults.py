@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from clamp.yamlio import load_yaml
-from clamp.spec import recipe_from_data
+from clamp.names.yamlio import load_yaml
+from clamp.recipe.spec import recipe_from_data
 
 
 def only_task(name: str):
@@ -40,7 +40,7 @@ def test_explicit_keys_win_over_task_defaults():
 
 @pytest.mark.slow
 def test_token_task_defaults_form_an_induction_head(tmp_path):
-    from clamp.runs import run
+    from clamp.training.runs import run
     res = run(only_task("repeat_tokens"), tmp_path / "tok")
     ph = res.seeds[0].summary["phases"]
     assert ph["max(induction_score/blocks.*.attn.hook_pattern[*])"]["above"]["step"] is not None
@@ -49,7 +49,7 @@ def test_token_task_defaults_form_an_induction_head(tmp_path):
 
 @pytest.mark.slow
 def test_few_shot_defaults_show_the_plateau_and_the_drop(tmp_path):
-    from clamp.runs import run
+    from clamp.training.runs import run
     res = run(only_task("fewshot"), tmp_path / "few")
     ph = res.seeds[0].summary["phases"]["loss"]
     assert ph["below"]["step"] is not None and ph["relative"]["step"] is not None
@@ -68,7 +68,7 @@ def test_the_affine_defaults_are_the_studys_model():
 
 @pytest.mark.slow
 def test_affine_defaults_learn_the_determined_terms(tmp_path):
-    from clamp.runs import run
+    from clamp.training.runs import run
     res = run(only_task("affine"), tmp_path / "aff")
     s = res.seeds[0]
     assert s.summary["phases"]["loss"]["below"]["step"] is not None

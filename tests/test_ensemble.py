@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 
 import clamp
-import clamp.ensemble
-from clamp.ensemble import ensemble_key, groups, make_jobs, train_ensemble
-from clamp.model import build_model
-from clamp.stacked import MemberSeam, Stack
-from clamp.store import list_checkpoints
+import clamp.training.ensemble
+from clamp.training.ensemble import ensemble_key, groups, make_jobs, train_ensemble
+from clamp.models.builtin import build_model
+from clamp.models.stacked import MemberSeam, Stack
+from clamp.store.rundir import list_checkpoints
 from clamp.tasks import TASKS
-from clamp.train import train_seed
+from clamp.training.train import train_seed
 from clamp.values import ValueSource, register_value
-from clamp.yamlio import load_yaml
+from clamp.names.yamlio import load_yaml
 from conftest import tiny
 
 
@@ -89,7 +89,7 @@ def test_stack_forward_and_gradients_equal_each_model_alone(which):
 def test_adam_on_a_stack_moves_each_member_as_alone():
     """clamp's Adam with `members` on [K, ...] tensors equals K optimizers on the slices, bit for bit,
     also for sizes whose members straddle the vectorised kernel's blocks."""
-    from clamp.optim import Adam
+    from clamp.training.optim import Adam
     g = torch.Generator().manual_seed(0)
     for shape in [(5,), (3, 7), (4, 16, 3)]:
         P = torch.randn(3, *shape, generator=g)
@@ -174,7 +174,7 @@ def test_members_with_different_interventions_equal_their_runs_alone(tmp_path, e
     a preserve, a graft, a fully replaced site, a source reading the member's own weights, a probe):
     each member's metrics.jsonl is byte-identical to the same run alone and its last checkpoint
     (parameters, moments, step counts) bit-equal; evaluated all together, or one member at a time."""
-    monkeypatch.setattr(clamp.ensemble, "EVAL_SEQUENCES", eval_chunk)
+    monkeypatch.setattr(clamp.training.ensemble, "EVAL_SEQUENCES", eval_chunk)
     runs = _suite_entries(tmp_path)
     keys = {ensemble_key(r) for _, r, _ in runs}
     assert len(keys) == 1 and None not in keys
@@ -196,7 +196,7 @@ def test_a_source_reading_other_activations_agrees_to_rounding(tmp_path, monkeyp
     """With previous_token_input (its value depends on the member's own embedding and weights), the
     members' metrics agree with their runs alone to 1e-5 relative over 20 steps (the difference is
     the order of a gradient sum), and evaluated one member at a time as all together."""
-    monkeypatch.setattr(clamp.ensemble, "EVAL_SEQUENCES", 16)
+    monkeypatch.setattr(clamp.training.ensemble, "EVAL_SEQUENCES", 16)
     r = tiny(ROUNDING["ideal input"], train=TRAIN)
     res = train_ensemble([(r, s, tmp_path / f"e{s}", None) for s in (0, 1)] + [(tiny(), 0, tmp_path / "p", None)])
     assert all(x["status"] == "ok" for x in res)
@@ -274,7 +274,7 @@ def test_grouping():
     g = groups(rs, workers=2)
     assert sorted(sorted(x) for x in g) == sorted([[0, 5, 7], [1, 6], [2], [3], [4]])
     assert sorted(len(x) for x in groups([a] * 10, workers=1, max_members=4)) == [3, 3, 4]
-    from clamp import budget                                # members per process: what fits in memory
+    from clamp.recipe import budget  # members per process: what fits in memory
     est = budget.estimate(a)
     member = est.param_bytes + est.train_bytes + est.task_bytes + est.metrics_bytes
     limit = budget.PROCESS + budget.RUNTIME + est.eval_bytes + 3.5 * member

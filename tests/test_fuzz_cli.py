@@ -23,7 +23,7 @@ import types
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from clamp.cli import main
-from clamp.yamlio import dump_yaml, load_yaml
+from clamp.names.yamlio import dump_yaml, load_yaml
 from fuzzing import mutate
 
 N = int(os.environ.get("CLAMP_FUZZ_EXAMPLES", 120))
@@ -250,8 +250,8 @@ def test_cli_fuzz_errors_are_located_where_the_value_was_written(tmp_path_factor
     line = err.strip().removeprefix("clamp: error: ")
     if "memory" in line and "expected at most" in line:           # a valid value: refused only by the memory limit
         return
-    from clamp.errors import format_path
-    from clamp.yamlio import parse_key_path
+    from clamp.names.errors import format_path
+    from clamp.names.yamlio import parse_key_path
     shown = format_path(parse_key_path(key, ""))
     at = line.split(": found", 1)[0]
     if at.endswith(shown) or f"{shown}." in at or f"{shown}[" in at or (

@@ -13,8 +13,8 @@ import pytest
 import clamp
 
 from clamp.api import bench as run_suite
-from clamp.suite import load_suite
-from clamp.graph import Graph
+from clamp.recipe.suite import load_suite
+from clamp.analysis.graph import Graph
 
 BASE = """
 model: {layers: 2, heads: 4, d_model: 32}

@@ -8,10 +8,10 @@ import copy
 import pytest
 import torch
 
-from clamp.errors import InputError
-from clamp.spec import recipe_from_data
-from clamp.train import Trainer
-from clamp.yamlio import load_yaml
+from clamp.names.errors import InputError
+from clamp.recipe.spec import recipe_from_data
+from clamp.training.train import Trainer
+from clamp.names.yamlio import load_yaml
 
 pytest.importorskip("nnsight")
 pytest.importorskip("transformers")
@@ -187,7 +187,7 @@ def test_per_head_q_k_v_z_ablations_zero_those_features(family, module, which, c
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_site_at_once_in_one_trace_changes_nothing(family):
     """Identity functions at every activation site (TransformerLens and raw) give the plain logits."""
-    from clamp.seam import build
+    from clamp.models.seam import build
     r = gpt2("", family)
     seam = build(r.shape(), 0)
     batch = r.task and Trainer(r, 0).task.train_batch(0, 4)

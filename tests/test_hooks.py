@@ -7,9 +7,9 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from clamp.compile import compile_plan
-from clamp.model import build_model
-from clamp.train import Trainer, loss_fn
+from clamp.recipe.compile import compile_plan
+from clamp.models.builtin import build_model
+from clamp.training.train import Trainer, loss_fn
 
 from conftest import tiny
 

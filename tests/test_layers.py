@@ -1,8 +1,10 @@
-"""Layers only look down (docs/design.md), and the import graph has no cycles.
+"""Layers only look down (docs/design.md), the folders are the layers, the import graph has no cycles,
+and no module imports another module's private names.
 
 Every `import` and `from … import` in clamp's modules counts, at module level or inside a
-function, so an upward dependency cannot hide in a function body. The checker itself is tested
-on a module with an upward import added.
+function, so an upward dependency cannot hide in a function body. A module's layer is its
+folder's (FOLDERS), or "top" for the modules at the package root. The checker itself is tested on
+the real modules with an upward import, a cycle and a private import added.
 """
 from __future__ import annotations
 
@@ -14,54 +16,66 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent / "clamp"
 
-# bottom → top; a module may import its own layer and those below it
-LAYERS = {
-    "names": ["errors", "registry", "sites", "yamlio", "schema", "columns", "phases"],
-    "model": ["model", "stacked", "tasks", "tasks.base", "tasks.fewshot", "tasks.repeat_tokens", "tasks.affine",
-              "values", "measures", "optim", "adapter", "modsites", "plugins", "usermodel", "seam", "nnsight_seam",
-              "hf"],
-    "recipe": ["recipe", "overrides", "outputs", "spec", "budget", "compile", "suite"],
-    "store": ["owned", "store"],
-    "run": ["hooks", "donor", "train", "ensemble", "runs", "pool", "raybackend", "posthoc", "benches"],
-    "analysis": ["results", "composition", "draw", "graph", "explanations", "report", "htmlreport"],
-    "top": ["api", "cli", "__init__"],
+# bottom → top: the folders of each layer; a module may import its own layer and those below it
+FOLDERS = {
+    "names": ["names"],
+    "model": ["models", "tasks", "values", "measures"],
+    "recipe": ["recipe"],
+    "store": ["store"],
+    "run": ["training"],
+    "analysis": ["analysis"],
+    "top": [],                                   # the modules at the root: api, cli, schema, __init__
 }
-RANK = {m: i for i, mods in enumerate(LAYERS.values()) for m in mods}
-NAME = {i: name for i, name in enumerate(LAYERS)}
+LAYER_OF = {folder: i for i, folders in enumerate(FOLDERS.values()) for folder in folders}
+NAME = {i: name for i, name in enumerate(FOLDERS)}
+TOP = len(FOLDERS) - 1
 
 
 def module_name(path: Path) -> str:
-    rel = path.relative_to(ROOT).with_suffix("")
-    parts = list(rel.parts)
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__" and len(parts) > 1:
         parts.pop()
     return ".".join(parts)
 
 
-def imports_of(source: str, module: str) -> list[tuple[str, int]]:
-    """(clamp module imported, line) for every import statement anywhere in the source."""
-    pkg = module.split(".")[:-1] if not module.endswith("__init__") else []
-    if module in ("tasks",):
-        pkg = ["tasks"]
+def rank(module: str) -> int:
+    """The layer of a module: its folder's; the root modules are the top layer."""
+    first = module.split(".")[0]
+    if "." not in module and first not in LAYER_OF:
+        return TOP
+    return LAYER_OF[first]
+
+
+def is_package(module: str) -> bool:
+    return (ROOT / module.replace(".", "/") / "__init__.py").is_file()
+
+
+def imports_of(source: str, module: str) -> list[tuple[str, int, list[str]]]:
+    """(clamp module imported, line, names imported from it) for every import statement in the source."""
+    pkg = module.split(".") if is_package(module) else module.split(".")[:-1]
+    if module == "__init__":
+        pkg = []
+    known = set(sources_names())
     out = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.ImportFrom):
             if node.level:
                 base = pkg[:len(pkg) - node.level + 1] if node.level > 1 else pkg
                 target = ".".join(base + ([node.module] if node.module else []))
-                names = [a.name for a in node.names]
             elif (node.module or "").startswith("clamp"):
                 target = node.module.removeprefix("clamp").lstrip(".")
-                names = [a.name for a in node.names]
             else:
                 continue
-            for n in names:                             # `from . import x` imports the module x
-                sub = f"{target}.{n}" if target else n
-                out.append((sub if sub in RANK else target or "__init__", node.lineno))
+            for a in node.names:                        # `from . import x` imports the module x
+                sub = f"{target}.{a.name}" if target else a.name
+                if sub in known:
+                    out.append((sub, node.lineno, []))
+                else:
+                    out.append((target or "__init__", node.lineno, [a.name]))
         elif isinstance(node, ast.Import):
             for a in node.names:
                 if a.name == "clamp" or a.name.startswith("clamp."):
-                    out.append((a.name.removeprefix("clamp").lstrip(".") or "__init__", node.lineno))
+                    out.append((a.name.removeprefix("clamp").lstrip(".") or "__init__", node.lineno, []))
     return out
 
 
@@ -70,28 +84,40 @@ def violations(modules: dict[str, str]) -> tuple[list[str], nx.DiGraph]:
     bad = []
     for mod, source in modules.items():
         graph.add_node(mod)
-        for target, line in imports_of(source, mod):
-            if target == mod or target not in RANK:
+        for target, line, names in imports_of(source, mod):
+            if target == mod or target not in modules:
                 continue
+            where = f"clamp/{mod.replace('.', '/')}.py:{line}: {mod}"
+            private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+            if private:
+                bad.append(f"{where} imports {', '.join(private)}, private to {target}")
+            if is_package(target) and target != "__init__" and mod.split(".")[0] == target:
+                continue                                  # a folder's own __init__ (its re-exports)
             graph.add_edge(mod, target)
-            if RANK[target] > RANK[mod]:
-                bad.append(f"clamp/{mod.replace('.', '/')}.py:{line}: {mod} ({NAME[RANK[mod]]}) imports "
-                           f"{target} ({NAME[RANK[target]]}), a layer above it")
+            if rank(target) > rank(mod):
+                bad.append(f"{where} ({NAME[rank(mod)]}) imports {target} ({NAME[rank(target)]}), a layer above it")
     return bad, graph
+
+
+def sources_names() -> list[str]:
+    return [module_name(p) for p in ROOT.rglob("*.py")]
 
 
 def sources() -> dict[str, str]:
     return {module_name(p): p.read_text(encoding="utf-8") for p in ROOT.rglob("*.py")}
 
 
-def test_every_module_has_a_layer():
-    missing = sorted(set(sources()) - set(RANK))
-    assert not missing, f"modules without a layer in tests/test_layers.py: {missing}"
-    stale = sorted(set(RANK) - set(sources()))
-    assert not stale, f"layers name modules that do not exist: {stale}"
+def test_every_folder_is_a_layer_with_a_docstring_that_says_so():
+    folders = sorted(p.name for p in ROOT.iterdir() if p.is_dir() and (p / "__init__.py").is_file())
+    assert sorted(LAYER_OF) == folders, f"folders without a layer (or layers without a folder): {folders}"
+    for folder in folders:
+        doc = ast.get_docstring(ast.parse((ROOT / folder / "__init__.py").read_text()))
+        assert doc and f"Layer {LAYER_OF[folder] + 1} of {len(FOLDERS)}" in doc, folder
+    root = sorted(p.stem for p in ROOT.glob("*.py"))
+    assert root == ["__init__", "api", "cli", "schema"], root       # the top layer is small
 
 
-def test_layers_only_look_down():
+def test_layers_only_look_down_and_nothing_private_is_imported():
     bad, _ = violations(sources())
     assert not bad, "\n".join(bad)
 
@@ -103,11 +129,12 @@ def test_the_import_graph_has_no_cycles():
 
 
 @pytest.mark.parametrize("module, line", [
-    ("compile", "from .store import read_metrics"),                       # module level
-    ("values", "def f():\n    from .donor import Donor\n"),               # hidden in a function
-    ("sites", "import clamp.cli"),                                         # absolute
-    ("tasks.fewshot", "from ..train import Trainer"),                      # relative, two levels up
-    ("measures", "from . import report"),                                  # a module by `from . import`
+    ("recipe.compile", "from ..store.files import read_metrics"),              # module level
+    ("values.base", "def f():\n    from ..training.donor import Donor\n"),     # hidden in a function
+    ("names.sites", "import clamp.cli"),                                        # absolute
+    ("tasks.fewshot", "from ..training.train import Trainer"),                  # relative, two levels up
+    ("measures.base", "from ..analysis import report"),                         # a module by `from . import`
+    ("training.train", "from ..analysis.graph import Graph"),
 ])
 def test_the_check_sees_an_upward_import(module, line):
     """The checker on the real modules with one upward import added: it must name it."""
@@ -117,8 +144,15 @@ def test_the_check_sees_an_upward_import(module, line):
     assert len(bad) == 1 and f" {module} (" in bad[0], bad
 
 
+def test_the_check_sees_a_private_import():
+    modules = sources()
+    modules["training.runs"] += "\nfrom .train import _Progress\n"
+    bad, _ = violations(modules)
+    assert len(bad) == 1 and "imports _Progress, private to training.train" in bad[0], bad
+
+
 def test_the_check_sees_a_cycle():
     modules = sources()
-    modules["errors"] += "\nfrom .sites import parse\n"                  # names → names, but a cycle
+    modules["names.errors"] += "\nfrom .sites import parse\n"                  # names → names, but a cycle
     _, graph = violations(modules)
     assert list(nx.simple_cycles(graph))

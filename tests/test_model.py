@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from clamp.model import build_model
-from clamp.sites import ModelShape, catalogue
+from clamp.models.builtin import build_model
+from clamp.names.sites import ModelShape, catalogue
 
 
 def reference_forward(m, shape: ModelShape, tokens, vectors=None, is_vector=None):

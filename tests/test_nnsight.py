@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clamp.model import build_model
-from clamp.train import Trainer
+from clamp.models.builtin import build_model
+from clamp.training.train import Trainer
 from conftest import tiny
 
 nnsight = pytest.importorskip("nnsight")

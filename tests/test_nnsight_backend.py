@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clamp.train import Trainer
+from clamp.training.train import Trainer
 from conftest import tiny
 
 pytest.importorskip("nnsight")

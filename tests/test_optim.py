@@ -8,8 +8,8 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from clamp.optim import Adam
-from clamp.train import Trainer
+from clamp.training.optim import Adam
+from clamp.training.train import Trainer
 
 from conftest import tiny
 
@@ -126,8 +126,8 @@ interventions:
 
 
 def test_freezes_of_one_slice_with_different_optimizer_state_are_refused():
-    from clamp.compile import compile_plan
-    from clamp.errors import InputError
+    from clamp.recipe.compile import compile_plan
+    from clamp.names.errors import InputError
     r = tiny("""
 interventions:
   - freeze: blocks.1.attn.W_O[0:2]
@@ -142,7 +142,7 @@ interventions:
 
 def test_resume_keeps_per_element_step_counts(tmp_path):
     """A checkpoint taken inside a held window restores the split step count exactly."""
-    from clamp.train import train_seed
+    from clamp.training.train import train_seed
     r = tiny("""
 interventions:
   - freeze: blocks.1.attn.W_O[2]

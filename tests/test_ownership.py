@@ -351,7 +351,7 @@ def _kill_self_if(key, progress=None):
 
 
 def test_a_worker_that_dies_fails_only_its_own_job():
-    from clamp.pool import Job, run_jobs
+    from clamp.training.pool import Job, run_jobs
     jobs = [Job(k, _kill_self_if, (k,)) for k in ("a", "die", "b", "c", "d")]
     done = []
     out = run_jobs(jobs, 2, on_done=lambda o: done.append(o.key))

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from clamp.cli import main
-from clamp.registry import NameTaken, register
+from clamp.names.registry import NameTaken, register
 from clamp.tasks import TASKS, register_task
 from clamp.values import VALUES, register_value
 
@@ -76,7 +76,7 @@ def test_a_plugin_that_takes_a_builtin_name_is_refused_with_both_named(tmp_path,
 def test_registries_refuse_a_taken_name_unless_replacing_on_purpose():
     class Zero:
         name = "zero"
-    with pytest.raises(NameTaken, match=r"value source name .zero. is taken by clamp\.values\.Zero"):
+    with pytest.raises(NameTaken, match=r"value source name .zero. is taken by clamp\.values\.ablations\.Zero"):
         register_value(Zero)
     register_value(replace=True)(Zero)
     assert VALUES["zero"] is Zero
@@ -124,7 +124,7 @@ def test_the_plugin_flag_imports_before_any_verb_reads(tmp_path, capsys, monkeyp
 
 
 HEAD_MEASURE_PLUGIN = '''
-from clamp.columns import head_column
+from clamp.names.columns import head_column
 from clamp.measures import Measure, register_measure
 
 

@@ -45,10 +45,10 @@ def of(kind: str) -> list[tuple[list[str], str]]:
 
 
 def workdir(tmp_path: Path) -> Path:
-    """A directory that looks like the repository to relative paths (recipes/, clamp/recipes/)."""
+    """A directory that looks like the repository to relative paths (recipes/, clamp/demo/)."""
     (tmp_path / "clamp").mkdir()
     (tmp_path / "recipes").symlink_to(ROOT / "recipes")
-    (tmp_path / "clamp" / "recipes").symlink_to(ROOT / "clamp" / "recipes")
+    (tmp_path / "clamp" / "demo").symlink_to(ROOT / "clamp" / "demo")
     (tmp_path / "benchmarks").mkdir()
     return tmp_path
 
@@ -105,8 +105,8 @@ def test_error_lines_are_what_clamp_prints(tmp_path, capsys, monkeypatch, i):
 
 @pytest.mark.parametrize("i", range(len(of("fragment"))))
 def test_fragments_work_in_their_recipe(tmp_path, capsys, monkeypatch, i):
-    from clamp.yamlio import load_yaml
-    from clamp.overrides import deep_merge
+    from clamp.names.yamlio import load_yaml
+    from clamp.recipe.overrides import deep_merge
     args, body = of("fragment")[i]
     base = load_yaml((ROOT / args[0]).read_text())[0]
     merged = deep_merge(base, load_yaml(body)[0])

@@ -13,11 +13,12 @@ import pytest
 
 from clamp.api import bench
 from clamp.cli import main
-from clamp.draw import graph_figure, intervention_phrase
-from clamp.graph import Graph
-from clamp.htmlreport import curve_figure, suite_series
-from clamp.results import load_results
-from clamp.store import read_json, run_dir, run_metrics
+from clamp.analysis.draw import graph_figure, intervention_phrase
+from clamp.analysis.graph import Graph
+from clamp.analysis.htmlreport import curve_figure, suite_series
+from clamp.analysis.results import load_results
+from clamp.store.files import read_json
+from clamp.store.rundir import run_dir, run_metrics
 
 SUITE = """\
 name: small_report

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from clamp import budget
-from clamp.compile import compile_plan, probe_text
-from clamp.yamlio import load_yaml_file
-from clamp.spec import load_recipe
-from clamp.store import run_metrics
-from clamp.suite import load_suite
+from clamp.recipe import budget
+from clamp.recipe.compile import compile_plan, probe_text
+from clamp.names.yamlio import load_yaml_file
+from clamp.recipe.spec import load_recipe
+from clamp.store.rundir import run_metrics
+from clamp.recipe.suite import load_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = sorted(subprocess.run(["git", "ls-files", "*.yaml", "*.yml"], cwd=ROOT, capture_output=True, text=True,

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from clamp import sites as S
-from clamp.errors import InputError
+from clamp.names import sites as S
+from clamp.names.errors import InputError
 
 SHAPE = S.ModelShape(layers=3, heads=8, d_model=64, d_head=8, attn_only=False, d_mlp=256,
                      norm="pre", pos="rope", vocab=10, n_out=10, n_ctx=5, vector_dim=4)
@@ -92,7 +92,7 @@ def test_catalogue_lists_every_kind():
 
 @given(L=st.integers(0, 999), h=st.integers(0, 999), leaf=st.sampled_from(["hook_pattern", "hook_z", "W_O"]))
 def test_one_head_reads_back_what_head_name_writes(L, h, leaf):
-    from clamp.sites import block_layer, head_name, one_head
+    from clamp.names.sites import block_layer, head_name, one_head
     path = f"blocks.{L}.attn.{leaf}"
     assert one_head(head_name(path, (h,))) == (path, L, h) and block_layer(path) == L
     assert one_head(head_name(path, (h, h + 1, h + 2))) is None and one_head(path) is None

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import clamp
-from clamp.compile import compile_plan
-from clamp.errors import InputError
-from clamp.yamlio import dump_yaml, load_yaml
-from clamp.recipe import recipe_to_dict
-from clamp.spec import recipe_from_data
+from clamp.recipe.compile import compile_plan
+from clamp.names.errors import InputError
+from clamp.names.yamlio import dump_yaml, load_yaml
+from clamp.recipe.types import recipe_to_dict
+from clamp.recipe.spec import recipe_from_data
 from fuzzing import mutate
 
 HEAD = """\
@@ -159,7 +159,7 @@ def test_bracketed_sites_parse_inside_flow_lists():
 
 
 def test_site_quoting_touches_whole_tokens_only():
-    from clamp.yamlio import quote_site_names as q
+    from clamp.names.yamlio import quote_site_names as q
     assert q("a: [blocks.0.attn.hook_z[1], x]") == "a: ['blocks.0.attn.hook_z[1]', x]"
     assert q("- clamp: blocks.1.attn.hook_z[0,1]  # c[1]") == "- clamp: 'blocks.1.attn.hook_z[0,1]'  # c[1]"
     for same in ("of: final:max(induction/blocks.1.attn.hook_pattern[*])", "a: 'blocks.0.x[1]'",

@@ -8,9 +8,10 @@ import torch
 
 import clamp
 from clamp.measures import induction_strengths, prev_token_scores
-from clamp.phases import phase_times, relative_crossing, threshold_crossing
-from clamp.store import list_checkpoints, read_metrics
-from clamp.train import train_seed
+from clamp.names.phases import phase_times, relative_crossing, threshold_crossing
+from clamp.store.files import read_metrics
+from clamp.store.rundir import list_checkpoints
+from clamp.training.train import train_seed
 
 from conftest import tiny
 
@@ -126,7 +127,7 @@ def test_phase_rules_on_a_synthetic_curve():
 def test_sparse_evaluators(tmp_path):
     """`train.evaluator_every`: an evaluator runs at multiples of its N and at the first, the last and a
     stopping evaluation; every other evaluator at every evaluation; a run alone and in an ensemble agree."""
-    from clamp.ensemble import train_ensemble
+    from clamp.training.ensemble import train_ensemble
     r = tiny(train={"steps": 30, "batch": 8, "lr": 1e-2, "eval_every": 5, "eval_size": 16,
                     "evaluator_every": {"test_relabel": 10}})
     train_seed(r, 0, tmp_path / "a")

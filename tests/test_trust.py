@@ -101,7 +101,7 @@ def test_a_nan_loss_is_a_failure_with_valid_json(tmp_path, tiny_file, capsys):
 
 
 def test_non_finite_numbers_are_written_as_null_with_the_reason(tmp_path):
-    from clamp.store import dumps, read_metrics
+    from clamp.store.files import dumps, read_metrics
     text = dumps({"step": 3, "loss": float("nan"), "x": {"y": float("-inf")}})
     row = json.loads(text, parse_constant=lambda c: pytest.fail(c))
     assert row["loss"] is None and row["x"]["y"] is None
@@ -112,7 +112,7 @@ def test_non_finite_numbers_are_written_as_null_with_the_reason(tmp_path):
 
 def test_no_seed_finished_is_not_success():
     from clamp.cli import _failures
-    from clamp.runs import aggregate
+    from clamp.training.runs import aggregate
     from conftest import tiny
     assert aggregate(tiny(), {})["status"] == "failed"
     assert _failures([]) == 1
@@ -241,8 +241,8 @@ def test_hostile_input_gets_one_line_exit_2_quickly(tmp_path, capsys, monkeypatc
 def test_yaml_merge_keys_merge(tmp_path, capsys):
     (tmp_path / "m.yaml").write_text("x-defaults: &d {steps: 5, lr: 0.5, optimizer: adamw}\n".replace("x-", "")
                                      + TINY.replace("train: {", "train: {<<: *d, "))
-    from clamp.spec import parse_recipe
-    from clamp.yamlio import load_yaml_file
+    from clamp.recipe.spec import parse_recipe
+    from clamp.names.yamlio import load_yaml_file
     data, src = load_yaml_file(tmp_path / "m.yaml", "a recipe file")
     data.pop("defaults")
     r = parse_recipe(data, src)
@@ -328,14 +328,14 @@ def test_one_writer_per_directory(tmp_path, tiny_file):
     again = subprocess.run([sys.executable, "-m", "clamp.cli", "run", str(slow), "--out", str(tmp_path / "o"),
                             "--quiet", "--set", "train.steps=5"], capture_output=True, text=True, env=env, timeout=120)
     assert again.returncode == 2 and "holds a different recipe" in again.stderr          # checked, nothing lost
-    from clamp.store import writer
+    from clamp.store.owned import writer
     with writer(tmp_path / "o", "run") as info:
         assert info["removed_tmp"] and not (tmp_path / "o" / ".metrics.jsonl.tmp999").exists()
 
 
 def test_a_killed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
-    from clamp import report
-    from clamp.store import atomic_write
+    from clamp.analysis import report
+    from clamp.store.files import atomic_write
     atomic_write(tmp_path / "report.md", "old")
     import matplotlib.figure
 
@@ -378,7 +378,7 @@ def _suite_dir(tmp_path: Path, name: str, task: str, times: dict, steps: int = 1
 
 
 def test_an_expectation_never_passes_on_a_phase_change_that_did_not_happen(tmp_path):
-    from clamp.results import load_results
+    from clamp.analysis.results import load_results
     never = {s: None for s in (0, 1, 2)}
     res = load_results(_suite_dir(tmp_path, "s", "fewshot", {"baseline": never, "frozen": never}))
     v = res.verdicts[0]
@@ -396,7 +396,7 @@ def test_an_expectation_never_passes_on_a_phase_change_that_did_not_happen(tmp_p
 
 
 def test_graph_says_censored_and_refuses_to_mix_tasks(tmp_path, capsys):
-    from clamp.graph import Graph
+    from clamp.analysis.graph import Graph
     never = {s: None for s in (0, 1, 2)}
     a = _suite_dir(tmp_path, "a", "fewshot", {"baseline": never, "frozen": never})
     b = _suite_dir(tmp_path, "b", "repeat_tokens", {"baseline": {0: 100, 1: 120, 2: 90}, "frozen": never})
@@ -411,8 +411,8 @@ def test_graph_says_censored_and_refuses_to_mix_tasks(tmp_path, capsys):
 
 
 def test_explain_words_and_python_defaults(tmp_path):
-    from clamp.explanations import explain_text
-    from clamp.graph import Graph
+    from clamp.analysis.explanations import explain_text
+    from clamp.analysis.graph import Graph
     d = _suite_dir(tmp_path, "s", "fewshot", {"baseline": {0: 400, 1: 500, 2: 450}, "frozen": {0: 800, 1: 900, 2: 850}})
     g = Graph.from_runs(d)
     e = clamp.explain(g)                                     # defaults work
@@ -426,7 +426,7 @@ def test_explain_words_and_python_defaults(tmp_path):
 
 
 def test_paths_in_recipes_are_relative_to_the_file_that_names_them(tmp_path, monkeypatch):
-    from clamp.spec import load_recipe
+    from clamp.recipe.spec import load_recipe
     (tmp_path / "sub" / "runs" / "donor").mkdir(parents=True)
     (tmp_path / "sub" / "r.yaml").write_text(TINY + """
 subcircuits:

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from clamp.errors import InputError
-from clamp.spec import load_recipe, recipe_from_data
-from clamp.train import Trainer
-from clamp.yamlio import load_yaml
+from clamp.names.errors import InputError
+from clamp.recipe.spec import load_recipe, recipe_from_data
+from clamp.training.train import Trainer
+from clamp.names.yamlio import load_yaml
 
 pytest.importorskip("nnsight")
 
@@ -228,7 +228,7 @@ def test_an_adapter_whose_sites_run_out_of_order_is_told_so(tmp_path):
 
 
 def test_raw_sites_are_listed_and_checked():
-    from clamp import sites as S
+    from clamp.names import sites as S
     shape = tiny().shape()
     names = {i.name for i in S.catalogue(shape)}
     assert {"module:blocks.0.mlp.output", "module:blocks.1.ln1.input", "module:unembed.weight",
@@ -262,7 +262,7 @@ def test_suites_ship_plugins_to_their_workers(tmp_path, backend):
     if backend == "ray":
         pytest.importorskip("ray")
     from clamp.api import bench
-    from clamp.suite import load_suite
+    from clamp.recipe.suite import load_suite
     (tmp_path / "suite.yaml").write_text(USER_SUITE.format(base=ROOT / "recipes" / "user_model" / "tiny_lm.yaml"))
     suite = load_suite(tmp_path / "suite.yaml")
     res = bench(suite, tmp_path / "out", workers=2, backend=backend)

@@ -8,13 +8,13 @@ import math
 import pytest
 import torch
 
-from clamp.compile import compile_plan
-from clamp.errors import InputError
-from clamp.store import run_metrics
+from clamp.recipe.compile import compile_plan
+from clamp.names.errors import InputError
+from clamp.store.rundir import run_metrics
 from clamp.measures import composition_scores
-from clamp.model import BuiltinSeam, build_model
+from clamp.models.builtin import BuiltinSeam, build_model
 from clamp.tasks import Batch
-from clamp.train import Trainer, loss_fn, train_seed
+from clamp.training.train import Trainer, loss_fn, train_seed
 
 from conftest import tiny
 
@@ -184,7 +184,7 @@ def test_preserve_keeps_gradients_through_the_reference_pass():
 def test_probes_select_heads_by_measurement(tmp_path):
     base = tiny(train={"steps": 10, "batch": 8, "lr": 1e-2, "eval_every": 5, "eval_size": 32})
     train_seed(base, 0, tmp_path / "base")
-    from clamp.train import read_metrics
+    from clamp.training.train import read_metrics
     last = read_metrics(tmp_path / "base" / "metrics.jsonl")[-1]
     scores = [last[f"prev_token_score/blocks.0.attn.hook_pattern[{h}]"] for h in range(4)]
     top2 = tuple(sorted(sorted(range(4), key=lambda h: -scores[h])[:2]))
@@ -244,7 +244,7 @@ def test_graft_takes_the_donors_activation(tmp_path):
     tr, rec, _, b = run_once(f"interventions:\n  - clamp: blocks.0.hook_resid_post\n    to: graft\n"
                              f"    run: {tmp_path / 'donor'}\n", ["blocks.0.hook_resid_post"])
     dm = build_model(donor.shape(), 0)
-    from clamp.store import list_checkpoints
+    from clamp.store.rundir import list_checkpoints
     dm.load_state_dict(torch.load(list_checkpoints(tmp_path / "donor")[-1][1], weights_only=True)["model"])
     want, _ = plain(dm, b, ["blocks.0.hook_resid_post"])
     assert torch.equal(rec["blocks.0.hook_resid_post"], want["blocks.0.hook_resid_post"])
@@ -254,8 +254,8 @@ def test_graft_takes_the_donors_activation(tmp_path):
 
 def test_posthoc_probes_equal_online_probes(tmp_path):
     """A probe given to the run and the same probe applied to its checkpoints afterwards agree."""
-    from clamp.posthoc import probe_run
-    from clamp.train import read_metrics
+    from clamp.training.posthoc import probe_run
+    from clamp.training.train import read_metrics
     train = {"steps": 12, "batch": 8, "lr": 1e-2, "eval_every": 4, "eval_size": 32, "checkpoint_every": 4}
     probe = "probes:\n  copy:\n    - clamp: hook_logits\n      to: perfect_copy\n      head: blocks.1.attn.hook_attn_scores[1]\n"  # noqa: E501
     online = tiny(probe, train=train)
@@ -270,7 +270,7 @@ def test_posthoc_probes_equal_online_probes(tmp_path):
         assert r["loss@copy"] == pytest.approx(want[r["step"]]["loss@copy"], rel=1e-6)
         assert r["loss"] == pytest.approx(want[r["step"]]["loss"], rel=1e-6)
     (tmp_path / "bad.yaml").write_text("probes:\n  x: [{ablate: blocks.9.attn.hook_z[0]}]\n")
-    from clamp.errors import InputError
+    from clamp.names.errors import InputError
     with pytest.raises(InputError, match="bad.yaml:2: probes.x"):
         probe_run(tmp_path / "plain", tmp_path / "bad.yaml")
 
@@ -279,7 +279,7 @@ def test_clamp_probe_prints_every_evaluator_and_keeps_each_probe_files_results(t
     """Two probes files applied one after the other: each writes its own file, and the printed table
     has every evaluator's loss and accuracy under the probe."""
     from clamp.cli import main
-    from clamp.train import read_metrics
+    from clamp.training.train import read_metrics
     train = {"steps": 8, "batch": 8, "lr": 1e-2, "eval_every": 4, "eval_size": 16, "checkpoint_every": 4}
     train_seed(tiny(train=train), 0, tmp_path / "run")
     (tmp_path / "first.yaml").write_text("probes:\n  a: [{ablate: blocks.0.attn.hook_z[0]}]\n")

@@ -1,7 +1,8 @@
-"""Synthetic tasks: seeded, deterministic data streams and fixed evaluation sets.
+"""Tasks: seeded, deterministic data streams and fixed evaluation sets.
 
-Tasks sit beside the model, before spec/compile (spec checks a recipe's task options
-against the task's `Options` dataclass). A task says what its sequences look like
+Layer 2 of 7 (model layer, beside models/, values/ and measures/); imports names/ and its own
+folder. Tasks come before spec/compile (spec checks a recipe's task options against the task's
+`Options` dataclass). A task says what its sequences look like
 (`TaskIO`), makes a training batch for any step (a pure function of seed and step, so a
 resumed run sees the same data), and fixed evaluation sets (`evaluators`).
 

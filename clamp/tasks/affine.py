@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..columns import position_column
-from ..schema import non_negative, opt, positive
+from ..names.columns import position_column
+from ..names.schema import non_negative, opt, positive
 from .base import Batch, Task, TaskIO, register_task, rng_for
 
 

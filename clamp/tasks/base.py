@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import InputError, did_you_mean, show
-from ..registry import decorator
+from ..names.errors import InputError, did_you_mean, show
+from ..names.registry import decorator
 
 
 @dataclass(frozen=True)

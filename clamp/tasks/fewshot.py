@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..schema import between, non_negative, opt, positive
+from ..names.schema import between, non_negative, opt, positive
 from .base import Batch, Task, TaskIO, register_task, rng_for
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..schema import opt, positive
+from ..names.schema import opt, positive
 from .base import Batch, Task, TaskIO, register_task, rng_for
 
 

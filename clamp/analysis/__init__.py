@@ -1,0 +1,6 @@
+"""Analysis: from run directories to tables, verdicts, the subcircuit graph and reports.
+
+Layer 6 of 7; imports the layers below; never trains. What lives here: results (a suite's table,
+expectations judged), composition, graph (the subcircuit graph), draw (its picture), explanations
+(explain, compare, predict), report (markdown, tables, curves), htmlreport (report.html).
+"""

@@ -1,0 +1,438 @@
+"""Runs → the subcircuit graph: what forms when, what moves what, measured.
+
+Flow position: suite dirs (results, run dirs) ─graph→ graph files ─explain→ text/JSON.
+Nothing here is asserted by hand; every node attribute and edge comes from runs:
+
+- A *variant* is one recipe run over seeds. Its *condition* is what it trains on (model, task,
+  optimizer, lr, batch); its *signature* is the set of interventions it applies, each named by
+  the subcircuit it acts on (the intervention's `name:`, else its target).
+- *Behaviour* nodes are phase changes (`phase:<column>:<rule>` of the recipes' phase rules);
+  they hold the per-seed times of every variant (with the logistic fit's interval where the
+  recipe asked for one).
+- *Subcircuit* nodes are the names in signatures. A subcircuit's *formation time* in a condition
+  comes from its isolation experiment: the variant of that condition whose signature clamps every
+  other subcircuit of the condition's mechanism but not this one (the mechanism: the subcircuits
+  clamped by any variant of the condition, less those clamped in every variant).
+- *Effect* edges X → behaviour compare a variant with its parent (the variant of the same
+  condition whose signature is the largest proper subset of its own), seed by seed: the ratio of
+  phase-change times, its interval, sign and Wilcoxon tests; `with` names the other subcircuits
+  added alongside X. A run that never changes counts as censored at its length (`prevents` when
+  most seeds never change).
+- *Composition* edges X → Y join subcircuits whose sites name heads in different layers: K/Q/V
+  composition of their heads in the final checkpoints of the condition's root variant, against
+  the init baseline.
+- *Condition* edges compare the same signature across two conditions (e.g. 5 vs 15 labels).
+
+`explain` reads the graph: each subcircuit's formation time and the bottleneck; for two
+conditions, which subcircuits' times moved and how much of the behaviour's shift each accounts
+for. `predict` estimates the phase change of an unrun combination of clamps by multiplying the
+measured effect ratios (effects taken as independent; their joint edges show where not).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+
+from ..names import columns as C
+from ..names.errors import InputError, did_you_mean, show
+from .draw import draw_graph
+from ..names.phases import paired, spread
+from ..names.schema import unbuild
+from ..recipe.types import Recipe, recipe_to_dict
+from .results import load_results
+from ..store.files import atomic_save, atomic_write
+from ..store.owned import writer
+from ..store.rundir import SuiteDir
+
+
+@dataclass
+class Variant:
+    key: str                       # '<suite>/<variant>[grid]'
+    suite: str
+    name: str
+    recipe: Recipe
+    condition: str                 # canonical text of what it trains on
+    signature: frozenset           # of (subcircuit, kind, source)
+    rows: list                     # results rows (one per seed)
+    suite_dir: Path                # the suite directory its runs are in (store.rundir.SuiteDir)
+
+    @property
+    def labels(self) -> frozenset:
+        return frozenset(s[0] for s in self.signature)
+
+    def times(self, behaviour: str) -> dict[int, tuple[float, bool]]:
+        """seed → (phase-change step, censored); never-changed runs count as their length."""
+        col = C.behaviour_crossing(behaviour)
+        out = {}
+        for r in self.rows:
+            if r.get("status") != "ok":
+                continue
+            v = r.get(col)
+            out[int(r["seed"])] = (float(r.get("steps") or 0), True) if v in (None, "") else (float(v), False)
+        return out
+
+
+def condition_key(r: Recipe) -> str:
+    d = recipe_to_dict(r)
+    t = d["train"]
+    return json.dumps({"model": d["model"], "task": d["task"],
+                       "train": {k: t[k] for k in ("optimizer", "lr", "batch", "betas", "weight_decay")}},
+                      sort_keys=True)
+
+
+def condition_name(key: str, ref: str) -> str:
+    """What differs from the reference condition, as key.path=value (or 'reference')."""
+    a, b = json.loads(key), json.loads(ref)
+    diffs = []
+    for sec in a:
+        for k, v in a[sec].items():
+            if b.get(sec, {}).get(k) != v:
+                diffs.append(f"{sec}.{k}={v}")
+    return ",".join(diffs) or "reference"
+
+
+def signature(r: Recipe) -> frozenset:
+    """(subcircuit, kind, source) per intervention; the source carries its options where it has any
+    and its windows where they are not the whole run, so a windowed clamp or another strength is a
+    different intervention."""
+    def source(iv) -> str:
+        opts = unbuild(iv.options) if iv.options is not None else {}
+        text = (iv.source or "") + (f"({', '.join(f'{k}={v}' for k, v in sorted(opts.items()))})" if opts else "")
+        if tuple(map(tuple, iv.windows)) != ((0, r.train.steps),):
+            text += "@" + ",".join(f"[{a},{b})" for a, b in iv.windows)
+        return text
+    return frozenset((iv.name or iv.target, iv.kind, source(iv)) for iv in r.interventions)
+
+
+def load_variants(dirs: list[str | os.PathLike]) -> list[Variant]:
+    out = []
+    for d in dirs:
+        res = load_results(d)
+        for (vname, point), recipe in res.suite.recipes.items():
+            grid = ",".join(f"{k}={v}" for k, v in point)
+            rows = [r for r in res.rows if r["variant"] == vname and r["grid"] == grid]
+            label = vname + (f"[{grid}]" if grid else "")
+            out.append(Variant(f"{res.suite.name}/{label}", res.suite.name, label, recipe, condition_key(recipe),
+                               signature(recipe), rows, Path(d)))
+    return out
+
+
+def _stat(times_a: dict, times_b: dict) -> dict:
+    """Paired ratio a/b of phase-change times. A seed whose runs both never changed says nothing
+    about the effect (left out, counted in `both_censored`); one never changed gives a bound
+    (kept at the run length, counted in `censored`)."""
+    both = {s for s in times_a if s in times_b and times_a[s][1] and times_b[s][1]}
+    a = {s: t for s, (t, _) in times_a.items() if s not in both}
+    b = {s: t for s, (t, _) in times_b.items() if s not in both}
+    st = paired(a, b, "ratio")
+    st["censored"] = sum(times_a[s][1] or times_b[s][1] for s in st["per_seed"])
+    st["both_censored"] = len(both)
+    st["never_a"] = sum(c for _, c in times_a.values())
+    st["never_b"] = sum(c for _, c in times_b.values())
+    return st
+
+
+def behaviours_of(r: Recipe) -> list[str]:
+    """The behaviours a recipe times: its threshold phase rules, as `phase:<column>:<rule>`."""
+    return [C.behaviour(col, rule) for col, rules in r.phases.items() for rule in rules if rule in ("below", "above")]
+
+
+def _behaviours(variants: list["Variant"], behaviour: str | None) -> list[str]:
+    """The behaviours every variant measures; refused when suites of different tasks or phase rules
+    are combined without saying which behaviour to use."""
+    sets = {v.key: behaviours_of(v.recipe) for v in variants}
+    if behaviour is not None:
+        b = behaviour if behaviour.startswith("phase:") else C.behaviour(*behaviour.rsplit(":", 1))
+        lacking = [k for k, bs in sets.items() if b not in bs]
+        if lacking:
+            have = sorted({x for bs in sets.values() for x in bs})
+            raise InputError("--behaviour", "", f"{behaviour!r}, which {len(lacking)} variant(s) do not time "
+                             f"(e.g. {lacking[0]})", "a threshold phase rule every variant has",
+                             did_you_mean(b, have))
+        return [b]
+    tasks = sorted({v.recipe.task.name for v in variants})
+    if len(tasks) > 1:
+        by = {t: sorted({v.suite for v in variants if v.recipe.task.name == t}) for t in tasks}
+        raise InputError("graph", "", "suites of different tasks (" + "; ".join(f"{t}: {', '.join(s)}"
+                         for t, s in by.items()) + ")", "suites of one task, or --behaviour COLUMN:RULE naming "
+                         "the phase change to compare", "their phase rules time different things")
+    distinct = {tuple(bs) for bs in sets.values()}
+    if len(distinct) > 1:
+        ex = sorted(sets.items(), key=lambda kv: len(kv[1]))
+        raise InputError("graph", "", "variants with different phase rules "
+                         f"({ex[0][0]}: {', '.join(ex[0][1]) or 'none'}; "
+                         f"{ex[-1][0]}: {', '.join(ex[-1][1])})", "one set of phase rules, or --behaviour COLUMN:RULE",
+                         "otherwise some runs would be judged on a column they never measured")
+    out = next(iter(distinct))
+    if not out:
+        raise InputError("graph", "", "runs without a threshold phase rule (below/above)",
+                         "phases: {COLUMN: {below: x}} in the recipes, to time a phase change")
+    return list(out)
+
+
+def _summary(times: dict) -> dict:
+    xs = [t for t, c in times.values() if not c]
+    allx = [t for t, _ in times.values()]
+    return {"per_seed": {s: (None if c else t) for s, (t, c) in times.items()},
+            **spread(xs), "never": sum(c for _, c in times.values()), "n": len(times),
+            # never-changed runs counted at their length (a lower bound), as suites do
+            "bound_per_seed": {s: t for s, (t, _) in times.items()},
+            "median_bound": statistics.median(allx) if allx else None}
+
+
+class Graph:
+    """A networkx MultiDiGraph of subcircuits and behaviours, with explain and predict."""
+
+    def __init__(self, g: nx.MultiDiGraph):
+        self.g = g
+
+    # -- building ------------------------------------------------------------------------
+
+    @classmethod
+    def from_runs(cls, dirs: list[str | os.PathLike], behaviour: str | None = None) -> "Graph":
+        """The graph of one or more suite directories. Suites of different tasks or phase rules are
+        combined only when `behaviour` ('COLUMN:RULE') names the phase change every variant times."""
+        if isinstance(dirs, (str, os.PathLike)):
+            dirs = [dirs]
+        variants = load_variants([Path(d) for d in dirs])
+        if not variants:
+            raise InputError(str(dirs[0]), "", "no suite results", "directories written by `clamp bench`")
+        g = nx.MultiDiGraph(dirs=[str(d) for d in dirs])
+        ref = variants[0]
+        g.graph["reference_condition"] = ref.condition
+        behaviours = _behaviours(variants, behaviour)
+        g.graph["primary"] = behaviours[0]
+        conds: dict[str, list[Variant]] = {}
+        for v in variants:
+            conds.setdefault(v.condition, []).append(v)
+        g.graph["conditions"] = {condition_name(c, ref.condition): [v.key for v in vs] for c, vs in conds.items()}
+        g.graph["variants"] = {v.key: {"condition": condition_name(v.condition, ref.condition),
+                                       "labels": sorted(v.labels),
+                                       "signature": sorted([list(x) for x in v.signature]),
+                                       "clamped": sorted({x[0] for x in v.signature if x[1] == "clamp"}),
+                                       "recipe": v.recipe.name, "seeds": [int(r["seed"]) for r in v.rows]}
+                               for v in variants}
+        g.graph["target"] = ref.key
+        for b in behaviours:
+            g.add_node(b, kind="behaviour", times={v.key: _summary(v.times(b)) for v in variants},
+                       fits={v.key: _fits(v, b) for v in variants})
+        for v in variants:
+            for lab in v.labels:
+                if lab not in g:
+                    g.add_node(lab, kind="subcircuit", **_sites(lab, v.recipe))
+        for c, vs in conds.items():
+            cname = condition_name(c, ref.condition)
+            _effects(g, vs, behaviours, cname)
+            _composition(g, vs, cname)
+        _condition_edges(g, conds, behaviours, ref.condition)
+        for n in [n for n, d in g.nodes(data=True) if d["kind"] == "subcircuit" and g.degree(n) == 0]:
+            g.remove_node(n)
+        graph = cls(g)
+        for x, iso in isolations(graph, ref.key).items():         # formation times, reference target
+            if x in g:
+                g.nodes[x]["formation"] = {"reference": {"variant": iso["variant"], **iso["times"]}}
+        return graph
+
+    # -- files ---------------------------------------------------------------------------
+
+    def save(self, out: str | os.PathLike) -> dict[str, Path]:
+        """graph.json (node-link), graph.graphml and graph.png in `out`, each written atomically
+        while holding `out` (one writer per directory)."""
+        out = Path(out)
+        with writer(out, "graph", what=str(out)):
+            return self._save(out)
+
+    def _save(self, out: Path) -> dict[str, Path]:
+        data = nx.node_link_data(self.g, edges="edges")
+        paths = {"json": out / "graph.json", "graphml": out / "graph.graphml", "png": out / "graph.png"}
+        atomic_write(paths["json"], json.dumps(data, indent=1, default=_jsonable))
+        flat = nx.MultiDiGraph()
+        flat.graph.update({k: json.dumps(v, default=_jsonable) for k, v in self.g.graph.items()})
+        for n, d in self.g.nodes(data=True):
+            flat.add_node(n, **{k: v if isinstance(v, (str, int, float, bool)) else json.dumps(v, default=_jsonable)
+                                for k, v in d.items()})
+        for a, b, k, d in self.g.edges(keys=True, data=True):
+            flat.add_edge(a, b, key=k, **{kk: v if isinstance(v, (str, int, float, bool)) else
+                                          json.dumps(v, default=_jsonable) for kk, v in d.items() if v is not None})
+        atomic_save(paths["graphml"], lambda tmp: nx.write_graphml(flat, tmp))
+        self.draw(paths["png"])
+        return paths
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Graph":
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(nx.node_link_graph(data, directed=True, multigraph=True, edges="edges"))
+
+    def draw(self, png: str | os.PathLike, condition: str = "reference") -> Path:
+        """The picture of this graph's effects under one condition (draw.py)."""
+        return draw_graph(self.g, png, condition)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def conditions(self) -> dict[str, list[str]]:
+        return self.g.graph["conditions"]
+
+
+# ---------------------------------------------------------------------------------------
+# Queries (explanations.py builds on these)
+
+
+def variant_info(graph, key):
+    return graph.g.graph["variants"][key]
+
+
+def resolve_variant(graph, name: str) -> str:
+    vs = graph.g.graph["variants"]
+    if name in vs:
+        return name
+    hits = [k for k in vs if k.split("/", 1)[1] == name]
+    if len(hits) == 1:
+        return hits[0]
+    names = sorted({k.split("/", 1)[1] for k in vs})
+    raise InputError("explain", "", show(name), "a variant of these suites: " + ", ".join(names),
+                     did_you_mean(name, names))
+
+
+def times(graph, key: str, behaviour: str | None = None) -> dict:
+    b = behaviour or graph.g.graph["primary"]
+    return graph.g.nodes[b]["times"][key]
+
+
+def per_seed(t: dict) -> dict[int, float]:
+    """seed → phase-change step; a run that never changed counts as its length (censored)."""
+    return {int(s): v for s, v in t["bound_per_seed"].items() if v is not None}
+
+
+def variant_signature(graph, key):
+    return {tuple(x) for x in variant_info(graph, key)["signature"]}
+
+
+def isolations(graph, target: str) -> dict[str, dict]:
+    """subcircuit → {'variant', 'times'} of its isolation experiment for `target`."""
+    info = graph.g.graph["variants"]
+    t = info[target]
+    tsig = variant_signature(graph, target)
+    same = [k for k, v in info.items() if v["condition"] == t["condition"] and variant_signature(graph, k) >= tsig]
+    added = {k: variant_signature(graph, k) - tsig for k in same}
+    mech = {x[0] for k in same for x in added[k] if x[1] == "clamp"}
+    out = {}
+    for x in sorted(mech):
+        for k in same:
+            if {a[0] for a in added[k]} == mech - {x} and all(a[1] == "clamp" for a in added[k]):
+                out[x] = {"variant": k, "times": times(graph, k), "adds": sorted(map(list, added[k]))}
+                break
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _jsonable(o):
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)
+
+
+def _sites(label: str, r: Recipe) -> dict:
+    """What a subcircuit node names: its subcircuit's sites and parameters, or, for an intervention
+    labelled by `name:` or written on a site directly, the target it writes."""
+    sc = r.subcircuits.get(label)
+    if sc is None:
+        targets = [iv.target for iv in r.interventions if label in (iv.name, iv.target)]
+        sc = next((r.subcircuits[t] for t in targets if t in r.subcircuits), None)
+        if sc is None:
+            return {"sites": [t for t in targets if t not in r.subcircuits][:1]}
+    d: dict = {"sites": list(sc.sites), "params": list(sc.params)}
+    if sc.select is not None:
+        d["select"] = sc.select.describe()
+    return d
+
+
+def _fits(v: Variant, behaviour: str) -> dict:
+    """Per seed: the logistic fit's midpoint and interval for the behaviour's column, if computed."""
+    col = behaviour.split(":")[1]
+    out = {}
+    for r in v.rows:
+        sm = SuiteDir(v.suite_dir).run(r["run"], int(r["seed"])).summary() or {}
+        fit = sm.get("phases", {}).get(col, {}).get("logistic")
+        if fit and fit.get("step") is not None:
+            out[int(r["seed"])] = {"t0": fit["t0"], "ci": fit.get("ci")}
+    return out
+
+
+def _parents(v: Variant, vs: list[Variant]) -> list[Variant]:
+    subs = [w for w in vs if w.signature < v.signature]
+    best = [w for w in subs if not any(w.signature < x.signature for x in subs)]
+    return best
+
+
+def _effects(g: nx.MultiDiGraph, vs: list[Variant], behaviours: list[str], cname: str) -> None:
+    for v in vs:
+        for p in _parents(v, vs):
+            added = v.signature - p.signature
+            labels = sorted({s[0] for s in added})
+            for b in behaviours:
+                st = _stat(v.times(b), p.times(b))
+                if not st["per_seed"] and not st["both_censored"]:
+                    continue
+                prevents = st["never_a"] > st["n"] / 2 and st["never_b"] < st["n"] / 2
+                for lab in labels:                  # what was done to this subcircuit; the others are `with`
+                    how = sorted({f"{s[1]} to {s[2]}" if s[1] == "clamp" else f"{s[1]} ({s[2]})" if s[2] else s[1]
+                                  for s in added if s[0] == lab})
+                    g.add_edge(lab, b, kind="effect", condition=cname, variant=v.key, parent=p.key,
+                               interventions=how, **{"with": [x for x in labels if x != lab]},
+                               prevents=prevents, **{k: st.get(k) for k in
+                                                     ("median", "min", "max", "ci", "n", "censored", "both_censored",
+                                                      "sign_p", "wilcoxon_p")},
+                               per_seed=st["per_seed"])
+
+
+def _composition(g: nx.MultiDiGraph, vs: list[Variant], cname: str) -> None:
+    """K/Q/V composition between per-head subcircuits of different layers, in the root variant."""
+    roots = [v for v in vs if not _parents(v, vs)]
+    if not roots:
+        return
+    root = min(roots, key=lambda v: len(v.signature))
+    from .composition import subcircuit_composition, subcircuit_heads
+    names = [n for n, sc in root.recipe.subcircuits.items()
+             if sc.select is not None or subcircuit_heads(root.recipe, n, None) is not None]
+    if len(names) < 2:
+        return
+    for res in subcircuit_composition(root, names):
+        for n in (res["from"], res["to"]):
+            if n not in g:
+                g.add_node(n, kind="subcircuit", **_sites(n, root.recipe))
+        g.add_edge(res["from"], res["to"], kind=f"{res['kind']}_composition", condition=cname, variant=root.key,
+                   median=res["median"], per_seed=res["per_seed"], baseline=res["baseline"],
+                   heads=res["heads"])
+
+
+def _condition_edges(g: nx.MultiDiGraph, conds: dict, behaviours: list[str], ref: str) -> None:
+    if ref not in conds:
+        return
+    base = {v.signature: v for v in conds[ref]}
+    for c, vs in conds.items():
+        if c == ref:
+            continue
+        cname = condition_name(c, ref)
+        node = f"condition:{cname}"
+        for v in vs:
+            w = base.get(v.signature)
+            if w is None:
+                continue
+            g.add_node(node, kind="condition")
+            for b in behaviours:
+                st = _stat(v.times(b), w.times(b))
+                if st["per_seed"] or st["both_censored"]:
+                    g.add_edge(node, b, kind="condition", condition=cname, variant=v.key, parent=w.key,
+                               signature=sorted(lab for lab in v.labels),
+                               **{k: st.get(k) for k in ("median", "min", "max", "ci", "n", "censored",
+                                                         "both_censored", "sign_p", "wilcoxon_p")},
+                               per_seed=st["per_seed"])

@@ -1,0 +1,503 @@
+"""One self-contained HTML report of a run or a suite (`clamp report DIR`; `clamp bench` writes it).
+
+Analysis layer, beside report.py (markdown and terminal tables) and draw.py (the graph picture).
+It reads a run or suite directory, draws its pictures with matplotlib into DIR/report/*.png and
+writes DIR/report.html with every picture embedded (data: URIs), so the file opens from disk with
+no server and no other file. Sections:
+
+- curves: one figure per column, one panel per variant, one line per seed (a colour per seed, the
+  same in every panel); each intervention's windows shaded in the panel of the variant that
+  applies it, and each seed's phase-change steps of that column marked (a dotted line and a dot);
+- expectations (suites) with verdicts; phase-change times (median and range over seeds);
+- attention heatmaps of chosen heads at chosen checkpoints, as the run saw them at that step (its
+  interventions active then), on one sequence of the task's 'train' evaluator;
+- the subcircuit graph (suites; draw.py), when the suite has variants that intervene.
+
+The figure builders return matplotlib figures (tests read their lines and shaded spans).
+"""
+from __future__ import annotations
+
+import base64
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..names import columns as C
+from .draw import save_figure
+from ..names.errors import InputError, did_you_mean, show
+from ..names.phases import column_value
+from ..recipe.types import Recipe
+from ..names.sites import one_head
+from .report import VERDICT_HEADERS, phase_table, timed_columns, verdict_rows
+from ..store.rundir import RecipeDir, RunDir, SuiteDir, list_checkpoints, report_paths
+
+SEED_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                "#bcbd22", "#17becf"]
+WINDOW_COLOURS = ["#9e9e9e", "#ffb74d", "#81c784", "#e57373", "#ba68c8", "#4dd0e1"]
+
+
+@dataclass
+class Series:
+    """What a report draws for one variant: its recipe, and per seed its run directory, metrics rows
+    and phase-change steps ({column: {rule: step or None}})."""
+
+    name: str
+    recipe: Recipe
+    dirs: dict[int, Path] = field(default_factory=dict)
+    rows: dict[int, list[dict]] = field(default_factory=dict)
+    phases: dict[int, dict[str, dict]] = field(default_factory=dict)
+    summaries: dict[int, dict] = field(default_factory=dict)
+
+
+def intervention_label(iv) -> str:
+    """How an intervention reads in a legend: 'ablate layer0', 'clamp copy_lag1 → previous_token'."""
+    what = iv.name or iv.target
+    if iv.kind == "clamp":
+        return f"clamp {what} → {iv.source}"
+    if iv.kind == "ablate":
+        return f"ablate {what}" + (f" ({iv.source})" if iv.source and iv.source != "zero" else "")
+    return f"freeze {what}"
+
+
+def windows_of(recipe: Recipe) -> list[tuple[str, int, int]]:
+    """(label, start, end) of every window of the recipe's interventions, `end` clipped to the run."""
+    out = []
+    for iv in recipe.interventions:
+        for a, b in iv.windows:
+            out.append((intervention_label(iv), a, min(b, recipe.train.steps)))
+    return out
+
+
+def series_values(rows: list[dict], column: str) -> tuple[list[int], list[float]]:
+    steps, values = [], []
+    for r in rows:
+        v = column_value(r, column)
+        if v is not None:
+            steps.append(r["step"])
+            values.append(v)
+    return steps, values
+
+
+RULE_MARKERS = ["o", "s", "^", "D", "v", "P"]
+
+
+def curve_figure(series: list[Series], column: str, log: bool = False):
+    """One panel per variant that has the column, one line per seed (colour by seed), windows shaded,
+    crossings marked: a dot per seed and phase rule on the column (a marker shape per rule), and a
+    dotted vertical line at the step of the column's first rule."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    series = [sr for sr in series if any(series_values(rows, column)[0] for rows in sr.rows.values())] or series
+    n = len(series)
+    cols = min(n, 3)
+    nrows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.0 * nrows + 0.6), squeeze=False, sharey=True)
+    seeds = sorted({s for sr in series for s in sr.rows})
+    rules_seen: list[str] = []
+    for k, sr in enumerate(series):
+        ax = axes[k // cols][k % cols]
+        last = max((r["step"] for rows in sr.rows.values() for r in rows[-1:]), default=sr.recipe.train.steps)
+        labels: list[str] = []
+        for label, a, b in windows_of(sr.recipe):
+            if a >= last:
+                continue
+            whole = a == 0 and b >= sr.recipe.train.steps
+            label = label + (" (whole run)" if whole else f" [{a}, {b})")
+            first = label not in labels
+            labels += [label] if first else []
+            ax.axvspan(a, min(b, last), color=WINDOW_COLOURS[labels.index(label) % len(WINDOW_COLOURS)],
+                       alpha=0.12 if whole else 0.3, lw=0, label=label if first else None)
+        for s in sorted(sr.rows):
+            colour = SEED_COLOURS[seeds.index(s) % len(SEED_COLOURS)]
+            steps, values = series_values(sr.rows[s], column)
+            if not steps:
+                continue
+            ax.plot(steps, values, color=colour, lw=1.3, gid=f"seed {s}")
+            rules = sr.phases.get(s, {}).get(column, {})
+            for j, (rule, step) in enumerate(rules.items()):
+                if step is None:
+                    continue
+                rules_seen += [rule] if rule not in rules_seen else []
+                if j == 0:
+                    ax.axvline(step, color=colour, ls=":", lw=1.0)
+                y = values[min(range(len(steps)), key=lambda i: abs(steps[i] - step))]
+                ax.plot([step], [y], RULE_MARKERS[rules_seen.index(rule) % len(RULE_MARKERS)], color=colour, ms=4.5,
+                        gid=f"crossing {rule} seed {s}")
+        ax.set_xlim(0, last)
+        ax.set_title(sr.name, fontsize=10)
+        ax.set_xlabel("optimizer step", fontsize=8)
+        if k % cols == 0:
+            ax.set_ylabel(column if len(column) < 45 else column[:42] + "…", fontsize=8)
+        if log:
+            ax.set_yscale("log")
+        ax.tick_params(labelsize=8)
+        if labels:
+            ax.legend(fontsize=7, loc="best", title="intervention windows", title_fontsize=7)
+    for k in range(n, nrows * cols):
+        axes[k // cols][k % cols].axis("off")
+    handles = [Line2D([], [], color=SEED_COLOURS[i % len(SEED_COLOURS)], lw=1.5, label=f"seed {s}")
+               for i, s in enumerate(seeds)]
+    handles += [Line2D([], [], color="#444444", marker=RULE_MARKERS[i % len(RULE_MARKERS)], ls=":" if i == 0 else "",
+                       label=f"phase change ({r})") for i, r in enumerate(rules_seen)]
+    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 10), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (3.0 * nrows + 0.6)))
+    return fig
+
+
+def attention_figure(panels: list[tuple[str, list[list[float]], list[str]]]):
+    """Heatmaps: (title, pattern [query][key], axis labels) per panel, rows = queries."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    cols = min(len(panels), 4)
+    nrows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 3.4 * nrows), squeeze=False)
+    for k, (title, A, labels) in enumerate(panels):
+        ax = axes[k // cols][k % cols]
+        ax.imshow(A, cmap="viridis", vmin=0.0, vmax=1.0)
+        T = len(A)
+        step = max(1, T // 16)
+        ax.set_xticks(range(0, T, step))
+        ax.set_yticks(range(0, T, step))
+        ax.set_xticklabels(labels[::step], fontsize=6, rotation=90)
+        ax.set_yticklabels(labels[::step], fontsize=6)
+        ax.set_xlabel("key", fontsize=7)
+        ax.set_ylabel("query", fontsize=7)
+        ax.set_title(title, fontsize=8)
+    for k in range(len(panels), nrows * cols):
+        axes[k // cols][k % cols].axis("off")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------
+# What to draw
+
+
+def default_columns(series: list[Series]) -> list[str]:
+    """loss, accuracy, the other evaluators' loss, and every phase-rule column (in recipe order)."""
+    out: list[str] = []
+    have = {k for sr in series for rows in sr.rows.values() for r in rows[-1:] for k in r}
+    for c in ["loss", "accuracy"] + sorted(k for k in have if k.startswith("loss/")):
+        if c in have and c not in out:
+            out.append(c)
+    for sr in series:
+        for c in sr.recipe.phases:
+            if c not in out:
+                out.append(c)
+    return out
+
+
+def check_columns(columns: list[str], series: list[Series]) -> None:
+    have = {k for sr in series for rows in sr.rows.values() for r in rows for k in r}
+    for c in columns:
+        if not C.matching(c, have):
+            plain = sorted(k for k in have if k not in ("step", "seed", "sequences"))
+            raise InputError("--column", "", show(c), "a column of these runs' metrics (or max/min/mean(glob))",
+                             did_you_mean(c, plain) or "columns: " + ", ".join(plain[:10]))
+
+
+def default_heads(sr: Series) -> list[tuple[int, int]]:
+    """The head a phase rule reads (the highest final value of a per-head rule's columns), else the
+    highest-scoring head of each layer on any per-head attention measure measured, at most four."""
+    last = next((rows[-1] for rows in sr.rows.values() if rows), {})
+    out: list[tuple[int, int]] = []
+    cands = [c for c in sr.recipe.phases if any(m in c for m in C.PATTERN_MEASURES)]
+    cands += [f"max({m}/{C.pattern_site(L)}[*])" for m in C.PATTERN_MEASURES if m in sr.recipe.measure
+              for L in range(sr.recipe.model.layers)]
+    for c in cands:
+        cols = C.matching(c, set(last))
+        if not cols:
+            continue
+        best = max(cols, key=lambda k: last[k])
+        lh = _layer_head(best)
+        if lh and lh not in out:
+            out.append(lh)
+    return out[:4] or [(L, 0) for L in range(min(sr.recipe.model.layers, 4))]
+
+
+def _layer_head(column: str) -> tuple[int, int] | None:
+    """(layer, head) of a per-head metric column `<measure>/<one head's site>`."""
+    got = one_head(column.split("/", 1)[1]) if "/" in column else None
+    return None if got is None else (got[1], got[2])
+
+
+def default_steps(sr: Series, seed: int) -> list[int]:
+    """The checkpoint at or before the seed's first phase change and the last one (or first and last)."""
+    ck = [s for s, _ in list_checkpoints(sr.dirs[seed])]
+    if not ck:
+        return []
+    first = min((st for rules in sr.phases.get(seed, {}).values() for st in rules.values() if st is not None),
+                default=None)
+    before = [s for s in ck if first is not None and s <= first]
+    picks = [before[-1] if before else ck[0], ck[-1]]
+    return sorted(set(picks))
+
+
+def attention_panels(sr: Series, seed: int, heads: list[tuple[int, int]], steps: list[int]) -> list:
+    """(title, pattern, labels) per (step, head), from the seed's checkpoints."""
+    import torch
+    from ..store.rundir import load_checkpoint
+    from ..training.train import Trainer
+    ck = dict(list_checkpoints(sr.dirs[seed]))
+    trainer = Trainer(sr.recipe, seed)
+    batch = trainer.task.evaluators(1)["train"]
+    isv = batch.is_vector
+    labels = ([str(int(t)) for t in batch.tokens[0]] if isv is None else
+              [("x" if bool(v) else str(int(t))) for t, v in zip(batch.tokens[0], isv[0])])
+    panels = []
+    for step in steps:
+        trainer.load_state(load_checkpoint(ck[step]))
+        trainer.model.eval()
+        iv = trainer.intervener
+        iv.set_step(min(step, sr.recipe.train.steps - 1))
+        layers = sorted({L for L, _ in heads})
+        with torch.no_grad(), iv.recording([C.pattern_site(L) for L in layers]) as rec:
+            iv.forward(batch)
+        for L, h in heads:
+            A = rec[C.pattern_site(L)][0, h].float().tolist()
+            panels.append((f"{sr.name} seed {seed}\nL{L}H{h} at step {step}", A, labels))
+    return panels
+
+
+# ---------------------------------------------------------------------------------------
+# The page
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">'
+
+
+def _table(headers: list[str], rows: list[list], verdict_col: int | None = None) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = []
+    for r in rows:
+        cells = []
+        for i, c in enumerate(r):
+            text = "-" if c is None or c == "" else (f"{c:.4g}" if isinstance(c, float) else str(c))
+            cls = f' class="v-{text.lower()}"' if i == verdict_col else ""
+            cells.append(f"<td{cls}>{html.escape(text)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;margin-top:2em}
+table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 8px}
+th{background:#f3f3f3}td.v-pass{background:#dff0d8}td.v-fail{background:#f8d7da}td.v-censored{background:#fff3cd}
+img{max-width:100%;border:1px solid #eee;margin:0.5em 0}p.note{color:#555;font-size:0.9em}"""
+
+
+def page(title: str, sections: list[tuple[str, str, str]]) -> str:
+    """(id, heading, inner HTML) per section → the whole document."""
+    parts = [f'<section id="{sid}"><h2>{html.escape(head)}</h2>{inner}</section>' for sid, head, inner in sections]
+    return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>")
+
+
+def curves_section(series: list[Series], columns: list[str], out: Path) -> tuple[str, list[Path]]:
+    imgs, paths = [], []
+    for i, c in enumerate(columns):
+        p = save_figure(curve_figure(series, c), out / f"curves_{i:02d}.png")
+        paths.append(p)
+        imgs.append(f"<h3>{html.escape(c)}</h3>" + _img(p, f"curves of {c}"))
+    note = ("<p class='note'>One panel per variant, one line per seed (seed colours are the same in every "
+            "panel). Shaded: the steps an intervention is active (half-open windows). Dotted line and dot: "
+            "the step a seed's phase rule on this column fired; a seed without one did not change.</p>")
+    return note + "".join(imgs), paths
+
+
+def attention_section(sr: Series, seed: int, heads, steps, out: Path) -> tuple[str, list[Path]]:
+    panels = attention_panels(sr, seed, heads, steps)
+    if not panels:
+        return "<p class='note'>No checkpoints to read attention from.</p>", []
+    p = save_figure(attention_figure(panels), out / "attention.png")
+    note = (f"<p class='note'>Attention of {', '.join(f'L{L}H{h}' for L, h in heads)} in {html.escape(sr.name)} "
+            f"seed {seed} at steps {', '.join(map(str, steps))} (the checkpoint at or before the first phase change, "
+            "and the last), on the first sequence of the task's train evaluator, as the run saw it at that step "
+            "(its interventions active then). Rows are queries, columns keys; axis labels are the tokens "
+            "(x: a vector position).</p>")
+    return note + _img(p, "attention heatmaps"), [p]
+
+
+# ---------------------------------------------------------------------------------------
+# Runs and suites
+
+
+def run_series(d: Path) -> list[Series]:
+    from ..training.runs import Run
+    run = Run.load(d)
+    if not run.seeds:
+        raise InputError(str(d), "", "no run or suite here (no summary.json, no results.csv)",
+                         "a directory written by `clamp run` or `clamp bench`")
+    sr = Series(run.name, RecipeDir(d).recipe())
+    for s, seed_run in sorted(run.seeds.items()):
+        sr.dirs[s], sr.rows[s] = seed_run.dir, seed_run.metrics
+        sr.phases[s] = _steps(seed_run.summary)
+        sr.summaries[s] = seed_run.summary
+    return [sr]
+
+
+def _steps(summary: dict) -> dict[str, dict]:
+    """{column: {rule: step or None}} of a run's summary.json."""
+    return {col: {rule: v.get("step") for rule, v in rules.items() if isinstance(v, dict)}
+            for col, rules in (summary.get("phases") or {}).items() if isinstance(rules, dict)}
+
+
+def suite_series(res) -> list[Series]:
+    from ..recipe.suite import run_id
+    out = []
+    for (variant, point), recipe in res.suite.recipes.items():
+        rid = run_id(variant, point)
+        label = variant + (" [" + ", ".join(f"{k}={v}" for k, v in point) + "]" if point else "")
+        sr = Series(label, recipe)
+        for r in res.rows:
+            if r["run"] != rid or r["status"] != "ok":
+                continue
+            s = int(r["seed"])
+            rd = SuiteDir(res.dir).run(rid, s)
+            sr.dirs[s], sr.rows[s] = rd.path, rd.metrics()
+            sr.phases[s] = _steps(rd.summary() or {})
+        if sr.rows:
+            out.append(sr)
+    return out
+
+
+@dataclass
+class ReportPlan:
+    """What `write_report` will draw, checked against the directory before anything is written."""
+
+    dir: Path
+    title: str
+    series: list[Series]
+    columns: list[str]
+    pick: Series                      # the variant whose attention is drawn
+    seed: int
+    heads: list[tuple[int, int]]
+    steps: list[int]
+    res: object = None                # results.SuiteResult of a suite, None for a run
+
+
+def plan_report(directory: str | Path, columns: list[str] | None = None, heads: list[tuple[int, int]] | None = None,
+                steps: list[int] | None = None, variant: str | None = None, seed: int | None = None) -> ReportPlan:
+    """Read a run or suite directory and check the choices (InputError, nothing written)."""
+    d = Path(directory)
+    res = None
+    if SuiteDir.holds(d):
+        from .results import load_results
+        res = load_results(d)
+        series = suite_series(res)
+        title = f"clamp report: suite {res.suite.name}"
+    else:
+        series = run_series(d)
+        title = f"clamp report: run {series[0].name}"
+    if not series:
+        raise InputError(str(d), "", "a suite without finished runs", "a suite with at least one run that finished")
+    cols = columns or default_columns(series)
+    check_columns(cols, series)
+    pick = series[0]
+    if variant is not None:
+        names = [sr.name for sr in series]
+        if variant not in names:
+            raise InputError("--variant", "", show(variant), "a variant of this suite: " + ", ".join(names),
+                             did_you_mean(variant, names))
+        pick = series[names.index(variant)]
+    s = seed if seed is not None else min(pick.rows)
+    if s not in pick.rows:
+        raise InputError("--seed", "", str(s), "a seed of this run: " + ", ".join(map(str, sorted(pick.rows))))
+    shape = pick.recipe.model
+    for L, h in heads or ():
+        if not (0 <= L < shape.layers and 0 <= h < shape.heads):
+            raise InputError("--head", "", f"L{L}H{h}", f"a head of this model: layers 0..{shape.layers - 1}, "
+                             f"heads 0..{shape.heads - 1}")
+    ck = sorted(st for st, _ in list_checkpoints(pick.dirs[s]))
+    for st in steps or ():
+        if st not in ck:
+            raise InputError("--step", "", str(st), "a checkpoint step of this run: " + ", ".join(map(str, ck)))
+    return ReportPlan(d, title, series, cols, pick, s, heads or default_heads(pick), steps or default_steps(pick, s),
+                      res)
+
+
+def write_report(directory: str | Path | ReportPlan, columns: list[str] | None = None,
+                 heads: list[tuple[int, int]] | None = None, steps: list[int] | None = None,
+                 variant: str | None = None, seed: int | None = None) -> Path:
+    """DIR/report.html and the PNGs it embeds (DIR/report/); returns the HTML's path. The caller holds
+    the directory's writer lock (or it is taken here)."""
+    from ..store.owned import writer
+    rp = (directory if isinstance(directory, ReportPlan)
+          else plan_report(directory, columns, heads, steps, variant, seed))
+    with writer(rp.dir, None, what=str(rp.dir)):
+        return _write_report(rp)
+
+
+def _write_report(rp: ReportPlan) -> Path:
+    from ..store.files import atomic_write
+    from ..store.owned import make_dir, remove
+    d, res, series = rp.dir, rp.res, rp.series
+    html_path, pictures, _ = report_paths(d)
+    out = make_dir(pictures)
+    for old in out.glob("*.png"):             # pictures of an earlier report with other choices
+        remove(old)
+    sections = []
+    if res is not None:
+        s0 = res.suite                                                        # type: ignore[attr-defined]
+        sections.append(("overview", "Overview", f"<p>{len(res.rows)} runs: {len(s0.recipes)} variant(s) × "  # type: ignore[attr-defined]
+                         f"{len(s0.seeds)} seeds; task {html.escape(s0.base.task.name)}, {s0.base.train.steps} steps, "
+                         f"{html.escape(s0.base.train.optimizer)} lr {s0.base.train.lr:g}, "
+                         f"batch {s0.base.train.batch}.</p>"))
+        if res.verdicts:                                                      # type: ignore[attr-defined]
+            sections.append(("expectations", "Expectations",
+                             _table(VERDICT_HEADERS, verdict_rows(res.verdicts), 7)))  # type: ignore[attr-defined]
+        h, rows = phase_table(res.rows, timed_columns(res.suite))            # type: ignore[attr-defined]
+        sections.append(("phases", "Phase-change times", _table(h, rows)))
+        failed = [[r["run"], r["seed"], r["status"], r.get("error") or "no summary.json was written",
+                   str(SuiteDir(d).run(r["run"], int(r["seed"])).summary_file)]
+                  for r in res.rows if r["status"] != "ok"]                   # type: ignore[attr-defined]
+    else:
+        sr = series[0]
+        rows = [[s2, ", ".join(f"{c} {r}: {st if st is not None else 'none'}" for c, rr in sr.phases[s2].items()
+                                for r, st in rr.items()) or "no phase rules"] for s2 in sorted(sr.rows)]
+        sections.append(("phases", "Phase-change times", _table(["seed", "phase changes (step; none: never)"], rows)))
+        failed = [[sr.name, s2, sm.get("status", "missing"), sm.get("error") or "no summary.json was written",
+                   str(RunDir(sr.dirs[s2]).summary_file)]
+                  for s2, sm in sorted(sr.summaries.items()) if sm.get("status") != "ok"]
+    if failed:
+        sections.append(("failed", "Runs that did not finish",
+                         "<p class=\"note\">Their reason, and the summary.json that holds it (the traceback is in "
+                         "error.log beside it).</p>" + _table(["run", "seed", "status", "reason", "summary"], failed)))
+    inner, _ = curves_section(series, rp.columns, out)
+    sections.append(("curves", "Curves", inner))
+    inner, _ = attention_section(rp.pick, rp.seed, rp.heads, rp.steps, out)
+    sections.append(("attention", "Attention patterns", inner))
+    if res is not None:
+        sections.append(("graph", "Subcircuit graph", _graph_section(d, out, res.suite.base)))  # type: ignore[attr-defined]
+    atomic_write(html_path, page(rp.title, sections))
+    return html_path
+
+
+def _graph_section(d: Path, out: Path, base: Recipe) -> str:
+    from .graph import Graph
+    first = next(iter(base.phases.items()), None)
+    try:
+        try:
+            g = Graph.from_runs([str(d)])
+            chosen = ""
+        except InputError:          # variants time different phase rules: the base recipe's first one
+            if first is None:
+                raise
+            chosen = f"{first[0]}:{next(iter(first[1]))}"
+            g = Graph.from_runs([str(d)], behaviour=chosen)
+    except InputError as e:
+        return f"<p class='note'>No graph: {html.escape(str(e))}</p>"
+    if not any(dd["kind"] == "effect" for _, _, dd in g.g.edges(data=True)):
+        return ("<p class='note'>No graph: no variant of this suite intervenes on a subcircuit another variant "
+                "leaves alone.</p>")
+    p = g.draw(out / "graph.png")
+    why = (f" The variants time different phase rules, so the graph times the base recipe's first: "
+           f"{html.escape(chosen)}." if chosen else "")
+    return ("<p class='note'>Each arrow: what intervening on a subcircuit (clamping, ablating or freezing it, as "
+            "its label says) did to a phase change, paired by seed against the variant without that intervention "
+            "(median ratio of phase-change steps over seeds; range in brackets)." + why + "</p>"
+            + _img(p, "subcircuit graph"))
