@@ -124,7 +124,7 @@ def test_the_plugin_flag_imports_before_any_verb_reads(tmp_path, capsys, monkeyp
 
 
 HEAD_MEASURE_PLUGIN = '''
-from clamp.names.columns import head_column
+from clamp.measures import head_column
 from clamp.measures import Measure, register_measure
 
 

@@ -90,9 +90,9 @@ BAD = [
      "t.yaml:2: train.lr: found -1; expected a number > 0"),
     ("seeds: [0, 1, 1]\n", "t.yaml:7: seeds: found [0, 1, 1]; expected each seed once"),
     ("measure: [loss, induction_strenght]\n",
-     "t.yaml:7: measure[1]: found 'induction_strenght'; expected a measure: one of loss, accuracy, position_accuracy, "
-     "prev_token_score, label_prev_token_score, induction_strength, induction_score, negative_similarity, "
-     "copying_score, composition; did you mean 'induction_strength'?"),
+     "t.yaml:7: measure[1]: found 'induction_strenght'; expected a measure: one of accuracy, composition, "
+     "copying_score, induction_score, induction_strength, label_prev_token_score, loss, negative_similarity, "
+     "position_accuracy, prev_token_score; did you mean 'induction_strength'?"),
     ("phases: {loss: {belo: 0.3}}\n",
      "t.yaml:7: phases.loss.belo: found unknown rule 'belo'; expected one of below, above, relative, band, logistic, max_slope; "  # noqa: E501
      "did you mean 'below'?"),

@@ -22,6 +22,7 @@ import html
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..measures import MEASURES
 from ..names import columns as C
 from .draw import save_figure
 from ..names.errors import InputError, did_you_mean, show
@@ -203,8 +204,9 @@ def default_heads(sr: Series) -> list[tuple[int, int]]:
     highest-scoring head of each layer on any per-head attention measure measured, at most four."""
     last = next((rows[-1] for rows in sr.rows.values() if rows), {})
     out: list[tuple[int, int]] = []
-    cands = [c for c in sr.recipe.phases if any(m in c for m in C.PATTERN_MEASURES)]
-    cands += [f"max({m}/{C.pattern_site(L)}[*])" for m in C.PATTERN_MEASURES if m in sr.recipe.measure
+    pattern = [m for m, cls in MEASURES.items() if (cls.head_site or "").endswith(".attn.hook_pattern")]
+    cands = [c for c in sr.recipe.phases if any(m in c for m in pattern)]
+    cands += [f"max({m}/{C.pattern_site(L)}[*])" for m in pattern if m in sr.recipe.measure
               for L in range(sr.recipe.model.layers)]
     for c in cands:
         cols = C.matching(c, set(last))

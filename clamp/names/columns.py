@@ -31,10 +31,6 @@ import re
 
 from .sites import head_name
 
-MEASURES = ("loss", "accuracy", "position_accuracy", "prev_token_score", "label_prev_token_score",
-            "induction_strength", "induction_score", "negative_similarity", "copying_score", "composition")
-PATTERN_MEASURES = ("prev_token_score", "label_prev_token_score", "induction_strength", "induction_score")
-HEAD_MEASURES = PATTERN_MEASURES + ("negative_similarity", "copying_score")
 AGGREGATE = re.compile(r"^(max|min|mean)\((.+)\)\Z")
 
 
@@ -46,17 +42,10 @@ def scores_site(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_attn_scores"
 
 
-def head_site(measure: str, layer: int) -> str:
-    """The site a per-head measure is named by: what it reads (attention, scores, or the OV weights)."""
-    if measure == "negative_similarity":
-        return scores_site(layer)
-    if measure == "copying_score":
-        return f"blocks.{layer}.attn.W_O"
-    return pattern_site(layer)
-
-
-def head_column(measure: str, layer: int, head: int) -> str:
-    return f"{measure}/{head_name(head_site(measure, layer), (head,))}"
+def measure_column(measure: str, site: str) -> str:
+    """A measure's column at a site (a head selection included): `<measure>/<site>`; which site a
+    built-in or plug-in measure's per-head columns carry is its own (measures/base.py: head_column)."""
+    return f"{measure}/{site}"
 
 
 def position_column(measure: str, pos: int) -> str:

@@ -28,7 +28,7 @@ import os
 import re
 from dataclasses import dataclass
 
-from ..names.columns import HEAD_MEASURES
+from ..measures import MEASURES
 from .types import Recipe
 from ..tasks import TASKS
 
@@ -119,17 +119,15 @@ def estimate(recipe: Recipe) -> Estimate:
     site_bytes = F32 * t.batch * max(s.n_ctx * max(s.d_model, s.heads * s.d_head, s.n_out),
                                      s.heads * s.n_ctx * s.n_ctx)
     train = 2 * _forward_bytes(recipe, t.batch) * (2 if preserve else 1) + 2 * clamped * site_bytes
-    heads = any(m in HEAD_MEASURES for m in recipe.measure)
+    heads = any(MEASURES[m].record or MEASURES[m].repeats for m in recipe.measure if m in MEASURES)
     one_layer = _forward_bytes(replace_layers(recipe), t.eval_size)
     recorded = F32 * t.eval_size * s.layers * s.heads * s.n_ctx * s.n_ctx * (3 if heads else 0)
     evaluation = one_layer * (2 if preserve else 1) + recorded
     task = TASKS[recipe.task.name].data_bytes(recipe.task.options, t.batch, t.eval_size)
     n_evals = count_evals(recipe)
-    columns = 8 + len(recipe.probes) * 10 + len(HEAD_MEASURES) * s.layers * s.heads
-    if "position_accuracy" in recipe.measure:
-        columns += s.n_ctx
-    if "composition" in recipe.measure:
-        columns += 3 * s.heads * s.heads * s.layers * (s.layers - 1) // 2
+    evs = TASKS[recipe.task.name].evaluators_of(recipe.task.options)
+    columns = 8 + len(recipe.probes) * 10 + sum(len(MEASURES[m].columns(s, evs)) for m in recipe.measure
+                                                 if m in MEASURES)
     metrics = 120 * columns * n_evals
     return Estimate(n, param_bytes, int(train), int(evaluation), int(task), int(metrics))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..names import sites as S
-from ..names.columns import head_column
+from ..measures import head_column
 from ..names.errors import format_path
 from .types import Intervention, Recipe, Selection
 from ..values.base import VALUES, ValueSource

@@ -10,29 +10,19 @@ carry (`roles`, `induction_keys`, `has_repeated_segments` left None) are not ref
 """
 from __future__ import annotations
 
+from ..measures import MEASURES, head_column, head_site, per_head
 from ..names import columns as C
 from ..names.errors import did_you_mean, show
-from .types import Intervention, Recipe
-from ..measures.base import MEASURE_PLUGINS
 from ..tasks import TASKS
+from .types import Intervention, Recipe
 
 
 def unavailable(recipe: Recipe, measure: str) -> str:
     """Why the recipe's task cannot produce `measure` ('' when it can, or might)."""
-    cls = TASKS[recipe.task.name]
-    if measure == "label_prev_token_score" and cls.roles is not None and "label" not in cls.roles:
-        return f"{recipe.task.name} has no label positions"
-    if measure == "induction_strength" and cls.induction_keys is False:
-        return f"{recipe.task.name} marks no induction keys"
-    if measure == "accuracy" and not cls.accuracy:
-        return f"{recipe.task.name}'s targets are not classes (it has no accuracy)"
-    if measure == "copying_score":
-        io = cls.io(recipe.task.options)
-        if io.vocab != io.n_out or io.vector_dim:
-            return f"{recipe.task.name}'s outputs are not its input tokens (no W_E·OV·W_U to take eigenvalues of)"
-    if measure == "induction_score" and cls.has_repeated_segments is False:
-        return f"{recipe.task.name} has no repeated-segment probe (a token task such as repeat_tokens has)"
-    return ""
+    cls = MEASURES.get(measure)
+    if cls is None:
+        return ""
+    return cls.unavailable(TASKS[recipe.task.name], recipe.task.options, recipe.shape())
 
 
 def evaluators(recipe: Recipe) -> tuple[str, ...]:
@@ -45,22 +35,9 @@ def produced(recipe: Recipe) -> set[str]:
     s = recipe.shape()
     evs = evaluators(recipe)
     out: set[str] = set()
-    base: set[str] = set()
-    for m in ("loss", "accuracy"):
-        if m in recipe.measure and not unavailable(recipe, m):
-            base.update(C.evaluator_column(m, e) for e in evs)
-    out |= base
-    for m in C.HEAD_MEASURES:
-        if m in recipe.measure and not unavailable(recipe, m) and ("train" in evs or m == "copying_score"):
-            out.update(C.head_column(m, L, h) for L in range(s.layers) for h in range(s.heads))
-    if "position_accuracy" in recipe.measure and "train" in evs:
-        out.update(C.position_column("position_accuracy", t) for t in range(s.n_ctx - 1))
     for m in recipe.measure:
-        if m in MEASURE_PLUGINS:
-            out.update(MEASURE_PLUGINS[m].columns(s, evs))
-    if "composition" in recipe.measure:
-        out.update(C.composition_column(k, l1, h1, l2, h2) for k in "kqv" for l1 in range(s.layers)
-                   for l2 in range(l1 + 1, s.layers) for h1 in range(s.heads) for h2 in range(s.heads))
+        if m in MEASURES and not unavailable(recipe, m):
+            out.update(MEASURES[m].columns(s, evs))
     scored = ("loss", "accuracy") if TASKS[recipe.task.name].accuracy else ("loss",)
     for probe in recipe.probes:
         out.update(C.probe_column(c, probe) for c in {C.evaluator_column(m, e) for m in scored for e in evs})
@@ -88,7 +65,7 @@ def check(recipe: Recipe) -> None:
     for name, sc in recipe.subcircuits.items():
         sel = sc.select
         if sel is not None and sel.run == "self":
-            col = C.head_column(sel.by, sel.layer, 0)
+            col = head_column(sel.by, sel.layer, 0)
             if col not in have:
                 why = unavailable(recipe, sel.by)
                 raise src.error(("subcircuits", name, "select", "by"), show(sel.by),
@@ -113,11 +90,11 @@ def _column(recipe, have: set[str], col: str, path: tuple, what: str) -> None:
     agg = C.AGGREGATE.match(col)
     base = agg.group(2) if agg else col
     measure = base.split("/", 1)[0].split("@", 1)[0]
-    if measure in C.HEAD_MEASURES + ("loss", "accuracy", "position_accuracy") and measure not in recipe.measure:
+    if measure in MEASURES and measure not in recipe.measure:
         hint = unavailable(recipe, measure) or f"add {measure} to measure:"
-    elif measure in C.HEAD_MEASURES and "/" not in base:
-        hint = (f"{measure} is per head: {C.head_column(measure, 0, 0)}, or over heads "
-                f"max({measure}/{C.head_site(measure, 0).replace('0', '*', 1)}[*])")
+    elif per_head(measure) and "/" not in base:
+        hint = (f"{measure} is per head: {head_column(measure, 0, 0)}, or over heads "
+                f"max({measure}/{head_site(measure, 0).replace('0', '*', 1)}[*])")
     else:
         plain = sorted(c for c in have if "/blocks." not in c and "composition" not in c)
         hint = did_you_mean(col, have) or ("columns: " + ", ".join(plain[:8]) if plain else "")

@@ -23,8 +23,7 @@ import torch
 
 from . import outputs
 from ..names import sites as S
-from ..names.columns import MEASURES
-from ..measures.base import MEASURE_PLUGINS
+from ..measures import MEASURES
 from ..names.errors import InputError, did_you_mean, kind, show
 from ..models import hf, seam, usermodel  # seam: the table of model families (their sites, their shapes)
 from .overrides import apply_override, deep_merge
@@ -510,11 +509,11 @@ def _measures(value, src, task: str) -> tuple[str, ...]:
     if value is None:
         return TASKS[task].default_measures
     items = build(tuple[str, ...], value, ("measure",), src)
-    known = MEASURES + tuple(sorted(MEASURE_PLUGINS))
+    known = tuple(sorted(MEASURES))
     for i, m in enumerate(items):
         if m not in known:
             raise src.error(("measure", i), show(m), "a measure: one of " + ", ".join(known),
-                            did_you_mean(m, known))
+                            did_you_mean(m, known) or "(a plug-in can add one: README, Extending clamp)")
     return items
 
 

@@ -126,9 +126,9 @@ class TrainConfig:
 
 
 def _per_head(measure: str) -> str | None:
-    from ..names.columns import HEAD_MEASURES
-    from ..measures.base import MEASURE_PLUGINS
-    known = HEAD_MEASURES + tuple(sorted(MEASURE_PLUGINS))
+    from ..measures import MEASURES, per_head
+    # clamp's per-head measures, and any plug-in's (outputs.check refuses one without per-head columns)
+    known = tuple(m for m, c in MEASURES.items() if per_head(m) or not c.__module__.startswith("clamp."))
     if measure in known:
         return None
     from ..names.errors import did_you_mean
@@ -142,7 +142,7 @@ class Selection:
 
     layer: int = opt(0, check=lambda v: None if v >= 0 else "a layer >= 0", doc="the layer whose heads are chosen")
     by: str = opt("prev_token_score", check=lambda v: _per_head(v), doc="the per-head measure (clamp's, or a "
-                  "plug-in's whose columns are per head: columns.head_column)")
+                  "plug-in's that declares `head_site`)")
     top: int = opt(0, check=lambda v: None if v >= 0 else "a count >= 0", doc="the k highest")
     bottom: int = opt(0, check=lambda v: None if v >= 0 else "a count >= 0", doc="the k lowest")
     above: float | None = opt(None, doc="every head whose measure is above this")

@@ -38,7 +38,7 @@ from . import optim
 from ..recipe.budget import members_that_fit
 from ..recipe.compile import compile_plan
 from ..names.errors import RunError
-from ..measures.base import Outputs
+from ..measures import Outputs
 from ..models.builtin import build_model
 from .pool import Job, Outcome
 from ..recipe.types import Recipe, dump_recipe

@@ -25,8 +25,7 @@ from ..names.columns import probe_column
 from ..recipe.compile import Plan, compile_plan
 from ..names.errors import InputError, RunError
 from .hooks import Intervener
-from ..measures.base import (Outputs, composition_baseline, composition_scores, copying_scores, evaluate, forwards,
-                       run_forwards, score, user_columns)
+from ..measures import MEASURES, Measure, Outputs, evaluate, forwards, instances, needs_repeats, run_forwards, score
 from .donor import Donors
 from ..models.seam import ModelSeam, build
 from ..names.phases import column_value, phase_times
@@ -68,6 +67,10 @@ class Trainer:
         self.model = self.seam.module
         self.optimizer = optimizer if optimizer is not None else make_optimizer(recipe, self.model)
         self.donors = Donors()
+        self.measures: dict[str, Measure] = instances(recipe.measure, self.task, self.plan.shape)    # one per run
+        self._probe_measures = instances([m for m in ("loss", "accuracy") if m in MEASURES and
+                                          not MEASURES[m].unavailable(type(self.task), recipe.task.options,
+                                                                      self.plan.shape)], self.task, self.plan.shape)
         self.intervener = Intervener(self.seam, self.plan, self.optimizer, seed=seed, donor=self.donors,
                                      task=self.task)
         self.step = 0
@@ -117,7 +120,7 @@ class Trainer:
             evs = self.task.evaluators(r.train.eval_size)
             self._evaluators = {k: v.to(self.device) for k, v in evs.items()
                                 if not r.train.evaluators or k in r.train.evaluators}
-            rep = self.task.repeated_segments(r.train.eval_size) if "induction_score" in r.measure else None
+            rep = self.task.repeated_segments(r.train.eval_size) if needs_repeats(r.measure) else None
             self._repeats = None if rep is None else rep.to(self.device)
         self.intervener.set_step(min(self.step, r.train.steps - 1))
         sparse = r.train.evaluator_every
@@ -142,12 +145,7 @@ class Trainer:
         todo = forwards(evs, reps, r.measure, self.plan.shape)
         if outputs is None:
             outputs = run_forwards(self.intervener, todo)
-        row.update(score(outputs, todo, r.measure, self.plan.shape, self.task.score))
-        row.update(user_columns(outputs, todo, r.measure, self.plan.shape, self.seam))
-        if "composition" in r.measure:
-            row.update(composition_scores(self.seam))
-        if "copying_score" in r.measure:
-            row.update(copying_scores(self.seam))
+        row.update(score(outputs, todo, self.measures, self.seam))
         if probes:
             self.evaluate_probes(row)
         self.intervener.attach()
@@ -163,7 +161,7 @@ class Trainer:
         for name in r.probes:
             iv, notes = self._probe_intervener(name, row)
             iv.set_step(at)
-            prow = evaluate(iv, self._evaluators, None, ("loss", "accuracy"), self.plan.shape, scorer=self.task.score)
+            prow = evaluate(iv, self._evaluators, None, self._probe_measures, self.plan.shape)
             row.update({probe_column(k, name): v for k, v in prow.items()})
             if notes:
                 row[probe_column("heads", name)] = notes
@@ -267,20 +265,18 @@ def extensions_for(recipe: Recipe) -> dict:
     """The task, value-source and measure classes a recipe uses (in training and in probes), so a
     worker that did not import the caller's code (a Ray worker, a spawned process) can register them
     before training. (Plug-in modules travel by value to Ray workers: raybackend.py.)"""
-    from ..measures.base import MEASURE_PLUGINS
     from ..tasks import TASKS
     from ..values.base import VALUES
     used = [*recipe.interventions, *(iv for ivs in recipe.probes.values() for iv in ivs)]
     return {"tasks": {recipe.task.name: TASKS[recipe.task.name]},
             "values": {iv.source: VALUES[iv.source] for iv in used if iv.source and iv.source in VALUES},
-            "measures": {m: MEASURE_PLUGINS[m] for m in recipe.measure if m in MEASURE_PLUGINS}}
+            "measures": {m: MEASURES[m] for m in recipe.measure if m in MEASURES}}
 
 
 def install_extensions(ext: dict) -> None:
-    from ..measures.base import MEASURE_PLUGINS
     from ..tasks import TASKS
     from ..values.base import VALUES
-    for table, key in ((TASKS, "tasks"), (VALUES, "values"), (MEASURE_PLUGINS, "measures")):
+    for table, key in ((TASKS, "tasks"), (VALUES, "values"), (MEASURES, "measures")):
         for name, cls in ext.get(key, {}).items():
             table.setdefault(name, cls)
 
@@ -361,7 +357,8 @@ def summarise(recipe: Recipe, seed: int, st: RunProgress, t0: float, status: str
         summary["error_step"] = st.step
     if st.skipped:
         summary["skipped_checkpoints"] = st.skipped
-    if "composition" in recipe.measure and st.plan is not None:
-        summary["composition_baseline"] = composition_baseline(st.plan.shape)
+    if st.plan is not None:
+        for m in instances(recipe.measure, None, st.plan.shape).values():
+            summary.update(m.summary())
     summary.update(extra or {})
     return summary
