@@ -203,15 +203,20 @@ def cmd_sites(a) -> int:
     from .names.sites import catalogue
     from .recipe.spec import load_recipe
     recipe = load_recipe(a.recipe or _builtin("demo.yaml"), a.set)
+    from .models.seam import site_sizes
     shape = recipe.shape()
     infos = catalogue(shape)
+    sizes = site_sizes(shape)
     rows = [[i.name.replace(f"blocks.{i.layer}.", "blocks.{L}.") if i.layer is not None else i.name,
-             i.kind, f"{shape.heads} heads" if i.per_head else "", i.shape]
+             i.kind, f"{shape.heads} heads" if i.per_head else "", i.shape,
+             "[" + ", ".join("batch" if n is None else str(n) for n in sizes[i.name]) + "]"
+             if sizes.get(i.name) is not None else "?"]
             for i in infos if not i.name.startswith("module:")]
     raw = [[re.sub(r"\.\d+(?=\.)", ".{i}", i.name), i.kind, i.shape] for i in infos if i.name.startswith("module:")]
     print(f"model: {shape.family}, {shape.layers} layers (L = 0..{shape.layers - 1}), {shape.heads} heads, "
           f"d_model {shape.d_model}, d_head {shape.d_head}; head selections: name[3], name[0,2,4:8], name[*]")
-    print(table(["name", "kind", "per head", "layout"], _unique(rows)))
+    print(table(["name", "kind", "per head", "layout", f"sizes (layer {infos[0].layer or 0} where per layer)"],
+                _unique(rows)))
     print("\nraw module sites ({i}: the index in a ModuleList; module:<path>.input|output|<parameter>):")
     print(table(["name", "kind", "module / shape"], _unique(raw)))
     return 0

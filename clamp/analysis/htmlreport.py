@@ -311,7 +311,18 @@ def curves_section(series: list[Series], columns: list[str], out: Path) -> tuple
     return note + "".join(imgs), paths
 
 
+def pattern_layers(recipe: Recipe) -> set[int]:
+    """The layers whose attention pattern the model exposes (a model's adapter may name none)."""
+    from ..names.sites import catalogue
+    return {i.layer for i in catalogue(recipe.shape()) if i.name.endswith(".attn.hook_pattern") and i.layer is not None}
+
+
 def attention_section(sr: Series, seed: int, heads, steps, out: Path) -> tuple[str, list[Path]]:
+    have = pattern_layers(sr.recipe)
+    if not have:
+        return ("<p class='note'>No heatmaps: this model exposes no attention patterns (its adapter names no "
+                "pattern operation).</p>", [])
+    heads = [(L, h) for L, h in heads if L in have]
     panels = attention_panels(sr, seed, heads, steps)
     if not panels:
         return "<p class='note'>No checkpoints to read attention from.</p>", []
@@ -410,6 +421,9 @@ def plan_report(directory: str | Path, columns: list[str] | None = None, heads: 
     if s not in pick.rows:
         raise InputError("--seed", "", str(s), "a seed of this run: " + ", ".join(map(str, sorted(pick.rows))))
     shape = pick.recipe.model
+    if heads and not pattern_layers(pick.recipe):
+        raise InputError("--head", "", f"L{heads[0][0]}H{heads[0][1]}", "no --head: this model has no attention "
+                         "patterns (its adapter names no pattern operation)")
     for L, h in heads or ():
         if not (0 <= L < shape.layers and 0 <= h < shape.heads):
             raise InputError("--head", "", f"L{L}H{h}", f"a head of this model: layers 0..{shape.layers - 1}, "

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from ..names.errors import InputError
 from .modsites import carried, get
-from ..names.sites import ModelShape, SiteInfo
+from ..names.sites import ModelShape, SiteInfo, layout_sizes
 from ..tasks import Batch
 
 HookFn = Callable[[Tensor], Tensor]
@@ -84,12 +84,20 @@ def join(*parts: str | None) -> str:
 # Sites
 
 
-def adapter_catalogue(a: Adapter, shape: ModelShape, module: nn.Module) -> list[SiteInfo]:
-    """The sites `a` gives on `module` (built for `shape`; a bias exists where the module has one)."""
+def adapter_catalogue(a: Adapter, shape: ModelShape, module: nn.Module,
+                      seen: Mapping[str, tuple[int, ...]] | None = None) -> list[SiteInfo]:
+    """The sites `a` gives on `module` (built for `shape`; a bias exists where the module has one).
+    `seen`: each site's shape in a forward of the module; a site whose shape is not the standard
+    layout's (a model whose blocks are not [batch, pos, d_model]) is described by its sizes."""
     out: list[SiteInfo] = []
     order = itertools.count(1)
 
     def act(name: str, layout: str, layer: int | None = None, head_axis: int | None = None) -> None:
+        got = (seen or {}).get(name)
+        if got is not None and head_axis is None:
+            want = layout_sizes(SiteInfo(name, "activation", layer, False, None, layout), shape)
+            if want is None or len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got)):
+                layout = "[" + ", ".join(["batch", *map(str, got[1:])]) + "]"
         out.append(SiteInfo(name, "activation", layer, head_axis is not None, head_axis, layout, next(order)))
 
     def par(name: str, layout: str, layer: int | None = None, per_head: bool = False) -> None:
@@ -326,11 +334,19 @@ class AdaptedSeam:
             logits = carried(self.nn.output)[0].save()         # type: ignore[attr-defined]  # nnsight adds .save
         return logits
 
-    def check_order(self, batch: Batch) -> None:
+    def check_order(self, batch: Batch) -> dict[str, tuple[int, ...]]:
         """Run every activation site once in catalogue order; a module computing them in another order
-        is told which site came too late (nnsight can only meet sites in the order they run)."""
+        is told which site came too late (nnsight can only meet sites in the order they run). Returns
+        each site's shape in that forward."""
         names = list(self._order)
-        self.install({n: _same for n in names})
+        seen: dict[str, tuple[int, ...]] = {}
+
+        def keep(name: str) -> HookFn:
+            def fn(x: Tensor) -> Tensor:
+                seen[name] = tuple(x.shape)
+                return x
+            return fn
+        self.install({n: keep(n) for n in names})
         try:
             self.forward(batch)
         except Exception as e:                      # nnsight's OutOfOrderError, or a route that does not exist
@@ -340,6 +356,7 @@ class AdaptedSeam:
                              + " → ".join(_ORDER), "check the adapter's paths against print(model)") from None
         finally:
             self.install({})
+        return seen
 
 
 _ORDER = ("resid_pre", "q", "k", "v", "attn_scores", "pattern", "z", "attn_out", "mlp_out", "resid_post")

@@ -36,6 +36,7 @@ class Family:
     adapter: Adapter
     pos: str                       # how it encodes positions ('learned' | 'rope'), for the ModelShape
     extra: tuple[tuple[str, Any], ...] = ()                # config keys clamp fixes (no dropout, no tokens)
+    from_shape: tuple[tuple[str, str], ...] = ()           # further config keys set from the shape: (key, shape field)
     reserved: tuple[str, ...] = ()                         # further config keys clamp sets itself
 
 
@@ -52,7 +53,8 @@ FAMILIES = {
                     Adapter(blocks="model.layers", attn="self_attn", pattern=_EAGER_SOFTMAX, q="q_proj", k="k_proj",
                             v="v_proj", o="o_proj", mlp="mlp", norms=("input_layernorm", "post_attention_layernorm"),
                             embed="model.embed_tokens", final_norm="model.norm", unembed="lm_head"),
-                    "rope", extra=(("attention_dropout", 0.0),), reserved=("num_key_value_heads", "head_dim")),
+                    "rope", extra=(("attention_dropout", 0.0),), from_shape=(("num_key_value_heads", "heads"),),
+                    reserved=("head_dim",)),
     "gpt_neox": Family("gpt_neox", "GPTNeoXConfig", "GPTNeoXForCausalLM",
                        ("num_hidden_layers", "num_attention_heads", "hidden_size", "intermediate_size", "vocab_size",
                         "max_position_embeddings"),
@@ -63,7 +65,7 @@ FAMILIES = {
                        "rope", extra=(("attention_dropout", 0.0), ("hidden_dropout", 0.0))),
 }
 # config keys clamp sets itself, per family (the recipe's `config` may not)
-RESERVED = {name: f.shape_keys + f.reserved for name, f in FAMILIES.items()}
+RESERVED = {name: f.shape_keys + tuple(k for k, _ in f.from_shape) + f.reserved for name, f in FAMILIES.items()}
 
 
 def shape_of(base: ModelShape) -> ModelShape:
@@ -79,9 +81,7 @@ def module(shape: ModelShape, device: str | None = None) -> torch.nn.Module:
     L, H, D, M, V, T = f.shape_keys
     kw = {**dict(shape.config), L: shape.layers, H: shape.heads, D: shape.d_model, M: shape.d_mlp,
           V: shape.vocab, T: shape.n_ctx, **dict(f.extra), "bos_token_id": None, "eos_token_id": None,
-          "pad_token_id": None}
-    if f.name == "llama":
-        kw["num_key_value_heads"] = shape.heads
+          "pad_token_id": None, **{k: getattr(shape, field) for k, field in f.from_shape}}
     cfg = getattr(transformers, f.config)(**kw)
     cfg._attn_implementation = "eager"                      # patterns exist only in eager attention
     with torch.device(device or "cpu"):

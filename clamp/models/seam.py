@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from . import hf, usermodel
 from . import builtin
-from .adapter import adapter_catalogue
+from .adapter import AdaptedSeam, adapter_catalogue
 from ..names.errors import InputError, did_you_mean, show
 from .modsites import ModuleSites, module_sites
 from ..names.sites import ModelShape, SiteInfo, builtin_catalogue, catalogue, register_family
@@ -93,6 +93,11 @@ def _skeleton(shape: ModelShape) -> nn.Module:
     return FAMILIES[shape.family].skeleton(shape)
 
 
+def skeleton(shape: ModelShape) -> nn.Module:
+    """The model of this shape on the meta device: its structure and parameter shapes, no memory."""
+    return _skeleton(shape)
+
+
 def _builtin_skeleton(shape: ModelShape) -> nn.Module:
     with torch.device("meta"):
         return builtin.Transformer(shape)
@@ -103,7 +108,8 @@ def _hf_sites(shape: ModelShape, skeleton: nn.Module) -> list[SiteInfo]:
 
 
 def _user_sites(shape: ModelShape, skeleton: nn.Module) -> list[SiteInfo]:
-    return adapter_catalogue(usermodel.skeleton(shape)[1], shape, skeleton)
+    _, adapter, seen = usermodel.skeleton(shape)
+    return adapter_catalogue(adapter, shape, skeleton, seen)
 
 
 register_model("builtin", Family(builtin.build, lambda shape, _: builtin_catalogue(shape), _builtin_skeleton))
@@ -111,6 +117,25 @@ for _name in hf.FAMILIES:
     register_model(_name, Family(hf.build, _hf_sites, functools.partial(hf.module, device="meta"), hf.shape_of))
 register_model("module", Family(usermodel.build, _user_sites, lambda shape: usermodel.skeleton(shape)[0],
                                 usermodel.shape_of))
+
+
+def site_sizes(shape: ModelShape) -> dict[str, tuple[int | None, ...] | None]:
+    """Each site's sizes for a model of `shape` (None for the batch; None where unknown): from the layout
+    for the built-in model, from the module itself (on the meta device, no memory) for the others."""
+    from ..names.sites import layout_sizes
+    out: dict[str, tuple[int | None, ...] | None] = {i.name: layout_sizes(i, shape) for i in catalogue(shape)}
+    if shape.family == "builtin":
+        return out
+    fam = hf.FAMILIES.get(shape.family)
+    adapter = fam.adapter if fam is not None else usermodel.skeleton(shape)[1]
+    meta = AdaptedSeam(_skeleton(shape), adapter, shape, shape.family)
+    for i in catalogue(shape):
+        if i.kind == "parameter" and not i.name.startswith("module:"):
+            try:
+                out[i.name] = tuple(meta.weight(i.name).shape)
+            except Exception:  # noqa: BLE001 - a view the meta module cannot give: leave it unknown
+                out[i.name] = None
+    return out
 
 
 def build(shape: ModelShape, seed: int) -> ModelSeam:

@@ -166,14 +166,15 @@ def _check(model: nn.Module, a: Adapter, shape: ModelShape, text: str) -> None:
 
 
 @functools.lru_cache(maxsize=16)
-def skeleton(shape: ModelShape) -> tuple[nn.Module, Adapter]:
+def skeleton(shape: ModelShape) -> tuple[nn.Module, Adapter, dict[str, tuple[int, ...]]]:
     """The module on the meta device (structure and parameter shapes, no memory): what its sites are.
-    One trace of it with every site checks that they run in the adapter's order."""
+    One trace of it with every site, a full-length sequence, checks that they run in the adapter's
+    order and gives each site's shape."""
     model, adapter = make(shape, "meta")
-    T = max(2, min(shape.n_ctx, 4))
+    T = max(2, shape.n_ctx)
     tokens = torch.zeros(1, T, dtype=torch.long, device="meta")
-    AdaptedSeam(model, adapter, shape, f"the model {_parts(shape)[0]}").check_order(Batch(tokens, tokens))
-    return model, adapter
+    seen = AdaptedSeam(model, adapter, shape, f"the model {_parts(shape)[0]}").check_order(Batch(tokens, tokens))
+    return model, adapter, seen
 
 
 def shape_of(base: ModelShape) -> ModelShape:

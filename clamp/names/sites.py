@@ -278,9 +278,9 @@ def layout_sizes(info: SiteInfo, shape: ModelShape) -> tuple[int | None, ...] | 
             "d_model": shape.d_model, "d_head": shape.d_head, "d_mlp": shape.d_mlp, "n_out": shape.n_out,
             "vocab": shape.vocab, "n_ctx": shape.n_ctx, "vector_dim": shape.vector_dim}
     names = [d.strip() for d in info.shape.strip("[]").split(",")]
-    if not names or any(n != "batch" and not dims.get(n) for n in names):
+    if not names or any(n != "batch" and not n.isdigit() and not dims.get(n) for n in names):
         return None
-    return tuple(None if n == "batch" else dims[n] for n in names)
+    return tuple(None if n == "batch" else int(n) if n.isdigit() else dims[n] for n in names)
 
 
 def _template(name: str) -> str:

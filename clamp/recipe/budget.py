@@ -89,7 +89,12 @@ def default_limit() -> float:
 
 
 def n_params(recipe: Recipe) -> int:
+    """The model's parameter count: by formula for the built-in transformer, counted on the module's
+    skeleton (meta device: no memory) for every other family."""
     s = recipe.shape()
+    if s.family != "builtin":
+        from ..models.seam import skeleton
+        return sum(p.numel() for p in skeleton(s).parameters())
     d, H, e, L = s.d_model, s.heads, s.d_head, s.layers
     n = s.vocab * d + s.vector_dim * d + (s.n_ctx * d if s.pos == "learned" else 0)
     per_layer = 4 * H * d * e + (2 * d if s.norm == "pre" else 0)

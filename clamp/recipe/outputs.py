@@ -13,6 +13,7 @@ from __future__ import annotations
 from ..measures import MEASURES, head_column, head_site, per_head
 from ..names import columns as C
 from ..names.errors import did_you_mean, show
+from ..names.sites import catalogue
 from ..tasks import TASKS
 from .types import Intervention, Recipe
 
@@ -22,7 +23,12 @@ def unavailable(recipe: Recipe, measure: str) -> str:
     cls = MEASURES.get(measure)
     if cls is None:
         return ""
-    return cls.unavailable(TASKS[recipe.task.name], recipe.task.options, recipe.shape())
+    shape = recipe.shape()
+    have = {i.name for i in catalogue(shape)}
+    missing = [s for s in cls.sites(shape) + cls.sites(shape, cls.repeats) if s not in have]
+    if missing:
+        return f"this model has no site {missing[0]} (its family or adapter names none)"
+    return cls.unavailable(TASKS[recipe.task.name], recipe.task.options, shape)
 
 
 def evaluators(recipe: Recipe) -> tuple[str, ...]:
@@ -56,7 +62,7 @@ def check(recipe: Recipe) -> None:
     for i, m in enumerate(recipe.measure):
         why = unavailable(recipe, m)
         if why:
-            raise src.error(("measure", i), show(m), f"a measure the task can produce ({why})")
+            raise src.error(("measure", i), show(m), f"a measure this task and model can produce ({why})")
     have = produced(recipe)
     for col in recipe.phases:
         _column(recipe, have, col, ("phases", col), "phase rule")

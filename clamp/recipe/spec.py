@@ -200,6 +200,8 @@ def parse_recipe(data: dict, src: Source, default_name: str = "recipe") -> Recip
     probes = _probes(data.get("probes"), src, shape, subcircuits, train.steps)
     recipe = Recipe(name, seeds, model, task, train, subcircuits, interventions, measure, phases, probes, plugins,
                     src)
+    if data.get("measure") is None:          # the task's default measures that this model can produce
+        recipe = replace(recipe, measure=tuple(m for m in recipe.measure if not outputs.unavailable(recipe, m)))
     if data.get("phases") is None:           # the task's default rules, for the columns this recipe measures
         recipe = replace(recipe, phases=outputs.measured_phases(recipe))
     outputs.check(recipe)
@@ -251,7 +253,7 @@ def _check_model(model: ModelConfig, plugins: tuple[str, ...], task: TaskSpec, s
                                 "layers, heads, d_model and d_mlp; the task sets the vocabulary and positions")
     elif model.config:
         raise src.error(("model", "config"), show(model.config), "config only with a transformers family "
-                        "(model.family: gpt2, gpt_neox or llama)", "a user's factory takes model.options")
+                        f"(model.family: {', '.join(hf.FAMILIES)})", "a user's factory takes model.options")
     if (model.backend == "nnsight" or foreign) and importlib.util.find_spec("nnsight") is None:
         key = "backend" if not foreign else "module" if model.module else "family"
         raise src.error(("model", key), f"{getattr(model, key)}, which needs nnsight (not installed)",

@@ -39,7 +39,7 @@ class ModelConfig:
     embed_std: float = opt(0.02, check=positive, doc="std of the token (and learned position) embeddings at init, as Singh et al. and nanoGPT")  # noqa: E501
     backend: Literal["native", "nnsight"] = opt("native", doc="how clamp reaches the model's sites: its own hook "
                                                  "points, or nnsight traces (same numbers, slower)")
-    family: str = opt("builtin", doc="builtin (clamp's transformer), gpt2, gpt_neox or llama (transformers' "
+    family: str = opt("builtin", doc="builtin (clamp's transformer) or a transformers family (models/hf.py: its "
                       "model from config, through nnsight)")
     config: dict[str, Any] = opt(factory=dict, doc="a foreign family's other config keys (e.g. GPT2Config's "
                                  "activation_function); shape keys are layers, heads, d_model, d_mlp")
