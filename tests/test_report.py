@@ -220,3 +220,29 @@ def test_report_opens_in_headless_chromium(suite_dir, tmp_path):
     assert img.size == (1400, 4000)
     lo, hi = img.getextrema()
     assert hi - lo > 100                                                  # not a blank page
+
+
+def test_graph_picture_of_24_subcircuits_has_no_overlapping_boxes():
+    """A graph of 24 subcircuits, 24 experiments and 2 phase changes: networkx's layout, rows as tall as
+    the tallest box, no two boxes overlapping, every edge drawn."""
+    import networkx as nx
+    g = nx.MultiDiGraph()
+    for b in ("phase:loss:below", "phase:accuracy:above"):
+        g.add_node(b, kind="behaviour")
+    for i in range(24):
+        name = f"head_{i}"
+        g.add_node(name, kind="subcircuit", sites=[f"blocks.{i % 3}.attn.hook_pattern[{i % 8}]"], params=[])
+        g.add_edge(name, "phase:loss:below" if i % 2 else "phase:accuracy:above", kind="effect",
+                   condition="reference", median=0.5 + i / 20, min=0.4 + i / 20, max=0.6 + i / 20, n=5,
+                   variant=f"s/clamp_{i}", parent="s/baseline", interventions=[f"clamp to induction@[0,{100 * i})"],
+                   **{"with": []})
+    fig = graph_figure(g)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    texts = [t for t in fig.axes[0].texts if t.get_bbox_patch() is not None]
+    assert len(texts) == 24 + 24 + 2
+    boxes = [t.get_bbox_patch().get_window_extent(r) for t in texts]
+    for i in range(len(boxes)):
+        for j in range(i + 1, len(boxes)):
+            assert not boxes[i].overlaps(boxes[j]), (texts[i].get_text(), texts[j].get_text())
+    assert len(fig.axes[0].patches) >= 24 * 2          # a line from each subcircuit, an arrow to each phase change

@@ -1,12 +1,12 @@
 """The subcircuit graph as a picture (graph.png).
 
-Analysis layer, under graph.py (which calls `draw_graph` when it saves). It draws a
-networkx MultiDiGraph of the shape graph.py builds in three layered columns: subcircuit nodes
-(ordered by model layer), one label per effect in a column of its own (so no two labels overlap),
-and behaviour nodes; one arrow per (subcircuit, behaviour): the effect of intervening on it with
-the fewest other interventions on, worded by its kind (clamping, ablating, freezing; green: the
-phase change comes earlier, red: later); the strongest composition increases are dashed arcs,
-listed underneath.
+Analysis layer, under graph.py (which calls `draw_graph` when it saves). From the networkx
+MultiDiGraph graph.py builds, it makes a display graph of three layers (subcircuits ordered by
+model layer; one label node per effect; behaviours), lays it out with networkx's multipartite
+layout and draws it with networkx's drawing functions: one line per (subcircuit, behaviour) through
+the label of the effect of intervening on it with the fewest other interventions on, worded by its
+kind (clamping, ablating, freezing; green: the phase change comes earlier, red: later); the
+strongest composition increases are dashed arcs, listed underneath.
 """
 from __future__ import annotations
 
@@ -134,15 +134,21 @@ def effect_colour(d: dict) -> str:
     return NO_CHANGE
 
 
-def graph_figure(g: nx.MultiDiGraph, condition: str = "reference"):
-    """The graph's effects under one condition as a matplotlib figure.
+TITLE = ("subcircuit graph ({condition}): what intervening on each subcircuit did to each phase change, paired by "
+         "seed against the variant without it\n(green: every seed earlier; red: every seed later, or prevented; grey: "
+         "no consistent direction; the ratio is of phase-change steps; censored: a run that never changed, counted "
+         "at its length)")
 
-    Three layered columns: subcircuits (ordered by the model layer their sites are in), one label per
-    experiment and phase change (its own row, so labels never overlap; rows grouped by phase change,
-    each phase change level with its group), phase changes. An experiment that intervened on several
-    subcircuits at once has one label joined to each. Green: every seed earlier; red: every seed later
-    or prevented; grey: no consistent direction. Composition increases are dashed purple arcs between
-    subcircuits, listed below."""
+
+def graph_figure(g: nx.MultiDiGraph, condition: str = "reference"):
+    """The graph's effects under one condition as a matplotlib figure, laid out and drawn by networkx.
+
+    A display graph of three layers (networkx's multipartite layout, one column each): subcircuits
+    (ordered by the model layer their sites are in), one label node per experiment and phase change,
+    phase changes. An experiment that intervened on several subcircuits at once has one label joined
+    to each. Green: every seed earlier; red: every seed later or prevented; grey: no consistent
+    direction. Composition increases are dashed purple arcs between subcircuits, listed below. Rows are
+    as tall as the tallest label, so no two boxes overlap."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -162,15 +168,9 @@ def graph_figure(g: nx.MultiDiGraph, condition: str = "reference"):
             key = (b, d["variant"], d["parent"])
             groups.setdefault(key, ([], d))[0].append(a)
     order = sorted(groups, key=lambda k: (behs.index(k[0]), min(shown.index(a) for a in groups[k][0]), k[1]))
-    rows = max(len(shown), len(order), 2)
-    fig, ax = plt.subplots(figsize=(15, 1.5 + 0.8 * rows + 0.2 * len(comp)))
-    ax.set_xlim(-0.45, 2.35)
-    ax.set_ylim(-0.8 - 0.35 * len(comp), rows - 0.2)
 
-    def ys(n: int) -> list[float]:                   # n rows spread over the height, top first
-        return [rows - 1 - (i + 0.5) * rows / n + 0.5 for i in range(n)] if n else []
-    boxes = {}
-    for name, y in zip(shown, ys(len(shown))):
+    D = nx.DiGraph()                  # the picture: nodes in drawing order (top to bottom in each column)
+    for name in reversed(shown):
         layer = _layer_of(sites(name))
         where = ("" if layer == 99 else "embeddings" if layer == -1 else "unembedding" if layer == 90
                  else f"layer {layer}")
@@ -178,46 +178,78 @@ def graph_figure(g: nx.MultiDiGraph, condition: str = "reference"):
         text = name + (f"  ({where})" if where else "")
         if form and form.get("median"):
             text += f"\nforms alone at ~{form['median']:.0f} steps"
-        boxes[name] = ax.text(0, y, text, ha="center", va="center", fontsize=8.5, zorder=4,
-                              bbox=dict(boxstyle="round", fc=SUBCIRCUIT, ec="#555555"))
-    label_y = dict(zip(order, ys(len(order))))
-    for k, b in enumerate(behs):
-        mine = [label_y[o] for o in order if o[0] == b]
-        y = sum(mine) / len(mine) if mine else ys(len(behs))[k]
-        boxes[b] = ax.text(2.05, y, behaviour_text(b), ha="center", va="center", fontsize=8.5, zorder=4,
-                           bbox=dict(boxstyle="round", fc=BEHAVIOUR, ec="#555555"))
-    for key in order:
+        D.add_node(name, layer=0, text=text, fc=SUBCIRCUIT, ec="#555555", colour="black", size=8.5)
+    for key in reversed(order):
         names, d = groups[key]
-        b = key[0]
-        colour = effect_colour(d)
         text = " + ".join(effect_label(d, a).split("\n")[0].split(" (with ")[0] for a in names)
         text += "\n" + effect_label(d, names[0]).split("\n", 1)[1]
-        # labels share one left edge, so a line from a subcircuit ends at its label's edge without
-        # crossing another label; labels sit above the lines, so one passing behind stays readable
-        lab = ax.text(0.55, label_y[key], text, ha="left", va="center", fontsize=7.5, color=colour, zorder=4,
-                      bbox=dict(boxstyle="round", fc="white", ec=colour, lw=0.8),
-                      gid=f"effect {'+'.join(names)} -> {b}")
+        node = f"effect {'+'.join(names)} -> {key[0]} [{key[1]} vs {key[2]}]"
+        D.add_node(node, layer=1, text=text, fc="white", ec=effect_colour(d), colour=effect_colour(d), size=7.5)
         for a in names:
-            ax.annotate("", xy=(0.0, 0.5), xycoords=lab, xytext=(1.0, 0.5), textcoords=boxes[a], zorder=2,
-                        arrowprops=dict(arrowstyle="-", color=colour, lw=1.0, shrinkA=0, shrinkB=0))
-        ax.annotate("", xy=(0.0, 0.5), xycoords=boxes[b], xytext=(1.0, 0.5), textcoords=lab, zorder=2,
-                    arrowprops=dict(arrowstyle="-|>", color=colour, lw=1.1, mutation_scale=14, shrinkA=0,
-                                    shrinkB=2))
-    for k, (a, b, d) in enumerate(comp):
-        ax.annotate("", xy=(0.0, 0.5), xycoords=boxes[b], xytext=(0.0, 0.5), textcoords=boxes[a],
-                    arrowprops=dict(arrowstyle="-|>", color="#6a1b9a", lw=0.9, ls="--",
-                                    connectionstyle=f"arc3,rad={0.35 + 0.1 * k}"))
+            D.add_edge(a, node, colour=effect_colour(d), arrow=False)
+        D.add_edge(node, key[0], colour=effect_colour(d), arrow=True)
+    for b in reversed(behs):
+        D.add_node(b, layer=2, text=behaviour_text(b), fc=BEHAVIOUR, ec="#555555", colour="black", size=8.5)
+    # networkx lays the layers out as columns; within a column the nodes keep their order (by model
+    # layer, by phase change) and spread over the whole height, so a short column sits level with its rows
+    pos = nx.multipartite_layout(D, subset_key="layer", align="vertical", scale=1.0)
+    xs = sorted({round(float(p[0]), 9) for p in pos.values()})
+    for k in range(3):
+        col = [n for n in D.nodes if D.nodes[n]["layer"] == k][::-1]            # top first
+        for i, n in enumerate(col):
+            x = xs.index(round(float(pos[n][0]), 9))
+            pos[n] = (-1.0 + 2.0 * x / max(len(xs) - 1, 1) if len(xs) > 1 else 0.0,
+                      1.0 - (2 * i + 1) / len(col))
+    columns = [[n for n, d in D.nodes(data=True) if d["layer"] == k] for k in range(3)]
+    lines = max(d["text"].count("\n") + 1 for _, d in D.nodes(data=True)) if D else 1
+    rows = max(len(c) for c in columns) if D else 1
+    row_h = 0.2 + 0.16 * lines                                         # inches: the tallest box and a gap
+    fig, ax = plt.subplots(figsize=(16, 1.6 + rows * row_h + 0.2 * len(comp)))
+    ax.set_xlim(-1.45, 1.45)
+    ax.set_ylim(-1.0 - (0.1 + 0.12 * len(comp)), 1.0)
+    ax.axis("off")
+    texts = {}
+    for n, d in D.nodes(data=True):                                    # one labelled box per node
+        texts.update(nx.draw_networkx_labels(
+            D, pos, labels={n: d["text"]}, font_size=d["size"], font_color=d["colour"], ax=ax,
+            horizontalalignment="center", bbox=dict(boxstyle="round", fc=d["fc"], ec=d["ec"], lw=0.8)))
+    for n, t in texts.items():
+        t.set_zorder(4)
+        t.set_gid(n)
+    ax.set_title(TITLE.format(condition=condition), fontsize=9)
+    fig.tight_layout()                                                 # the final geometry, then measured once
+    fig.set_layout_engine("none")
+    fig.canvas.draw()                                                  # box sizes, for where edges end
+    renderer = fig.canvas.get_renderer()                               # type: ignore[attr-defined]
+    inv = ax.transData.inverted()
+    edge_x = {}                                                        # node → (left, right) of its box
+    for n, t in texts.items():
+        bb = t.get_bbox_patch().get_window_extent(renderer)            # type: ignore[union-attr]
+        (x0, _), (x1, _) = inv.transform([(bb.x0, bb.y0), (bb.x1, bb.y1)])
+        edge_x[n] = (float(x0), float(x1))
+    # each edge runs from the right edge of its source's box to the left edge of its target's (ports)
+    P = nx.DiGraph()
+    ports = {}
+    for u, v, d in D.edges(data=True):
+        a, b = (u, "out"), (v, "in")
+        ports[a] = (edge_x[u][1], pos[u][1])
+        ports[b] = (edge_x[v][0], pos[v][1])
+        P.add_edge(a, b, **d)
+    for u, v, d in P.edges(data=True):
+        nx.draw_networkx_edges(P, ports, edgelist=[(u, v)], node_size=0, ax=ax, edge_color=d["colour"],
+                               width=1.1 if d["arrow"] else 1.0, arrows=True,
+                               arrowstyle="-|>" if d["arrow"] else "-", arrowsize=14)
+    for k, (a, b, d) in enumerate(comp):                               # composition: left edge to left edge
+        C = nx.DiGraph([((a, "c"), (b, "c"))])
+        cpos = {(a, "c"): (edge_x[a][0], pos[a][1]), (b, "c"): (edge_x[b][0], pos[b][1])}
+        nx.draw_networkx_edges(C, cpos, node_size=0, ax=ax, edge_color="#6a1b9a", style="dashed", width=0.9,
+                               arrows=True, arrowstyle="-|>", connectionstyle=f"arc3,rad={0.35 + 0.1 * k}")
     if comp:
-        lines = ["composition at the end of training (init in brackets), strongest increases (dashed arcs):"] + [
+        listing = ["composition at the end of training (init in brackets), strongest increases (dashed arcs):"] + [
             f"  {d['kind'].replace('_', '-')}: {a} → {b}  {d['median']:.2f} ({d.get('baseline') or 0:.2f})"
             for a, b, d in comp]
-        ax.text(-0.43, -0.6 - 0.35 * len(comp), "\n".join(lines), fontsize=7.5, va="bottom", ha="left",
+        ax.text(-1.43, ax.get_ylim()[0], "\n".join(listing), fontsize=7.5, va="bottom", ha="left",
                 color="#6a1b9a", family="monospace")
-    ax.axis("off")
-    ax.set_title(f"subcircuit graph ({condition}): what intervening on each subcircuit did to each phase change, "
-                 "paired by seed against the variant without it\n(green: every seed earlier; red: every seed later, "
-                 "or prevented; grey: no consistent direction; the ratio is of phase-change steps; censored: a run "
-                 "that never changed, counted at its length)", fontsize=9)
     return fig
 
 

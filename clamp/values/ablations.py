@@ -114,14 +114,14 @@ class Constant(ValueSource):
         if sizes is None:
             return None                                  # a layout with sizes the shape does not know: checked when run
         target = tuple(1 if s is None else s for s in sizes)
+        names = [n.strip() for n in site.info.shape.strip("[]").split(",")][1:]
+        want = f"[{', '.join(names)}] = {list(sizes[1:])}, one sequence's value at the site"
         try:
-            torch.broadcast_shapes(tuple(self.tensor.shape), target)
+            got = torch.broadcast_shapes(tuple(self.tensor.shape), target)
         except RuntimeError:
-            return ("value", f"a tensor of shape {list(self.tensor.shape)}",
-                    f"one that broadcasts to {site.name}'s {site.info.shape} = {list(sizes)}")
-        if len(torch.broadcast_shapes(tuple(self.tensor.shape), target)) != len(target):
-            return ("value", f"a tensor of shape {list(self.tensor.shape)}",
-                    f"at most {len(target)} dimensions ({site.info.shape})")
+            return ("value", f"a tensor of shape {list(self.tensor.shape)}", f"one that broadcasts to {want}")
+        if len(got) != len(target):
+            return ("value", f"a tensor of shape {list(self.tensor.shape)}", f"at most {len(target)} dimensions: {want}")
         return None
 
     def value(self, x, site, ctx):
