@@ -20,8 +20,8 @@ sys.path.insert(0, str(HERE.parent))
 import torch  # noqa: E402
 from scipy.stats import binomtest  # noqa: E402
 
-from clamp.measures import head_column  # noqa: E402
 from clamp.analysis.results import load_results  # noqa: E402
+from clamp.measures import head_column  # noqa: E402
 from clamp.store.rundir import load_model, run_dir, run_metrics  # noqa: E402
 from clamp.tasks import TASKS  # noqa: E402
 

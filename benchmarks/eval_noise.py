@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clamp.measures import evaluate  # noqa: E402
 from clamp.recipe.spec import load_recipe  # noqa: E402
 from clamp.store.rundir import list_checkpoints, load_checkpoint  # noqa: E402
-from clamp.measures import evaluate  # noqa: E402
 from clamp.training.train import Trainer, train_seed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

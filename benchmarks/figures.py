@@ -16,8 +16,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from clamp.analysis.results import load_results  # noqa: E402
 from clamp.analysis.report import plot_curves, suite_curves  # noqa: E402
+from clamp.analysis.results import load_results  # noqa: E402
 
 SINGH = ["baseline", "match", "copy", "ideal_copy", "prev_token", "layer0_ideal", "match_until1000"]
 TOKENS = ["two_layer", "one_layer", "prev_token_clamp", "disallow_prev", "ablate_layer0", "freeze_embed"]
@@ -26,7 +26,7 @@ TOKENS = ["two_layer", "one_layer", "prev_token_clamp", "disallow_prev", "ablate
 def windows_of(res, variants) -> dict:
     """variant → the windows of its interventions that are not whole-run (to shade)."""
     out = {}
-    for (variant, point), recipe in res.suite.recipes.items():
+    for (variant, _point), recipe in res.suite.recipes.items():
         if variant in variants:
             ws = [w for iv in recipe.interventions for w in iv.windows if w != (0, recipe.train.steps)]
             if ws:

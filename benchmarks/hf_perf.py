@@ -20,9 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from perf import interleaved  # noqa: E402  (benchmarks/perf.py)
+
 from clamp.recipe.spec import load_recipe  # noqa: E402
 from clamp.training.train import Trainer, loss_fn  # noqa: E402
-from perf import interleaved  # noqa: E402  (benchmarks/perf.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 CLAMP = "interventions: [{clamp: 'blocks.0.attn.hook_pattern[0]', to: previous_token}]"

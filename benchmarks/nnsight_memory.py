@@ -17,9 +17,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clamp.names.yamlio import load_yaml  # noqa: E402
 from clamp.recipe.spec import recipe_from_data  # noqa: E402
 from clamp.training.train import Trainer  # noqa: E402
-from clamp.names.yamlio import load_yaml  # noqa: E402
 
 RECIPE = """
 model: {layers: 2, heads: 8, d_model: 64, backend: nnsight}

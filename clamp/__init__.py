@@ -6,19 +6,19 @@ the induction head forms. The flow (docs/design.md): recipe.yaml ─spec→ Reci
 
 The curated API (everything else is importable from its module, but may change):
 """
-from .names.errors import InputError, RunError
-from .recipe.types import Recipe, dump_recipe
-from .recipe.spec import load_recipe, recipe_from_data, with_overrides
-from .recipe.compile import Plan, compile_plan
-from .training.runs import Run, run
-from .recipe.suite import Suite, load_suite
-from .analysis.results import SuiteResult, load_results
-from .analysis.graph import Graph
 from .analysis.explanations import compare, explain, predict
+from .analysis.graph import Graph
+from .analysis.results import SuiteResult, load_results
 from .api import bench, plan
 from .models.adapter import Adapter
-from .models.usermodel import model_factory
 from .models.plugins import trust_plugins
+from .models.usermodel import model_factory
+from .names.errors import InputError, RunError
+from .recipe.compile import Plan, compile_plan
+from .recipe.spec import load_recipe, recipe_from_data, with_overrides
+from .recipe.suite import Suite, load_suite
+from .recipe.types import Recipe, dump_recipe
+from .training.runs import Run, run
 
 __all__ = ["InputError", "RunError", "Recipe", "load_recipe", "recipe_from_data", "dump_recipe",
            "with_overrides", "Plan", "compile_plan", "plan", "Run", "run", "Suite", "load_suite", "bench",

@@ -14,17 +14,17 @@ Top layer (beside the CLI, which calls these and prints). `clamp/__init__.py` re
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from .training.benches import run_suite
-from .recipe.compile import Plan, compile_plan
 from .analysis.htmlreport import write_report
 from .analysis.report import write_suite_report
 from .analysis.results import SuiteResult, suite_result
+from .recipe.compile import Plan, compile_plan
+from .recipe.suite import Suite, load_suite
 from .recipe.types import Recipe
 from .store.rundir import default_dir, run_metrics
-from .recipe.suite import Suite, load_suite
+from .training.benches import run_suite
 
 
 def plan(recipe: Recipe, seed: int | None = None) -> Plan:

@@ -7,15 +7,16 @@ Set CLAMP_DEBUG=1 to see tracebacks of internal errors.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from .names.errors import InputError, did_you_mean, show
 from .analysis.report import table
+from .names.errors import InputError, did_you_mean, show
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,7 +113,7 @@ def _max_memory(a) -> float | None:
                          "a size like 16G, 512MiB or 2e9, or none") from None
 
 
-def _deleted(prog: "Progress"):
+def _deleted(prog: Progress):
     """Progress events, and a line on stderr for what --fresh deleted."""
     def on(ev: dict) -> None:
         if ev.get("event") == "deleted":
@@ -159,8 +160,8 @@ def _sets(a) -> list[str]:
 
 
 def cmd_run(a) -> int:
-    from .training.runs import run
     from .recipe.spec import load_recipe
+    from .training.runs import run
     recipe = load_recipe(a.recipe, _sets(a))
     from .store.rundir import default_dir
     out = _out(a, default_dir(recipe.name))
@@ -187,8 +188,8 @@ def cmd_run(a) -> int:
 def cmd_plan(a) -> int:
     from .recipe.budget import check
     from .recipe.compile import compile_plan, probe_text
-    from .store.rundir import run_metrics
     from .recipe.spec import load_recipe
+    from .store.rundir import run_metrics
     recipe = load_recipe(a.recipe, a.set)
     plan = compile_plan(recipe, metrics_of=run_metrics)
     est = check(recipe, _max_memory(a))
@@ -209,8 +210,7 @@ def cmd_sites(a) -> int:
     sizes = site_sizes(shape)
     rows = [[i.name.replace(f"blocks.{i.layer}.", "blocks.{L}.") if i.layer is not None else i.name,
              i.kind, f"{shape.heads} heads" if i.per_head else "", i.shape,
-             "[" + ", ".join("batch" if n is None else str(n) for n in sizes[i.name]) + "]"
-             if sizes.get(i.name) is not None else "?"]
+             _sizes(sizes.get(i.name))]
             for i in infos if not i.name.startswith("module:")]
     raw = [[re.sub(r"\.\d+(?=\.)", ".{i}", i.name), i.kind, i.shape] for i in infos if i.name.startswith("module:")]
     print(f"model: {shape.family}, {shape.layers} layers (L = 0..{shape.layers - 1}), {shape.heads} heads, "
@@ -220,6 +220,10 @@ def cmd_sites(a) -> int:
     print("\nraw module sites ({i}: the index in a ModuleList; module:<path>.input|output|<parameter>):")
     print(table(["name", "kind", "module / shape"], _unique(raw)))
     return 0
+
+
+def _sizes(sizes: tuple[int | None, ...] | None) -> str:
+    return "?" if sizes is None else "[" + ", ".join("batch" if n is None else str(n) for n in sizes) + "]"
 
 
 def _unique(rows: list[list[str]]) -> list[list[str]]:
@@ -238,8 +242,9 @@ def _builtin(name: str) -> str:
 
 def cmd_demo(a) -> int:
     import math
-    from .api import bench
+
     from .analysis.report import curve_table, plot_curves, suite_curves, suite_text
+    from .api import bench
     from .recipe.suite import load_suite
     suite = load_suite(_builtin("demo_suite.yaml"))
     out = _out(a, Path("runs/demo"))
@@ -270,8 +275,8 @@ def cmd_demo(a) -> int:
 
 
 def cmd_bench(a) -> int:
-    from .api import bench
     from .analysis.report import suite_text
+    from .api import bench
     from .recipe.suite import load_suite
     suite = load_suite(a.suite, _sets(a))
     from .store.rundir import default_dir
@@ -336,6 +341,7 @@ def cmd_graph(a) -> int:
 
 def cmd_explain(a) -> int:
     import json
+
     from .analysis import explanations as E
     from .analysis.graph import Graph
     g = Graph.from_runs(a.dir, behaviour=a.behaviour)
@@ -357,9 +363,9 @@ def cmd_report(a) -> int:
     from .analysis.htmlreport import plan_report, write_report
     from .analysis.report import plot_curves, run_curves, run_rows, suite_text, write_suite_report
     from .analysis.results import load_results
-    from .training.runs import Run
     from .store.owned import check_writable, writer
     from .store.rundir import SuiteDir, report_paths
+    from .training.runs import Run
     d = Path(a.dir)
     if not d.is_dir():
         raise InputError(str(d), "", "no such directory", "a directory written by `clamp run` or `clamp bench`")
@@ -523,10 +529,8 @@ def _skipped_note() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     for stream in (sys.stdout, sys.stderr):            # names from odd paths never crash a print
-        try:
+        with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")   # type: ignore[union-attr]
-        except (AttributeError, ValueError):
-            pass
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:                            # bad arguments (one line written) or --help

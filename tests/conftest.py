@@ -1,7 +1,6 @@
 """Shared helpers: tiny recipes that train in a fraction of a second."""
 from __future__ import annotations
 
-
 import contextlib
 
 import pytest
@@ -42,9 +41,10 @@ def tiny_recipe():
 def registries_restored():
     """What is registered inside (tasks, value sources, measures, plug-in modules) is gone after it."""
     import sys
+
     from clamp.measures import MEASURE_PLUGINS
-    from clamp.tasks import TASKS
     from clamp.models.plugins import LOADED
+    from clamp.tasks import TASKS
     from clamp.values import VALUES
     tables = (TASKS, VALUES, MEASURE_PLUGINS, LOADED)
     saved = [dict(t) for t in tables]

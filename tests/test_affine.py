@@ -6,13 +6,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import clamp
 from clamp.measures import copying_scores, negative_similarities, position_accuracies
+from clamp.names.yamlio import load_yaml
 from clamp.tasks.affine import Affine, AffineOptions, pair_split
 from clamp.values import PreviousToken, PreviousTokenOptions
-from clamp.names.yamlio import load_yaml
 
 
 def affine(**kw) -> Affine:

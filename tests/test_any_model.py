@@ -78,8 +78,9 @@ def test_a_model_without_patterns_through_sites_plan_bench_and_report(flat_dir, 
     assert "[batch, 20]" in line and "d_model" not in line
     assert "hook_pattern" not in out
     assert main(["plan", "r.yaml"]) == 0
-    from clamp.recipe.spec import load_recipe
     import importlib
+
+    from clamp.recipe.spec import load_recipe
     flat = importlib.import_module("flat_any_model")
     real = sum(p.numel() for p in flat.flat(layers=2, vocab=8, n_ctx=8).parameters())
     assert f"for {real:,} weights" in capsys.readouterr().out
@@ -101,9 +102,10 @@ def test_a_model_without_patterns_through_sites_plan_bench_and_report(flat_dir, 
 
 def test_a_constant_tensor_from_a_list_and_from_files(tmp_path, capsys):
     """A clamp to a given tensor: one sequence's value at the site, broadcast over the batch."""
+    import numpy as np
+
     from clamp.recipe.spec import load_recipe
     from clamp.training.train import Trainer
-    import numpy as np
     want = torch.arange(5 * 16, dtype=torch.float32).reshape(5, 16) / 100            # [pos, d_model]
     torch.save(want, tmp_path / "v.pt")
     np.save(tmp_path / "v.npy", want.numpy())

@@ -13,14 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from fuzzing import mutate
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from clamp.api import bench as run_suite
 from clamp.analysis.results import load_results
-from clamp.recipe.suite import load_suite, suite_from_data
+from clamp.api import bench as run_suite
 from clamp.names.errors import InputError
 from clamp.names.yamlio import dump_yaml, load_yaml
-from fuzzing import mutate
+from clamp.recipe.suite import load_suite, suite_from_data
 from clamp.training.train import read_metrics
 
 SUITE = """\

@@ -96,8 +96,8 @@ def test_a_different_recipe_in_an_existing_run_dir_is_refused(recipe, tmp_path, 
 def test_demo_smoke(tmp_path):
     """The demo suite, shortened: the induction clamp lowers the loss faster than baseline."""
     from clamp.api import bench as run_suite
-    from clamp.recipe.suite import load_suite
     from clamp.cli import _builtin
+    from clamp.recipe.suite import load_suite
     suite = load_suite(_builtin("demo_suite.yaml"), ["train.steps=100", "train.eval_every=25",
                                                       "train.eval_size=200", "train.checkpoint_every=0"])
     res = run_suite(suite, tmp_path / "demo", workers=2)

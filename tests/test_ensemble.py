@@ -14,19 +14,18 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny
 
 import clamp
 import clamp.training.ensemble
-from clamp.training.ensemble import ensemble_key, groups, make_jobs, train_ensemble
 from clamp.models.builtin import build_model
 from clamp.models.stacked import MemberSeam, Stack
+from clamp.names.yamlio import load_yaml
 from clamp.store.rundir import list_checkpoints
 from clamp.tasks import TASKS
+from clamp.training.ensemble import ensemble_key, groups, make_jobs, train_ensemble
 from clamp.training.train import train_seed
 from clamp.values import ValueSource, register_value
-from clamp.names.yamlio import load_yaml
-from conftest import tiny
-
 
 TRAIN = {"steps": 20, "batch": 8, "lr": 1e-2, "eval_every": 5, "eval_size": 16}
 

@@ -9,9 +9,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import registries_restored
 
 from clamp.cli import main
-from conftest import registries_restored
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "recipes" / "extension" / "my_ext.py"

@@ -9,9 +9,9 @@ import torch
 
 import clamp
 from clamp.api import bench as run_suite
+from clamp.names.yamlio import load_yaml
 from clamp.recipe.suite import suite_from_data
 from clamp.schema import opt, positive
-from clamp.names.yamlio import load_yaml
 from clamp.tasks import TASKS, Batch, Task, TaskIO, register_task, rng_for
 from clamp.values import VALUES, NoOptions, ValueSource, register_value
 

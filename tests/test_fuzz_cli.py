@@ -20,11 +20,12 @@ import resource
 import time
 import types
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from fuzzing import mutate
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clamp.cli import main
 from clamp.names.yamlio import dump_yaml, load_yaml
-from fuzzing import mutate
 
 N = int(os.environ.get("CLAMP_FUZZ_EXAMPLES", 120))
 STATS: dict = {"codes": collections.Counter(), "slowest": (0.0, ""), "cases": 0}

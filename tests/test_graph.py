@@ -11,10 +11,9 @@ import networkx as nx
 import pytest
 
 import clamp
-
+from clamp.analysis.graph import Graph
 from clamp.api import bench as run_suite
 from clamp.recipe.suite import load_suite
-from clamp.analysis.graph import Graph
 
 BASE = """
 model: {layers: 2, heads: 4, d_model: 32}

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from clamp.names.errors import InputError
+from clamp.names.yamlio import load_yaml
 from clamp.recipe.spec import recipe_from_data
 from clamp.training.train import Trainer
-from clamp.names.yamlio import load_yaml
 
 pytest.importorskip("nnsight")
 pytest.importorskip("transformers")

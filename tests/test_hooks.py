@@ -5,13 +5,13 @@ import copy
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
-
-from clamp.recipe.compile import compile_plan
-from clamp.models.builtin import build_model
-from clamp.training.train import Trainer, loss_fn
-
 from conftest import tiny
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from clamp.models.builtin import build_model
+from clamp.recipe.compile import compile_plan
+from clamp.training.train import Trainer, loss_fn
 
 
 def plain_losses(recipe, n):

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny
 
 from clamp.models.builtin import build_model
 from clamp.training.train import Trainer
-from conftest import tiny
 
 nnsight = pytest.importorskip("nnsight")
 

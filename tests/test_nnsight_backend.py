@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny
 
 from clamp.training.train import Trainer
-from conftest import tiny
 
 pytest.importorskip("nnsight")
 

@@ -4,14 +4,15 @@ hand-written Adam for `optimizer_state: accumulate`."""
 from __future__ import annotations
 
 import math
+
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from conftest import tiny
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clamp.training.optim import Adam
 from clamp.training.train import Trainer
-
-from conftest import tiny
 
 
 @settings(max_examples=40, deadline=None)
@@ -126,8 +127,8 @@ interventions:
 
 
 def test_freezes_of_one_slice_with_different_optimizer_state_are_refused():
-    from clamp.recipe.compile import compile_plan
     from clamp.names.errors import InputError
+    from clamp.recipe.compile import compile_plan
     r = tiny("""
 interventions:
   - freeze: blocks.1.attn.W_O[0:2]

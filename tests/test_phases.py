@@ -5,10 +5,10 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from clamp.names.phases import (band_stats, logistic_fit, max_slope, paired, relative_crossing,
-                          threshold_crossing)
+from clamp.names.phases import band_stats, logistic_fit, max_slope, paired, relative_crossing, threshold_crossing
 
 STEPS = list(range(0, 4000, 10))
 

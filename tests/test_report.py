@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from clamp.api import bench
-from clamp.cli import main
 from clamp.analysis.draw import graph_figure, intervention_phrase
 from clamp.analysis.graph import Graph
 from clamp.analysis.htmlreport import curve_figure, suite_series
 from clamp.analysis.results import load_results
+from clamp.api import bench
+from clamp.cli import main
 from clamp.store.files import read_json
 from clamp.store.rundir import run_dir, run_metrics
 
@@ -122,6 +122,7 @@ def test_report_cli_bad_choices_are_one_line_exit_2(suite_dir, capsys, args, exp
 
 def test_report_of_a_single_run(tmp_path):
     from conftest import tiny
+
     import clamp
     r = tiny("interventions: [{clamp: blocks.1.attn.hook_pattern[0], to: induction, steps: [0, 10]}]\n",
              train={"steps": 20, "batch": 8, "eval_every": 5, "eval_size": 16, "checkpoint_every": 10})

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from clamp.names.yamlio import load_yaml_file
 from clamp.recipe import budget
 from clamp.recipe.compile import compile_plan, probe_text
-from clamp.names.yamlio import load_yaml_file
 from clamp.recipe.spec import load_recipe
-from clamp.store.rundir import run_metrics
 from clamp.recipe.suite import load_suite
+from clamp.store.rundir import run_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = sorted(subprocess.run(["git", "ls-files", "*.yaml", "*.yml"], cwd=ROOT, capture_output=True, text=True,

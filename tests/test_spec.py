@@ -4,15 +4,16 @@ from __future__ import annotations
 import os
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from fuzzing import mutate
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import clamp
-from clamp.recipe.compile import compile_plan
 from clamp.names.errors import InputError
 from clamp.names.yamlio import dump_yaml, load_yaml
-from clamp.recipe.types import recipe_to_dict
+from clamp.recipe.compile import compile_plan
 from clamp.recipe.spec import recipe_from_data
-from fuzzing import mutate
+from clamp.recipe.types import recipe_to_dict
 
 HEAD = """\
 name: t
@@ -115,10 +116,7 @@ def load(text: str) -> clamp.Recipe:
 
 @pytest.mark.parametrize("body, message", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
 def test_bad_recipe_table(body, message):
-    if body.startswith("train:"):
-        text = HEAD.replace("train: {steps: 1000, lr: 1.0e-3}\n", body)
-    else:
-        text = HEAD + body
+    text = HEAD.replace("train: {steps: 1000, lr: 1.0e-3}\n", body) if body.startswith("train:") else HEAD + body
     with pytest.raises(InputError) as e:
         load(text)
     assert str(e.value) == message

@@ -5,6 +5,7 @@ import json
 import math
 
 import torch
+from conftest import tiny
 
 import clamp
 from clamp.measures import induction_strengths, prev_token_scores
@@ -12,8 +13,6 @@ from clamp.names.phases import phase_times, relative_crossing, threshold_crossin
 from clamp.store.files import read_metrics
 from clamp.store.rundir import list_checkpoints
 from clamp.training.train import train_seed
-
-from conftest import tiny
 
 
 def test_run_directory_layout(tmp_path):

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 import clamp
-
 from clamp.cli import main
 
 TINY = """\
@@ -111,9 +110,10 @@ def test_non_finite_numbers_are_written_as_null_with_the_reason(tmp_path):
 
 
 def test_no_seed_finished_is_not_success():
+    from conftest import tiny
+
     from clamp.cli import _failures
     from clamp.training.runs import aggregate
-    from conftest import tiny
     assert aggregate(tiny(), {})["status"] == "failed"
     assert _failures([]) == 1
 
@@ -241,8 +241,8 @@ def test_hostile_input_gets_one_line_exit_2_quickly(tmp_path, capsys, monkeypatc
 def test_yaml_merge_keys_merge(tmp_path, capsys):
     (tmp_path / "m.yaml").write_text("x-defaults: &d {steps: 5, lr: 0.5, optimizer: adamw}\n".replace("x-", "")
                                      + TINY.replace("train: {", "train: {<<: *d, "))
-    from clamp.recipe.spec import parse_recipe
     from clamp.names.yamlio import load_yaml_file
+    from clamp.recipe.spec import parse_recipe
     data, src = load_yaml_file(tmp_path / "m.yaml", "a recipe file")
     data.pop("defaults")
     r = parse_recipe(data, src)

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from clamp.names.errors import InputError
+from clamp.names.yamlio import load_yaml
 from clamp.recipe.spec import load_recipe, recipe_from_data
 from clamp.training.train import Trainer
-from clamp.names.yamlio import load_yaml
 
 pytest.importorskip("nnsight")
 
@@ -85,7 +85,7 @@ def hand_forward(model, tokens, layer: int, head: int):
         scores = (q @ k.transpose(-1, -2) / a.d_head ** 0.5).masked_fill(
             ~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
         p = torch.softmax(scores, dim=-1)                                           # [batch, head, query, key]
-        if L == layer:
+        if layer == L:
             p = torch.where((torch.arange(a.heads) == head)[None, :, None, None], prev, p)
         x = x + (p @ v).transpose(1, 2).reshape(*x.shape[:2], -1) @ a.o.weight.T
         h = F.layer_norm(x, x.shape[-1:], blk.ln2.weight, blk.ln2.bias)

@@ -7,16 +7,15 @@ import math
 
 import pytest
 import torch
+from conftest import tiny
 
-from clamp.recipe.compile import compile_plan
-from clamp.names.errors import InputError
-from clamp.store.rundir import run_metrics
 from clamp.measures import composition_scores
 from clamp.models.builtin import BuiltinSeam, build_model
+from clamp.names.errors import InputError
+from clamp.recipe.compile import compile_plan
+from clamp.store.rundir import run_metrics
 from clamp.tasks import Batch
 from clamp.training.train import Trainer, loss_fn, train_seed
-
-from conftest import tiny
 
 T = 5
 
@@ -93,10 +92,7 @@ def test_match_by_input_similarity(temperature):
                                  f"    temperature: {temperature}\n", ["blocks.1.attn.hook_pattern"], b)
         x = b.vectors[0]
         cos = torch.tensor([torch.nn.functional.cosine_similarity(x[4], x[j], 0) for j in (0, 2)])
-        if temperature == 0:
-            w = (cos == cos.max()).float()
-        else:
-            w = (cos / temperature).softmax(0)
+        w = (cos == cos.max()).float() if temperature == 0 else (cos / temperature).softmax(0)
         want = torch.tensor([0, w[0], 0, w[1], 0])
         torch.testing.assert_close(rec["blocks.1.attn.hook_pattern"][0, 0, 4], want, rtol=0, atol=1e-6)
         if temperature == 0:

@@ -11,10 +11,10 @@ import statistics
 
 import torch
 
+from ..measures import composition_baseline, composition_scores
 from ..names import sites as S
 from ..names.columns import composition_column
 from ..recipe.compile import select_heads
-from ..measures import composition_baseline, composition_scores
 from ..store.rundir import list_checkpoints, load_model, run_dir, run_metrics
 
 

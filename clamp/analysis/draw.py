@@ -224,22 +224,22 @@ def graph_figure(g: nx.MultiDiGraph, condition: str = "reference"):
     inv = ax.transData.inverted()
     edge_x = {}                                                        # node → (left, right) of its box
     for n, t in texts.items():
-        bb = t.get_bbox_patch().get_window_extent(renderer)            # type: ignore[union-attr]
+        bb = t.get_bbox_patch().get_window_extent(renderer)
         (x0, _), (x1, _) = inv.transform([(bb.x0, bb.y0), (bb.x1, bb.y1)])
         edge_x[n] = (float(x0), float(x1))
     # each edge runs from the right edge of its source's box to the left edge of its target's (ports)
     P = nx.DiGraph()
     ports = {}
     for u, v, d in D.edges(data=True):
-        a, b = (u, "out"), (v, "in")
-        ports[a] = (edge_x[u][1], pos[u][1])
-        ports[b] = (edge_x[v][0], pos[v][1])
-        P.add_edge(a, b, **d)
+        src, dst = (u, "out"), (v, "in")
+        ports[src] = (edge_x[u][1], pos[u][1])
+        ports[dst] = (edge_x[v][0], pos[v][1])
+        P.add_edge(src, dst, **d)
     for u, v, d in P.edges(data=True):
         nx.draw_networkx_edges(P, ports, edgelist=[(u, v)], node_size=0, ax=ax, edge_color=d["colour"],
                                width=1.1 if d["arrow"] else 1.0, arrows=True,
                                arrowstyle="-|>" if d["arrow"] else "-", arrowsize=14)
-    for k, (a, b, d) in enumerate(comp):                               # composition: left edge to left edge
+    for k, (a, b, _) in enumerate(comp):                               # composition: left edge to left edge
         C = nx.DiGraph([((a, "c"), (b, "c"))])
         cpos = {(a, "c"): (edge_x[a][0], pos[a][1]), (b, "c"): (edge_x[b][0], pos[b][1])}
         nx.draw_networkx_edges(C, cpos, node_size=0, ax=ax, edge_color="#6a1b9a", style="dashed", width=0.9,

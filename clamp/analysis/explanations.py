@@ -28,8 +28,8 @@ import statistics
 from typing import Any
 
 from ..names.errors import InputError, show
-from .graph import Graph, isolations, per_seed, resolve_variant, times, variant_info, variant_signature
 from ..names.phases import paired
+from .graph import Graph, isolations, per_seed, resolve_variant, times, variant_info, variant_signature
 
 
 def explain_condition(graph, target: str | None = None) -> dict:
@@ -40,7 +40,8 @@ def explain_condition(graph, target: str | None = None) -> dict:
                     if d["times"].get("median_bound") is not None), key=lambda p: -p[1])
     bottleneck = order[0][0] if order else None
     out: dict[str, Any] = {
-           "target": target, "condition": variant_info(graph, target)["condition"], "behaviour": graph.g.graph["primary"],
+           "target": target, "condition": variant_info(graph, target)["condition"],
+           "behaviour": graph.g.graph["primary"],
            "phase_change": t, "bottleneck": bottleneck,
            "subcircuits": {x: {"variant": d["variant"], "others": sorted({a[0] for a in d["adds"]}),
                                "interventions": [f"{a[1]} {a[0]}" for a in d["adds"]], **d["times"]}
@@ -63,7 +64,8 @@ def compare_conditions(graph, a: str, b: str) -> dict:
     tsig_b = variant_signature(graph, b)
     for x, d in iso_a.items():
         want = tsig_b | {tuple(y) for y in d["adds"]}
-        match = [k for k, v in info.items() if v["condition"] == info[b]["condition"] and variant_signature(graph, k) == want]
+        match = [k for k, v in info.items()
+                 if v["condition"] == info[b]["condition"] and variant_signature(graph, k) == want]
         if not match:
             out["subcircuits"][x] = {"missing": f"no variant in {info[b]['condition']} adds {d['adds']}"}
             continue
@@ -102,7 +104,8 @@ def predict_time(graph, variants: list[str], target: str | None = None) -> dict:
     mech = set(iso) | {x for k in info if info[k]["condition"] == info[target]["condition"]
                        and variant_signature(graph, k) >= tsig for x in info[k]["clamped"]}
     left = sorted(mech - clamped)
-    if left and all(x in iso for x in left) and not any(variant_signature(graph, iso[x]["variant"]) == sig for x in left):
+    if left and all(x in iso for x in left) and \
+            not any(variant_signature(graph, iso[x]["variant"]) == sig for x in left):
         per = [per_seed(iso[x]["times"]) for x in left]
         bn = {s: max(p[s] for p in per) for s in t0 if all(s in p for p in per)}
         if bn:
@@ -112,7 +115,8 @@ def predict_time(graph, variants: list[str], target: str | None = None) -> dict:
         out["bottleneck_unavailable"] = ("every subcircuit is clamped" if not left else
                                          f"no isolation experiment (everything else clamped) for: "
                                          f"{', '.join(x for x in left if x not in iso) or 'the combination itself'}")
-    actual = [k for k, v in info.items() if v["condition"] == info[target]["condition"] and variant_signature(graph, k) == sig]
+    actual = [k for k, v in info.items()
+              if v["condition"] == info[target]["condition"] and variant_signature(graph, k) == sig]
     if actual:
         act = per_seed(times(graph, actual[0]))
         out["actual"] = {"variant": actual[0], "per_seed": act, "median": statistics.median(act.values())}

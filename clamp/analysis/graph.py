@@ -40,14 +40,14 @@ import networkx as nx
 
 from ..names import columns as C
 from ..names.errors import InputError, did_you_mean, show
-from .draw import draw_graph
 from ..names.phases import paired, spread
 from ..names.schema import unbuild
 from ..recipe.types import Recipe, recipe_to_dict
-from .results import load_results
 from ..store.files import atomic_save, atomic_write
 from ..store.owned import writer
 from ..store.rundir import SuiteDir
+from .draw import draw_graph
+from .results import load_results
 
 
 @dataclass
@@ -142,7 +142,7 @@ def behaviours_of(r: Recipe) -> list[str]:
     return [C.behaviour(col, rule) for col, rules in r.phases.items() for rule in rules if rule in ("below", "above")]
 
 
-def _behaviours(variants: list["Variant"], behaviour: str | None) -> list[str]:
+def _behaviours(variants: list[Variant], behaviour: str | None) -> list[str]:
     """The behaviours every variant measures; refused when suites of different tasks or phase rules
     are combined without saying which behaviour to use."""
     sets = {v.key: behaviours_of(v.recipe) for v in variants}
@@ -194,7 +194,7 @@ class Graph:
     # -- building ------------------------------------------------------------------------
 
     @classmethod
-    def from_runs(cls, dirs: list[str | os.PathLike], behaviour: str | None = None) -> "Graph":
+    def from_runs(cls, dirs: list[str | os.PathLike], behaviour: str | None = None) -> Graph:
         """The graph of one or more suite directories. Suites of different tasks or phase rules are
         combined only when `behaviour` ('COLUMN:RULE') names the phase change every variant times."""
         if isinstance(dirs, (str, os.PathLike)):
@@ -264,7 +264,7 @@ class Graph:
         return paths
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Graph":
+    def load(cls, path: str | os.PathLike) -> Graph:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
         return cls(nx.node_link_graph(data, directed=True, multigraph=True, edges="edges"))
 

@@ -24,13 +24,13 @@ from pathlib import Path
 
 from ..measures import MEASURES
 from ..names import columns as C
-from .draw import save_figure
 from ..names.errors import InputError, did_you_mean, show
 from ..names.phases import column_value
-from ..recipe.types import Recipe
 from ..names.sites import one_head
-from .report import VERDICT_HEADERS, phase_table, timed_columns, verdict_rows
+from ..recipe.types import Recipe
 from ..store.rundir import RecipeDir, RunDir, SuiteDir, list_checkpoints, report_paths
+from .draw import save_figure
+from .report import VERDICT_HEADERS, phase_table, timed_columns, verdict_rows
 
 SEED_COLOURS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                 "#bcbd22", "#17becf"]
@@ -240,6 +240,7 @@ def default_steps(sr: Series, seed: int) -> list[int]:
 def attention_panels(sr: Series, seed: int, heads: list[tuple[int, int]], steps: list[int]) -> list:
     """(title, pattern, labels) per (step, head), from the seed's checkpoints."""
     import torch
+
     from ..store.rundir import load_checkpoint
     from ..training.train import Trainer
     ck = dict(list_checkpoints(sr.dirs[seed]))

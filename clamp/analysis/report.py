@@ -11,10 +11,10 @@ from pathlib import Path
 
 from ..names import columns as C
 from ..names.phases import spread
-from .draw import save_figure
 from ..store.files import atomic_write
 from ..store.owned import writer
 from ..store.rundir import SuiteDir, report_paths
+from .draw import save_figure
 
 
 def _f(v, digits: int = 4) -> str:

@@ -13,14 +13,14 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..models.plugins import reading_directory
 from ..names import columns as C
-from ..training.benches import collect_rows
 from ..names.errors import InputError
 from ..names.phases import column_value, spread
-from ..models.plugins import reading_directory
 from ..names.yamlio import load_yaml_file
 from ..recipe.suite import Expectation, Suite, primary_crossing, suite_from_data
 from ..store.rundir import SuiteDir
+from ..training.benches import collect_rows
 
 
 @dataclass

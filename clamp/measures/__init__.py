@@ -6,11 +6,25 @@ Layer 2 of 7 (model layer, beside models/, tasks/ and values/); imports names/, 
 registered when this package is imported. A built-in is a plug-in's equal: adding one is one class
 in one of these files (or a new file imported below) and its line in the README's measure list.
 """
-from .base import (MEASURE_PLUGINS, MEASURES, REPEATS, Measure, Outputs, evaluate, forwards,  # noqa: F401
-                   head_column, head_site, instances, needs_repeats, per_head, register_measure, run_forwards,
-                   score)
-from . import scores, attention, similarity, weights  # noqa: F401,E402  (register the built-in measures)
+from . import attention, scores, similarity, weights  # noqa: F401,E402  (register the built-in measures)
 from .attention import induction_strengths, prev_token_scores  # noqa: F401,E402
+from .base import (  # noqa: F401
+                   MEASURE_PLUGINS,
+                   MEASURES,
+                   REPEATS,
+                   Measure,
+                   Outputs,
+                   evaluate,
+                   forwards,
+                   head_column,
+                   head_site,
+                   instances,
+                   needs_repeats,
+                   per_head,
+                   register_measure,
+                   run_forwards,
+                   score,
+)
 from .scores import position_accuracies  # noqa: F401,E402
 from .similarity import negative_similarities  # noqa: F401,E402
 from .weights import composition_baseline, composition_scores, copying_scores  # noqa: F401,E402

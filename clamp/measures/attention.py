@@ -74,7 +74,8 @@ class PrevTokenScore(_PatternMeasure):
 @register_measure
 class LabelPrevTokenScore(_PatternMeasure):
     name = "label_prev_token_score"
-    doc = "per head: the previous-token score over label rows only (few-shot), where the paper's previous-token heads act"
+    doc = ("per head: the previous-token score over label rows only (few-shot), where the paper's previous-token "
+           "heads act")
 
     @classmethod
     def unavailable(cls, task, options, shape):

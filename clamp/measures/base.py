@@ -16,7 +16,8 @@ one flat row of columns; ensembles run the forwards of many members together and
 """
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor

@@ -13,7 +13,6 @@ from ..names.sites import ModelShape
 from .base import Measure, head_column, register_measure
 
 
-
 def _head_mats(seam, L: int, fold_ln: bool = True):
     """Per-head QK [head, d, d], OV [head, d, d] of layer L in the row convention (x @ M),
     with the layer's LayerNorm scale folded into the read side."""
@@ -117,7 +116,7 @@ class Composition(Measure):
                 for l2 in range(l1 + 1, shape.layers) for h1 in range(shape.heads) for h2 in range(shape.heads)]
 
     def summary(self):
-        return {"composition_baseline": composition_baseline(self.shape)}
+        return {"composition_baseline": composition_baseline(self.shape)} if self.shape is not None else {}
 
     def compute(self, outputs, batches, seam):
         return composition_scores(seam)

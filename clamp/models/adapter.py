@@ -29,16 +29,17 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Literal, Mapping
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from ..names.errors import InputError
-from .modsites import carried, get
 from ..names.sites import ModelShape, SiteInfo, layout_sizes
 from ..tasks import Batch
+from .modsites import carried, get
 
 HookFn = Callable[[Tensor], Tensor]
 

@@ -13,7 +13,7 @@ W_x); both are summed into `hook_embed`.
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ class HookPoint(nn.Module):
     def __init__(self, name: str):
         super().__init__()
         self.name = name
-        self.fn: Optional[HookFn] = None
+        self.fn: HookFn | None = None
 
     def forward(self, x: Tensor) -> Tensor:
         fn = self.fn

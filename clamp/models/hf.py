@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
-from .adapter import AdaptedSeam, Adapter
 from ..names.sites import ModelShape
+from .adapter import AdaptedSeam, Adapter
 
 _EAGER_SOFTMAX = "source.attention_interface_1.source.nn_functional_softmax_0"
 

@@ -17,7 +17,8 @@ take everything a TransformerLens site takes: clamps, ablations, probes, freezes
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import Tensor, nn
 

@@ -14,14 +14,15 @@ carries them. nnsight is optional (`pip install 'clamp[nnsight]'`, part of the t
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from torch import Tensor, nn
 
-from .modsites import get
 from ..names.errors import InputError
 from ..names.sites import ModelShape, SiteInfo
 from ..tasks import Batch
+from .modsites import get
 
 HookFn = Any
 

@@ -21,9 +21,10 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Iterator
+from typing import Any
 
 from ..names.errors import InputError, show
 from ..names.registry import NameTaken

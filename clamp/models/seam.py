@@ -27,19 +27,19 @@ own module (usermodel.py) "module". Every seam `build` returns also has the raw 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from . import hf, usermodel
-from . import builtin
-from .adapter import AdaptedSeam, adapter_catalogue
 from ..names.errors import InputError, did_you_mean, show
-from .modsites import ModuleSites, module_sites
 from ..names.sites import ModelShape, SiteInfo, builtin_catalogue, catalogue, register_family
 from ..tasks import Batch
+from . import builtin, hf, usermodel
+from .adapter import AdaptedSeam, adapter_catalogue
+from .modsites import ModuleSites, module_sites
 
 HookFn = Callable[[Tensor], Tensor]
 
@@ -145,7 +145,7 @@ def build(shape: ModelShape, seed: int) -> ModelSeam:
                          did_you_mean(shape.family, FAMILIES))
     seam: Any = FAMILIES[shape.family].build(shape, seed)
     if shape.family == "builtin" and shape.backend == "nnsight":   # the other families are on nnsight already
-        from .nnsight_seam import NNsightSeam          # optional dependency, imported only when asked for
+        from .nnsight_seam import NNsightSeam  # optional dependency, imported only when asked for
         seam = NNsightSeam(seam)
     seam = ModuleSites(seam)
     names = {i.name for i in seam.catalogue()}

@@ -17,16 +17,16 @@ are those of the same model alone, up to the order of floating-point sums in the
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .builtin import Block, Transformer, apply_rope, scores_from
 from ..names.sites import SiteInfo, builtin_catalogue
 from ..tasks import Batch
+from .builtin import Block, Transformer, apply_rope, scores_from
 
 HookFn = Callable[[Tensor], Tensor]
 

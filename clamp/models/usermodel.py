@@ -34,18 +34,19 @@ import functools
 import importlib
 import inspect
 import json
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from .adapter import AdaptedSeam, Adapter
-from .modsites import get
 from ..names.errors import InputError, did_you_mean, show
-from .plugins import LOADED, is_path, load_plugin, plugin_name  # noqa: F401 - the plug-in names users import
 from ..names.sites import ModelShape
 from ..tasks import Batch
+from .adapter import AdaptedSeam, Adapter
+from .modsites import get
+from .plugins import LOADED, is_path, load_plugin, plugin_name  # noqa: F401 - the plug-in names users import
 
 ATTR = "__clamp_adapter__"
 SHAPE_KEYS = ("layers", "heads", "d_model", "d_head", "d_mlp", "vocab", "n_ctx")

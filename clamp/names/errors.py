@@ -12,8 +12,8 @@ did-you-mean used everywhere.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 
 def suggest(found: str, candidates: Iterable[str], n: int = 1) -> list[str]:
@@ -85,7 +85,7 @@ class InputError(Exception):
             parts[i] = _middle(parts[i], cap, tail=i == 0)    # a location keeps its file name and line
         return _join(parts)
 
-    def at(self, where: str) -> "InputError":
+    def at(self, where: str) -> InputError:
         """The same error, located at `where` if it was not located yet."""
         if not self.where:
             self.where = where

@@ -24,9 +24,9 @@ A curve that never meets a rule gets step None ("did not change"), never a force
 from __future__ import annotations
 
 import math
-import statistics
 import re
-from typing import Sequence
+import statistics
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -112,7 +112,7 @@ def plateau_levels(steps: Sequence[int], values: Sequence[float], flat: float = 
     D = abs(plateau - final)
     base = {"plateau": plateau, "final": final}
     rng = float(v.max() - v.min())
-    if D < drop * rng:
+    if drop * rng > D:
         return {**base, "reason": f"no plateau to leave: from {plateau:.4g} to the final {final:.4g} is "
                 f"{D / rng:.0%} of the curve's range (a phase change needs {drop:.0%})"}
     inside = np.abs(v[:near + 1] - plateau) <= flat * D

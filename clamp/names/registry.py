@@ -7,7 +7,8 @@ module imported twice), is not a collision.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class NameTaken(ValueError):

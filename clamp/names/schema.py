@@ -12,16 +12,17 @@ Field metadata understood by `build`:
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import field
-from typing import Any, Callable, Literal, Mapping, Sequence, Union
+from typing import Any, Literal, Union
 
 from .errors import InputError, did_you_mean, show
 from .yamlio import Path, Source
-
 
 # ---------------------------------------------------------------------------------------
 # Checks for field metadata
@@ -166,15 +167,11 @@ def _int(tp: Any, value: Any, path: Path, src: Source) -> int:
 def _float(tp: Any, value: Any, path: Path, src: Source) -> float:
     out = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
+        with contextlib.suppress(OverflowError):
             out = float(value)
-        except OverflowError:
-            pass
     elif isinstance(value, str) and len(value) < 40:
-        try:
+        with contextlib.suppress(ValueError):
             out = float(value)                             # YAML 1.1 reads 1e-4 (no dot) as a string
-        except ValueError:
-            pass
     if out is not None and math.isfinite(out):
         return out
     raise src.error(path, show(value), "a finite number" if out is not None else "a number")

@@ -22,12 +22,12 @@ from __future__ import annotations
 import fnmatch
 import itertools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Union
 
 from .errors import InputError, did_you_mean, show
 
-HeadItem = Union[int, tuple[int, int], str]          # 3 | (4, 8) | '*'
+HeadItem = int | tuple[int, int] | str          # 3 | (4, 8) | '*'
 
 _SEGMENT = r"[A-Za-z0-9_*]+"
 _PATH_RE = re.compile(rf"^{_SEGMENT}(?:\.{_SEGMENT})*\Z")

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -306,7 +307,7 @@ def safe_name(text: str) -> str:
     return out if out and (out[0].isalnum() or out[0] == "_") else ("_" + out)[:120]
 
 
-def check_name(value: Any, path: Path, src: "Source") -> str:
+def check_name(value: Any, path: Path, src: Source) -> str:
     """A run, suite or variant name: it becomes a directory name, so it must be a name, not a path."""
     if not isinstance(value, str) or not NAME.match(value):
         raise src.error(path, show(value), NAME_HELP, f"e.g. {safe_name(value)!r}" if isinstance(value, str)

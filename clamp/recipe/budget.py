@@ -29,8 +29,8 @@ import re
 from dataclasses import dataclass
 
 from ..measures import MEASURES
-from .types import Recipe
 from ..tasks import TASKS
+from .types import Recipe
 
 F32 = 4
 PROCESS = 240 * 1024 ** 2       # a process with Python, torch and clamp imported: measured 234 MiB (2.13 CPU)

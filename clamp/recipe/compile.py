@@ -9,17 +9,15 @@ rejected here with the recipe location of the second.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from typing import Callable
-
-from ..names import sites as S
 from ..measures import head_column
+from ..names import sites as S
 from ..names.errors import format_path
-from .types import Intervention, Recipe, Selection
 from ..values.base import VALUES, ValueSource
-
+from .types import Intervention, Recipe, Selection
 
 MetricsOf = Callable[[Path], list]            # a run directory → its metrics rows
 

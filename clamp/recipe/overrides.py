@@ -16,7 +16,8 @@ in an overridden value names the override, not the file line it replaced.
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..names.errors import InputError, format_path, show
 from ..names.yamlio import Source, load_yaml, parse_key_path
@@ -118,7 +119,9 @@ def merge_overrides(data: dict, overrides: dict, where: tuple, suite_src: Source
         def fail(path: tuple, found: str, expected: str, _at=at) -> InputError:
             return suite_src.error(_at, f"{format_path(path)}: {found}" if path else found,
                                    expected + " (a key path into the base recipe)")
-        for p in set_path(data, parse_key_path(str(key), label), value, fail, merge=True, label=lambda k: label):
+        def same(k: Any, _label: str = label) -> str:
+            return _label
+        for p in set_path(data, parse_key_path(str(key), label), value, fail, merge=True, label=same):
             _replaced(run_src, p, label)
 
 

@@ -16,25 +16,40 @@ import copy
 import dataclasses
 import importlib.util
 import os
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from . import outputs
-from ..names import sites as S
 from ..measures import MEASURES
-from ..names.errors import InputError, did_you_mean, kind, show
 from ..models import hf, seam, usermodel  # seam: the table of model families (their sites, their shapes)
-from .overrides import apply_override, deep_merge
 from ..models.plugins import is_path, load_plugin
+from ..names import sites as S
+from ..names.errors import InputError, did_you_mean, kind, show
 from ..names.phases import PLATEAU, PLATEAU_DOC
-from .types import (BUILTIN_ONLY, KINDS, PHASE_RULES, PRESERVE, TOP_KEYS, FreezeOptions, Intervention, ModelConfig,
-                     Recipe, Subcircuit, TaskSpec, TrainConfig, model_shape, recipe_to_dict)
 from ..names.schema import build, build_dataclass
-from ..names.yamlio import Source, check_name, safe_name, load_yaml, load_yaml_file, read_text
+from ..names.yamlio import Source, check_name, load_yaml, load_yaml_file, read_text, safe_name
 from ..tasks import TASKS, get_task
 from ..values.base import VALUES, get_value
+from . import outputs
+from .overrides import apply_override, deep_merge
+from .types import (
+    BUILTIN_ONLY,
+    KINDS,
+    PHASE_RULES,
+    PRESERVE,
+    TOP_KEYS,
+    FreezeOptions,
+    Intervention,
+    ModelConfig,
+    Recipe,
+    Subcircuit,
+    TaskSpec,
+    TrainConfig,
+    model_shape,
+    recipe_to_dict,
+)
 
 # ---------------------------------------------------------------------------------------
 # Loading

@@ -28,17 +28,17 @@ import copy
 import itertools
 import math
 import os
-from pathlib import Path
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any
 
 from ..names import columns as C
 from ..names.errors import InputError, did_you_mean, show
 from ..names.schema import build
-from ..names.yamlio import Source, check_name, safe_name, load_yaml, load_yaml_file, read_text
+from ..names.yamlio import Source, check_name, load_yaml, load_yaml_file, read_text, safe_name
 from .overrides import apply_override, merge_overrides
-from .spec import MAX_SEEDS, Recipe, import_plugins, absolute_paths, parse_recipe, resolve_extends
-
+from .spec import MAX_SEEDS, Recipe, absolute_paths, import_plugins, parse_recipe, resolve_extends
 
 MAX_RECIPES = 1000          # variant × grid combinations: each recipe is parsed and checked up front
 MAX_RUNS = 10_000           # runs (combinations × seeds): results.csv is rewritten as each one finishes
@@ -236,7 +236,7 @@ def _expectations(exp: Any, src: Source, variants: dict, recipes: dict, base: Re
         for j, op in enumerate((e.a, e.b)):
             if op is not None:
                 where = ("expect", i, e.kind) + ((j,) if e.kind != "value" else ())
-                for (vname, point), recipe in recipes.items():
+                for (vname, _point), recipe in recipes.items():
                     if vname == op.variant:
                         _check_quantity(op.of, primary, recipe, where, src)
     return expect

@@ -98,7 +98,7 @@ class TrainConfig:
     def validate(self):
         if not all(0.0 <= b < 1.0 for b in self.betas):
             return ("betas", "two numbers in [0, 1), e.g. [0.9, 0.999]")
-        for col, rule in self.stop.items():
+        for _col, rule in self.stop.items():
             if not rule or any(k not in ("below", "above") for k in rule):
                 return ("stop", "{column: {below: x}} or {column: {above: x}}")
         if any(not isinstance(n, int) or isinstance(n, bool) or n <= 0 for n in self.evaluator_every.values()):

@@ -16,12 +16,11 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .owned import guard
-
-
 
 # ---------------------------------------------------------------------------------------
 # JSON that stays JSON

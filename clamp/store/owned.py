@@ -29,10 +29,10 @@ import os
 import re
 import time
 import uuid
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from ..names.errors import InputError
 
@@ -292,10 +292,8 @@ def _acquire(d: Path, what: str) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         holder = ""
-        try:
+        with suppress(OSError):
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
-        except OSError:
-            pass
         os.close(fd)
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise InputError(what, "", f"{str(d)!r}, which another clamp process is writing"

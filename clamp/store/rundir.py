@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import os
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Callable, Iterator
+from typing import IO
 
 import torch
 

@@ -28,7 +28,6 @@ from ..names.columns import position_column
 from ..names.schema import non_negative, opt, positive
 from .base import Batch, Task, TaskIO, register_task, rng_for
 
-
 MAX_MODULUS = 1021      # the pairs (a, b) are listed: p·(p-1) of them, ~1M at most
 
 

@@ -41,7 +41,7 @@ class Batch:
     def __len__(self) -> int:
         return self.tokens.shape[0]
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         """The batch with every tensor on `device` (itself when it is there already)."""
         if self.tokens.device == torch.device(device):
             return self
@@ -52,7 +52,7 @@ class Batch:
                      {k: v.to(device) for k, v in self.roles.items()}, m(self.induction_keys),
                      m(self.induction_others), m(self.classes))
 
-    def select(self, idx: Tensor | slice) -> "Batch":
+    def select(self, idx: Tensor | slice) -> Batch:
         """The sub-batch of rows `idx` (every tensor field indexed along the batch axis)."""
         def s(t):
             return None if t is None else t[idx]

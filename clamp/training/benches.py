@@ -11,9 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 from ..names import columns as C
 from ..names.phases import column_value

@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 
 from ..recipe.compile import compile_plan
-from .hooks import Intervener
 from ..store.rundir import load_model, run_metrics
 from ..tasks import TASKS
+from .hooks import Intervener
 
 
 class Donor:

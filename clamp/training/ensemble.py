@@ -25,28 +25,28 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import optim
-from ..recipe.budget import members_that_fit
-from ..recipe.compile import compile_plan
-from ..names.errors import RunError
 from ..measures import Outputs
 from ..models.builtin import build_model
-from .pool import Job, Outcome
-from ..recipe.types import Recipe, dump_recipe
 from ..models.stacked import MemberError, MemberSeam, Stack
+from ..names.errors import RunError
+from ..recipe.budget import members_that_fit
+from ..recipe.compile import compile_plan
+from ..recipe.types import Recipe, dump_recipe
 from ..store.rundir import RunDir, run_metrics
 from ..tasks import TASKS, Batch
-from .train import (RunProgress, Trainer, fill_grads, install_extensions, one_line, resolve_device, stop_now,
-                    summarise)
+from . import optim
+from .pool import Job, Outcome
+from .train import RunProgress, Trainer, fill_grads, install_extensions, one_line, resolve_device, stop_now, summarise
 
 Progress = Callable[[dict], None]
 

@@ -30,18 +30,18 @@ any model family behind the seam.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..recipe.compile import Edit, Plan
-from .optim import STATE_KEYS, Optimizer
 from ..models.seam import HookFn, ModelSeam
+from ..recipe.compile import Edit, Plan
 from ..tasks import Batch
 from ..values.base import Context
-
+from .optim import STATE_KEYS, Optimizer
 
 
 class _Frozen:

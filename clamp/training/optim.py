@@ -25,11 +25,11 @@ as in torch. state_dict/load_state_dict are torch.optim.Optimizer's.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
-from torch.optim.adam import adam as _functional_adam
 from torch import Tensor
+from torch.optim.adam import adam as _functional_adam
 
 
 class Optimizer(torch.optim.Optimizer):

@@ -11,7 +11,7 @@ run's own interventions active at that step, then each probe on top), so a probe
 from __future__ import annotations
 
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from ..models.plugins import reading_directory
 from ..names.errors import InputError, show

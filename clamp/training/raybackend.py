@@ -11,7 +11,7 @@ cluster the suite directory must be on a shared filesystem.
 from __future__ import annotations
 
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from ..names.errors import InputError
 from .pool import Job, Outcome, available_cores, collect, forwarding, run_job

@@ -8,9 +8,9 @@ sub-directory `seed_<s>/` per seed. `Run.load(DIR)` reads any such directory bac
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 from ..names.phases import spread
 from ..recipe import budget
@@ -56,7 +56,7 @@ class Run:
                 for s, r in self.seeds.items()}
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Run":
+    def load(cls, path: str | os.PathLike) -> Run:
         d = RecipeDir(path)
         summary = d.summary() or {}
         seeds = {s: SeedRun(s, rd.path, rd.summary() or {}) for s, rd in d.seed_runs().items()}

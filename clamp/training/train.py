@@ -15,25 +15,25 @@ import math
 import os
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import torch
 
-from . import optim
-from ..names.columns import probe_column
-from ..recipe.compile import Plan, compile_plan
-from ..names.errors import InputError, RunError
-from .hooks import Intervener
 from ..measures import MEASURES, Measure, Outputs, evaluate, forwards, instances, needs_repeats, run_forwards, score
-from .donor import Donors
 from ..models.seam import ModelSeam, build
+from ..names.columns import probe_column
+from ..names.errors import InputError, RunError
 from ..names.phases import column_value, phase_times
+from ..recipe.compile import Plan, compile_plan
 from ..recipe.types import Recipe, dump_recipe
 from ..store.files import read_metrics  # noqa: F401 - scripts read metrics from here
 from ..store.rundir import RunDir, run_metrics
 from ..tasks import TASKS, Batch, Task
 from ..tasks.base import next_token_loss
+from . import optim
+from .donor import Donors
+from .hooks import Intervener
 
 Progress = Callable[[dict], None]
 DATA_CHUNK = 16          # training batches made at once (the same batches as one at a time)

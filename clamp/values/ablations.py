@@ -16,6 +16,7 @@ from ..names.schema import opt
 from ..names.sites import layout_sizes
 from .base import NoOptions, ValueSource, register_value
 
+
 @register_value
 class Zero(ValueSource):
     name, Options, ablation = "zero", NoOptions, True
@@ -121,7 +122,8 @@ class Constant(ValueSource):
         except RuntimeError:
             return ("value", f"a tensor of shape {list(self.tensor.shape)}", f"one that broadcasts to {want}")
         if len(got) != len(target):
-            return ("value", f"a tensor of shape {list(self.tensor.shape)}", f"at most {len(target)} dimensions: {want}")
+            return ("value", f"a tensor of shape {list(self.tensor.shape)}",
+                    f"at most {len(target)} dimensions: {want}")
         return None
 
     def value(self, x, site, ctx):

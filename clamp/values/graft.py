@@ -11,6 +11,7 @@ from ..names.errors import InputError
 from ..names.schema import opt
 from .base import ValueSource, register_value
 
+
 @dataclass(frozen=True)
 class GraftOptions:
     run: str = opt("", doc="run directory of the donor, relative to the recipe file ({seed} becomes this run's seed)",

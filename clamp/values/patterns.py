@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ..names.schema import between, opt, positive
 from ..names.errors import InputError
+from ..names.schema import between, opt, positive
 from .base import ValueSource, register_value, row_mask
+
 
 @dataclass(frozen=True)
 class PreviousTokenOptions:

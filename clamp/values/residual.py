@@ -9,6 +9,7 @@ from torch import Tensor
 
 from .base import Context, NoOptions, ValueSource, register_value
 
+
 def embedding_residual(ctx: Context) -> Tensor:
     """The residual stream entering block 0: token/vector embedding (+ learned positions)."""
     r = ctx.cache["hook_embed"]
