@@ -64,3 +64,13 @@ def isolated_registries():
     fixture that loads plug-ins wraps itself in `registries_restored` too."""
     with registries_restored():
         yield
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for every test that uses the Ray backend (clamp joins a running one)."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from clamp.analysis.results import load_results
 from clamp.api import bench as run_suite
+from clamp.cli import main
 from clamp.names.errors import InputError
 from clamp.names.yamlio import dump_yaml, load_yaml
 from clamp.recipe.suite import load_suite, suite_from_data
@@ -104,7 +105,7 @@ def test_load_results_rebuilds_the_same_table(local_result):
 
 
 @pytest.mark.ray
-def test_ray_backend_gives_identical_results(local_result, tmp_path):
+def test_ray_backend_gives_identical_results(local_result, tmp_path, ray_cluster):
     pytest.importorskip("ray")
     suite = load_suite(write_suite(tmp_path))
     res = run_suite(suite, tmp_path / "ray", backend="ray", workers=2)
@@ -118,7 +119,7 @@ def test_ray_backend_gives_identical_results(local_result, tmp_path):
 def test_a_killed_suite_resumes_without_redoing_finished_runs(tmp_path, ensemble):
     """Killed (SIGKILL) mid-suite, a suite resumes: finished runs are not trained again, partial ones
     resume from their checkpoints; with ensembles, every member of the killed ensemble resumes."""
-    text = (SUITE.replace("steps: 200", "steps: 400").replace("checkpoint_every: 50", "checkpoint_every: 40")
+    text = (SUITE.replace("steps: 200", "steps: 240").replace("checkpoint_every: 50", "checkpoint_every: 40")
             .replace("seeds: [0, 1, 2]", "seeds: [0, 1]"))
     if ensemble:                                # one run ends early: finished while the others go on
         text = text.replace("variants:\n", "variants:\n  short: {train.steps: 80}\n")
@@ -133,7 +134,7 @@ def test_a_killed_suite_resumes_without_redoing_finished_runs(tmp_path, ensemble
             done = list(out.glob("runs/*/seed_*/summary.json"))
             ckpt = [p for p in out.glob("runs/*/seed_*/checkpoints/step_*.pt")
                     if not (p.parent.parent / "summary.json").exists() and p.stat().st_size > 0
-                    and int(p.stem.split("_")[1]) >= 120]
+                    and int(p.stem.split("_")[1]) >= 80]
             if done and ckpt:
                 break
             time.sleep(0.05)
@@ -146,8 +147,7 @@ def test_a_killed_suite_resumes_without_redoing_finished_runs(tmp_path, ensemble
     partial = [p.parent.parent for p in out.glob("runs/*/seed_*/checkpoints/step_*.pt")
                if not (p.parent.parent / "summary.json").exists()]
     assert finished and partial
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert r.returncode in (0, 1), r.stderr
+    assert main(cmd[3:]) in (0, 1)                         # resumed (here: no second interpreter to start)
     for p, text_before in finished.items():               # not trained again
         assert p.read_text() == text_before
     for d in set(partial):                                  # resumed from a checkpoint, not from scratch

@@ -46,15 +46,15 @@ def recipe(tmp_path):
     return p
 
 
-def test_run_plan_sites(recipe, tmp_path):
-    r = clamp_cmd("run", recipe, "--out", tmp_path / "out", "--quiet", cwd=tmp_path)
+def test_run_plan_sites(recipe, tmp_path, capsys, monkeypatch):
+    r = clamp_cmd("run", recipe, "--out", tmp_path / "out", "--quiet", cwd=tmp_path)    # the console entry point
     assert r.returncode == 0, r.stderr
     assert "loss below" in r.stdout and "wrote" in r.stdout
     assert json.loads((tmp_path / "out" / "summary.json").read_text())["status"] == "ok"
-    p = clamp_cmd("plan", recipe, cwd=tmp_path)
-    assert p.returncode == 0 and "clamp to previous_token" in p.stdout and "[0, 6)" in p.stdout
-    s = clamp_cmd("sites", recipe, cwd=tmp_path)
-    assert s.returncode == 0 and "blocks.{L}.attn.hook_pattern" in s.stdout and "4 heads" in s.stdout
+    code, out, _ = clamp_main("plan", recipe, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0 and "clamp to previous_token" in out and "[0, 6)" in out
+    code, out, _ = clamp_main("sites", recipe, cwd=tmp_path, capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0 and "blocks.{L}.attn.hook_pattern" in out and "4 heads" in out
 
 
 BAD_CLI = [

@@ -55,7 +55,7 @@ expect:
 
 
 @pytest.fixture(scope="module")
-def suites(tmp_path_factory):
+def suites(tmp_path_factory, ray_cluster):
     d = tmp_path_factory.mktemp("ext")
     (d / "recipe.yaml").write_text(RECIPE.format(plugin=PLUGIN))
     (d / "suite.yaml").write_text(SUITE.format(model=MODEL))

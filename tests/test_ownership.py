@@ -212,43 +212,54 @@ def _clamp(args, env, cwd):
                           env=env, cwd=cwd, timeout=300)
 
 
-def test_opening_a_run_directory_runs_none_of_its_plugins_unless_trusted(tmp_path):
+def test_opening_a_run_directory_runs_none_of_its_plugins_unless_trusted(tmp_path, capsys, monkeypatch):
+    from conftest import registries_restored
     sentinel = tmp_path / "ran.txt"
-    env = {**os.environ, "CLAMP_TEST_SENTINEL": str(sentinel)}
+    monkeypatch.setenv("CLAMP_TEST_SENTINEL", str(sentinel))
+    monkeypatch.chdir(tmp_path)
     (tmp_path / "evil.py").write_text(EVIL)
     (tmp_path / "r.yaml").write_text("plugins: [evil.py]\n" + TINY)
-    got = _clamp(["run", "r.yaml", "--out", "o", "--quiet"], env, tmp_path)
-    assert got.returncode == 0 and sentinel.read_text() == "ran"         # the user ran the recipe: its plug-in ran
-    sentinel.unlink()
     (tmp_path / "probes.yaml").write_text(PROBES)
-    for verb in (["report", "o"], ["probe", "o", "probes.yaml"]):
-        got = _clamp(verb, env, tmp_path)
-        assert got.returncode == 0, got.stderr
-        assert not sentinel.exists(), verb
-        assert "did not import 1 plug-in(s) listed in o/recipe.yaml" in got.stderr and "--trust-plugins" in got.stderr
-    got = _clamp(["report", "o", "--plugin", "evil.py"], env, tmp_path)   # the same file, named by the user
-    assert got.returncode == 0 and sentinel.exists() and "did not import" not in got.stderr
+
+    def fresh(args):
+        """`clamp ARGS` as a new process would see it: no plug-in imported before."""
+        with registries_restored():
+            return cli(args, capsys)
+    code, _, _ = fresh(["run", "r.yaml", "--out", "o", "--quiet"])
+    assert code == 0 and sentinel.read_text() == "ran"                  # the user ran the recipe: its plug-in ran
     sentinel.unlink()
-    got = _clamp(["report", "o", "--trust-plugins"], env, tmp_path)
-    assert got.returncode == 0 and sentinel.exists() and "did not import" not in got.stderr
+    for verb in (["report", "o"], ["probe", "o", "probes.yaml"]):
+        code, _, err = fresh(verb)
+        assert code == 0, err
+        assert not sentinel.exists(), verb
+        assert "did not import 1 plug-in(s) listed in o/recipe.yaml" in err and "--trust-plugins" in err
+    code, _, err = fresh(["report", "o", "--plugin", "evil.py"])        # the same file, named by the user
+    assert code == 0 and sentinel.exists() and "did not import" not in err
+    sentinel.unlink()
+    code, _, err = fresh(["report", "o", "--trust-plugins"])
+    assert code == 0 and sentinel.exists() and "did not import" not in err
 
 
-def test_a_run_directory_that_needs_its_plugin_says_so(tmp_path):
+def test_a_run_directory_that_needs_its_plugin_says_so(tmp_path, capsys, monkeypatch):
+    from conftest import registries_restored
     ext = Path(__file__).resolve().parent.parent / "recipes" / "extension"
-    (tmp_path / "my_ext.py").write_text((ext / "my_ext.py").read_text())
+    (tmp_path / "my_ext_needed.py").write_text((ext / "my_ext.py").read_text())
     (tmp_path / "r.yaml").write_text((ext / "running_mean.yaml").read_text().replace("seeds: [0, 1]", "seeds: [0]")
-                                     .replace("steps: 150", "steps: 20"))
-    env = dict(os.environ)
-    assert _clamp(["run", "r.yaml", "--out", "o", "--quiet"], env, tmp_path).returncode == 0
+                                     .replace("steps: 150", "steps: 20").replace("my_ext.py", "my_ext_needed.py"))
+    monkeypatch.chdir(tmp_path)
+    with registries_restored():
+        assert cli(["run", "r.yaml", "--out", "o", "--quiet"], capsys)[0] == 0
     before = snapshot(tmp_path / "o")
-    got = _clamp(["report", "o"], env, tmp_path)
-    assert got.returncode == 2, got.stderr
-    line = one_line(got.stderr)
+    with registries_restored():
+        code, _, err = cli(["report", "o"], capsys)
+    assert code == 2, err
+    line = one_line(err)
     assert line.startswith("clamp: error: o/recipe.yaml: plugins: found plug-in(s) not imported:")
-    assert "my_ext.py" in line
+    assert "my_ext_needed.py" in line
     assert "--trust-plugins" in line and "running_mean" in line
     assert snapshot(tmp_path / "o") == before
-    assert _clamp(["report", "o", "--trust-plugins"], env, tmp_path).returncode == 0
+    with registries_restored():
+        assert cli(["report", "o", "--trust-plugins"], capsys)[0] == 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -380,20 +391,25 @@ class Once(Measure):
 """
 
 
-def test_a_dead_worker_fails_its_run_only_and_the_run_resumes(tmp_path):
+def test_a_dead_worker_fails_its_run_only_and_the_run_resumes(tmp_path, capsys, monkeypatch):
+    from conftest import registries_restored
     (tmp_path / "killer.py").write_text(KILLER)
     (tmp_path / "tiny.yaml").write_text("plugins: [killer.py]\nmeasure: [loss, once]\n" + TINY)
     (tmp_path / "s.yaml").write_text("base: tiny.yaml\nseeds: [0, 1]\nvariants: {a: {}, b: {train.lr: 0.02}}\n")
-    env = {**os.environ, "CLAMP_TEST_FLAG": str(tmp_path / "flag")}
-    got = _clamp(["bench", "s.yaml", "--out", "out", "--quiet", "--workers", "2", "--no-ensemble"], env, tmp_path)
-    assert got.returncode == 1
+    monkeypatch.setenv("CLAMP_TEST_FLAG", str(tmp_path / "flag"))
+    monkeypatch.chdir(tmp_path)
+    args = ["bench", "s.yaml", "--out", "out", "--quiet", "--workers", "2", "--no-ensemble"]
+    with registries_restored():
+        code, _, err = cli(args, capsys)                 # the pool's workers are forked: one kills itself
+    assert code == 1
     status = [r.split(",")[3] for r in (tmp_path / "out" / "results.csv").read_text().splitlines()[1:]]
     assert sorted(status) == ["failed", "ok", "ok", "ok"], status
-    assert "killed by signal 9" in got.stderr and got.stderr.count("clamp: run ") == 1
+    assert "killed by signal 9" in err and err.count("clamp: run ") == 1
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Runs that did not finish" in page and "killed by signal 9" in page
-    got = _clamp(["bench", "s.yaml", "--out", "out", "--quiet", "--workers", "2", "--no-ensemble"], env, tmp_path)
-    assert got.returncode == 0, got.stderr
+    with registries_restored():
+        code, _, err = cli(args, capsys)
+    assert code == 0, err
     status = [r.split(",")[3] for r in (tmp_path / "out" / "results.csv").read_text().splitlines()[1:]]
     assert status == ["ok"] * 4
 

@@ -138,8 +138,8 @@ probes:
      "measure of this recipe produces"),
     ("train: {stop: {'max(prev_token_score/blocks.5.attn.hook_pattern[*])': {above: 0.5}}}",
      "r.yaml:5: train.stop.'max(prev_token_score/block"),
-    ("measure: [loss, induction_score]", "measure[1]: found 'induction_score'; expected a measure the task can "
-     "produce (fewshot has no repeated-segment probe"),
+    ("measure: [loss, induction_score]", "measure[1]: found 'induction_score'; expected a measure this task and "
+     "model can produce (fewshot has no repeated-segment probe"),
     ("interventions: [{ablate: hook_logits}]", "interventions[0]: found hook_logits replaced by zero during "
      "training"),
     ("train: {betas: [2.0, -1.0]}", "train.betas: found [2.0, -1.0]; expected two numbers in [0, 1)"),
@@ -304,7 +304,7 @@ def test_fresh_deletes_only_a_directory_clamp_made(tmp_path, tiny_file, capsys):
     assert code == 0 and "--fresh deleted" in err and str(tmp_path / "o") in err
 
 
-def test_one_writer_per_directory(tmp_path, tiny_file):
+def test_one_writer_per_directory(tmp_path, tiny_file, capsys):
     slow = tmp_path / "slow.yaml"
     slow.write_text(TINY.replace("steps: 12", "steps: 100000").replace("eval_every: 4", "eval_every: 1000"))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -316,18 +316,16 @@ def test_one_writer_per_directory(tmp_path, tiny_file):
             if lock.exists() and lock.read_text().startswith("pid"):
                 break
             time.sleep(0.1)
-        second = subprocess.run([sys.executable, "-m", "clamp.cli", "run", str(slow), "--out", str(tmp_path / "o"),
-                                 "--fresh", "--quiet"], capture_output=True, text=True, env=env, timeout=120)
-        assert second.returncode == 2 and "another clamp process is writing" in one_line(second.stderr)
+        code, _, err = cli(["run", slow, "--out", tmp_path / "o", "--fresh", "--quiet"], capsys)   # this process
+        assert code == 2 and "another clamp process is writing" in one_line(err)
         assert first.poll() is None                         # the first one was left alone
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     # the lock died with its holder: the directory can be resumed (and a stale temp file is cleaned up)
     (tmp_path / "o" / ".metrics.jsonl.tmp999").write_text("half")
-    again = subprocess.run([sys.executable, "-m", "clamp.cli", "run", str(slow), "--out", str(tmp_path / "o"),
-                            "--quiet", "--set", "train.steps=5"], capture_output=True, text=True, env=env, timeout=120)
-    assert again.returncode == 2 and "holds a different recipe" in again.stderr          # checked, nothing lost
+    code, _, err = cli(["run", slow, "--out", tmp_path / "o", "--quiet", "--set", "train.steps=5"], capsys)
+    assert code == 2 and "holds a different recipe" in err          # checked, nothing lost
     from clamp.store.owned import writer
     with writer(tmp_path / "o", "run") as info:
         assert info["removed_tmp"] and not (tmp_path / "o" / ".metrics.jsonl.tmp999").exists()

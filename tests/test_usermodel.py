@@ -256,11 +256,11 @@ variants:
 
 
 @pytest.mark.parametrize("backend", ["local", pytest.param("ray", marks=pytest.mark.ray)])
-def test_suites_ship_plugins_to_their_workers(tmp_path, backend):
+def test_suites_ship_plugins_to_their_workers(tmp_path, backend, request):
     """Two workers (forked processes, or Ray workers that import the plug-in from its recorded path)
     run a suite of a user's module; every run matches the same run done here."""
     if backend == "ray":
-        pytest.importorskip("ray")
+        request.getfixturevalue("ray_cluster")
     from clamp.api import bench
     from clamp.recipe.suite import load_suite
     (tmp_path / "suite.yaml").write_text(USER_SUITE.format(base=ROOT / "recipes" / "user_model" / "tiny_lm.yaml"))

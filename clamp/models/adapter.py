@@ -332,7 +332,7 @@ class AdaptedSeam:
                 for r, fn in edits:
                     x = r.put(x, fn(r.view(x)))
                 setattr(envoy, io, rewrap(x))
-            logits = carried(self.nn.output)[0].save()         # type: ignore[attr-defined]  # nnsight adds .save
+            logits = carried(self.nn.output)[0].save()  # nnsight adds .save
         return logits
 
     def check_order(self, batch: Batch) -> dict[str, tuple[int, ...]]:

@@ -246,15 +246,15 @@ class Transformer(nn.Module):
         resid = self.hook_embed(self.embed(tokens, vectors, is_vector))   # [batch, pos, d_model]
         T = tokens.shape[1]
         if self.shape.pos == "learned":
-            W_pos: Tensor = self.pos_embed.W_pos                           # type: ignore[assignment]
+            W_pos: Tensor = self.pos_embed.W_pos
             resid = resid + self.hook_pos_embed(W_pos[:T].expand_as(resid))
         rope = self.rope
         for block in self.blocks:
             resid = block(resid, self.mask, rope)
         if self.ln_final is not None:
             resid = self.ln_final(resid)
-        W_U: Tensor = self.unembed.W_U                                     # type: ignore[assignment]
-        b_U: Tensor = self.unembed.b_U                                     # type: ignore[assignment]
+        W_U: Tensor = self.unembed.W_U
+        b_U: Tensor = self.unembed.b_U
         return self.hook_logits(resid @ W_U + b_U)                    # [batch, pos, n_out]
 
 
@@ -304,7 +304,7 @@ class BuiltinSeam:
 
     def attention_scores(self, layer: int, xq: Tensor, xk: Tensor) -> Tensor:
         m = self.module
-        block: Block = m.blocks[layer]                    # type: ignore[assignment]
+        block: Block = m.blocks[layer]
         ln = block.ln1
         if ln is not None:                               # the block's LayerNorm, without its hook point
             xq = F.layer_norm(xq, xq.shape[-1:], ln.w, ln.b, 1e-5)

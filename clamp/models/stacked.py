@@ -156,8 +156,8 @@ class Stack(nn.Module):
         """Logits [K, batch, pos, n_out] of member k on batches[k] (equal shapes); with `members`, only
         those members (copies of their parameters: for evaluation), batches[i] for members[i]."""
         b0 = batches[0]
-        vec = None if b0.vectors is None else torch.stack([b.vectors for b in batches])        # type: ignore[misc]
-        isv = None if b0.is_vector is None else torch.stack([b.is_vector for b in batches])    # type: ignore[misc]
+        vec = None if b0.vectors is None else torch.stack([b.vectors for b in batches])
+        isv = None if b0.is_vector is None else torch.stack([b.is_vector for b in batches])
         tokens = torch.stack([b.tokens for b in batches])
         if members is None:
             return self(tokens, vec, isv)
@@ -224,7 +224,7 @@ class MemberSeam:
 
     def attention_scores(self, layer: int, xq: Tensor, xk: Tensor) -> Tensor:
         m = self.stack.template
-        block: Block = m.blocks[layer]                    # type: ignore[assignment]
+        block: Block = m.blocks[layer]
         a = f"blocks.{layer}"
         if block.ln1 is not None:
             w, b = self.weight(f"{a}.ln1.w"), self.weight(f"{a}.ln1.b")

@@ -214,7 +214,7 @@ class Intervener:
     def after_optimizer_step(self) -> None:
         assert self.optimizer is not None or not self._frozen
         for f in self._frozen.values():
-            f.restore(self.optimizer)              # type: ignore[arg-type]
+            f.restore(self.optimizer)
 
     @contextmanager
     def recording(self, sites: Iterable[str]) -> Iterator[dict[str, Tensor]]:
