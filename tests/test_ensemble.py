@@ -23,7 +23,8 @@ from clamp.models.stacked import MemberSeam, Stack
 from clamp.names.yamlio import load_yaml
 from clamp.store.rundir import list_checkpoints
 from clamp.tasks import TASKS
-from clamp.training.ensemble import ensemble_key, groups, make_jobs, train_ensemble
+from clamp.training.ensemble import train_ensemble
+from clamp.training.grouping import ensemble_key, groups, make_jobs
 from clamp.training.train import train_seed
 from clamp.values import ValueSource, register_value
 

@@ -24,7 +24,7 @@ FOLDERS = {
     "store": ["store"],
     "run": ["training"],
     "analysis": ["analysis"],
-    "top": [],                                   # the modules at the root: api, cli, schema, __init__
+    "top": [],                                   # the modules at the root: api, cli, console, schema, __init__
 }
 LAYER_OF = {folder: i for i, folders in enumerate(FOLDERS.values()) for folder in folders}
 NAME = {i: name for i, name in enumerate(FOLDERS)}
@@ -114,7 +114,7 @@ def test_every_folder_is_a_layer_with_a_docstring_that_says_so():
         doc = ast.get_docstring(ast.parse((ROOT / folder / "__init__.py").read_text()))
         assert doc and f"Layer {LAYER_OF[folder] + 1} of {len(FOLDERS)}" in doc, folder
     root = sorted(p.stem for p in ROOT.glob("*.py"))
-    assert root == ["__init__", "api", "cli", "schema"], root       # the top layer is small
+    assert root == ["__init__", "api", "cli", "console", "schema"], root       # the top layer is small
 
 
 def test_layers_only_look_down_and_nothing_private_is_imported():
@@ -156,3 +156,38 @@ def test_the_check_sees_a_cycle():
     modules["names.errors"] += "\nfrom .sites import parse\n"                  # names → names, but a cycle
     _, graph = violations(modules)
     assert list(nx.simple_cycles(graph))
+
+
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 60
+
+
+def size_table() -> list[tuple[str, int, list[tuple[str, int, str]]]]:
+    """(module, its lines, [(a function over the limit, its lines, the reason beside its def)])."""
+    out = []
+    for path in sorted(ROOT.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        lines = text.splitlines()
+        long = []
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1                     # type: ignore[operator]
+                if n > MAX_FUNCTION_LINES:
+                    head = " ".join(lines[node.lineno - 1:(node.body[0].lineno - 1)])
+                    reason = head.split("# long:", 1)[1].strip() if "# long:" in head else ""
+                    long.append((node.name, n, reason))
+        out.append((str(path.relative_to(ROOT.parent)), len(lines), long))
+    return out
+
+
+def test_modules_are_small_and_long_functions_say_why():
+    rows = size_table()
+    big = [(m, n) for m, n, _ in rows if n > MAX_MODULE_LINES]
+    assert not big, f"modules over {MAX_MODULE_LINES} lines: {big}"
+    unexplained = [(m, f, n) for m, _, long in rows for f, n, why in long if not why]
+    assert not unexplained, f"functions over {MAX_FUNCTION_LINES} lines without '# long: <reason>': {unexplained}"
+
+
+if __name__ == "__main__":                     # the module-size table of docs/design.md
+    for m, n, long in size_table():
+        print(f"| {m} | {n} | " + "; ".join(f"{f} ({k} lines: {why})" for f, k, why in long) + " |")

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from clamp.analysis.draw import graph_figure, intervention_phrase
+from clamp.analysis.figures import curve_figure
 from clamp.analysis.graph import Graph
-from clamp.analysis.htmlreport import curve_figure, suite_series
+from clamp.analysis.htmlreport import suite_series
 from clamp.analysis.results import load_results
 from clamp.api import bench
 from clamp.cli import main

@@ -151,7 +151,13 @@ def graph_figure(g: nx.MultiDiGraph, condition: str = "reference"):
     as tall as the tallest label, so no two boxes overlap."""
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    D, comp = display_graph(g, condition)
+    return _draw(D, place(D), comp, condition)
+
+
+def display_graph(g: nx.MultiDiGraph, condition: str) -> tuple[nx.DiGraph, list]:
+    """The picture as a graph: subcircuit (layer 0), effect-label (1) and behaviour (2) nodes with their
+    text and colours, in drawing order; and the composition edges to draw between subcircuits."""
     effects = shown_effects(g, condition)
     subs = [n for n, d in g.nodes(data=True) if d["kind"] == "subcircuit"]
     shown = [n for n in subs if any(a == n for a, _ in effects)] or subs
@@ -168,6 +174,7 @@ def graph_figure(g: nx.MultiDiGraph, condition: str = "reference"):
             key = (b, d["variant"], d["parent"])
             groups.setdefault(key, ([], d))[0].append(a)
     order = sorted(groups, key=lambda k: (behs.index(k[0]), min(shown.index(a) for a in groups[k][0]), k[1]))
+
 
     D = nx.DiGraph()                  # the picture: nodes in drawing order (top to bottom in each column)
     for name in reversed(shown):
@@ -190,8 +197,13 @@ def graph_figure(g: nx.MultiDiGraph, condition: str = "reference"):
         D.add_edge(node, key[0], colour=effect_colour(d), arrow=True)
     for b in reversed(behs):
         D.add_node(b, layer=2, text=behaviour_text(b), fc=BEHAVIOUR, ec="#555555", colour="black", size=8.5)
-    # networkx lays the layers out as columns; within a column the nodes keep their order (by model
-    # layer, by phase change) and spread over the whole height, so a short column sits level with its rows
+    return D, comp
+
+
+def place(D: nx.DiGraph) -> dict:
+    """Node positions: networkx's multipartite layout gives the columns; within a column the nodes keep
+    their order (by model layer, by phase change) and spread over the whole height, so a short column
+    sits level with its rows."""
     pos = nx.multipartite_layout(D, subset_key="layer", align="vertical", scale=1.0)
     xs = sorted({round(float(p[0]), 9) for p in pos.values()})
     for k in range(3):
@@ -200,6 +212,12 @@ def graph_figure(g: nx.MultiDiGraph, condition: str = "reference"):
             x = xs.index(round(float(pos[n][0]), 9))
             pos[n] = (-1.0 + 2.0 * x / max(len(xs) - 1, 1) if len(xs) > 1 else 0.0,
                       1.0 - (2 * i + 1) / len(col))
+    return pos
+
+
+def _draw(D: nx.DiGraph, pos: dict, comp: list, condition: str):
+    """Boxes (networkx labels), then edges from box edge to box edge (networkx edges between ports)."""
+    import matplotlib.pyplot as plt
     columns = [[n for n, d in D.nodes(data=True) if d["layer"] == k] for k in range(3)]
     lines = max(d["text"].count("\n") + 1 for _, d in D.nodes(data=True)) if D else 1
     rows = max(len(c) for c in columns) if D else 1

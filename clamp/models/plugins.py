@@ -116,18 +116,26 @@ def load_plugin(entry: str) -> Any:
         if have is None:
             _skipped.setdefault(entry, listed_in)
         return have
+    return _import_module(entry) if not is_path(entry) else _import_file(entry)
+
+
+def _import_module(entry: str) -> Any:
+    """An installed module by its dotted name."""
+    try:
+        return importlib.import_module(entry)
+    except NameTaken as e:
+        raise InputError("", "", show(entry), "a plug-in whose names are free", str(e)) from None
+    except (ImportError, ValueError, TypeError) as e:      # ValueError: '' or a relative name
+        raise InputError("", "", show(entry), "a .py file or package directory (relative to the recipe), "
+                         "or an importable module", str(e)[:120]) from None
+    except Exception as e:  # noqa: BLE001 - a plug-in's own failure is bad input, said in one line
+        raise InputError("", "", show(entry), "a plug-in that imports",
+                         f"importing it raised {type(e).__name__}: {str(e)[:160]}") from None
+
+
+def _import_file(entry: str) -> Any:
+    """A .py file, or a package directory, under the module name of its stem."""
     name = plugin_name(entry)
-    if not is_path(entry):
-        try:
-            return importlib.import_module(entry)
-        except NameTaken as e:
-            raise InputError("", "", show(entry), "a plug-in whose names are free", str(e)) from None
-        except (ImportError, ValueError, TypeError) as e:      # ValueError: '' or a relative name
-            raise InputError("", "", show(entry), "a .py file or package directory (relative to the recipe), "
-                             "or an importable module", str(e)[:120]) from None
-        except Exception as e:  # noqa: BLE001 - a plug-in's own failure is bad input, said in one line
-            raise InputError("", "", show(entry), "a plug-in that imports",
-                             f"importing it raised {type(e).__name__}: {str(e)[:160]}") from None
     path = entry
     if os.path.isdir(path):
         init = os.path.join(path, "__init__.py")

@@ -76,7 +76,7 @@ PLATEAU_DOC = {
 
 def plateau_levels(steps: Sequence[int], values: Sequence[float], flat: float = PLATEAU["flat"],
                    dwell: float = PLATEAU["dwell"], drop: float = PLATEAU["drop"],
-                   sharp: float = PLATEAU["sharp"]) -> dict:
+                   sharp: float = PLATEAU["sharp"]) -> dict:  # long: one algorithm, its steps in the order they run
     """The plateau of a curve and the level it leaves for, if there is one that is really there.
 
     On the curve (median-smoothed over 3 evaluations; non-finite points dropped): the final level f

@@ -208,7 +208,7 @@ def catalogue(shape: ModelShape) -> list[SiteInfo]:
     return CATALOGUES[shape.family](shape)
 
 
-def builtin_catalogue(shape: ModelShape) -> list[SiteInfo]:
+def builtin_catalogue(shape: ModelShape) -> list[SiteInfo]:  # long: a table of the model's sites, in order
     """The built-in transformer's sites (model.py builds exactly these)."""
     out: list[SiteInfo] = []
     order = itertools.count(1)

@@ -24,7 +24,7 @@ from ..recipe.suite import RunSpec, Suite
 from ..recipe.types import Recipe, dump_recipe
 from ..store.owned import claimed, make_dir
 from ..store.rundir import SuiteDir, run_metrics
-from .ensemble import expand, make_jobs
+from .grouping import expand, make_jobs
 from .pool import Job, Outcome, available_cores, run_jobs
 from .train import extensions_for, install_extensions, train_seed
 

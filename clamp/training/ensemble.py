@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +39,12 @@ from ..measures import Outputs
 from ..models.builtin import build_model
 from ..models.stacked import MemberError, MemberSeam, Stack
 from ..names.errors import RunError
-from ..recipe.budget import members_that_fit
 from ..recipe.compile import compile_plan
 from ..recipe.types import Recipe, dump_recipe
 from ..store.rundir import RunDir, run_metrics
-from ..tasks import TASKS, Batch
+from ..tasks import Batch
 from . import optim
-from .pool import Job, Outcome
-from .train import RunProgress, Trainer, fill_grads, install_extensions, one_line, resolve_device, stop_now, summarise
+from .train import RunProgress, Trainer, fill_grads, one_line, resolve_device, stop_now, summarise
 
 Progress = Callable[[dict], None]
 
@@ -54,42 +52,6 @@ Progress = Callable[[dict], None]
 # runs slower than one member at a time on a CPU: the activations leave the caches;
 # benchmarks/RESULTS.md "Ensembles").
 EVAL_SEQUENCES = 512
-
-
-def ensemble_key(recipe: Recipe) -> tuple | None:
-    """Runs with equal keys can train as one ensemble; None: this run trains alone."""
-    shape = recipe.shape()
-    if shape.family != "builtin" or shape.backend != "native" or TASKS[recipe.task.name].own_loss():
-        return None                                    # the stacked loss is the cross-entropy
-    targets = [iv.target for iv in (*recipe.interventions, *(i for p in recipe.probes.values() for i in p))]
-    if any("module:" in str(t) for t in targets) or any(
-            "module:" in str(s) for sc in recipe.subcircuits.values() for s in getattr(sc, "sites", ())):
-        return None                                    # raw module sites are torch hooks on model.py's module
-    t = recipe.train
-    return (shape, recipe.task.name, recipe.task.options, t.batch, t.optimizer, t.lr, t.weight_decay, t.betas,
-            t.eval_every, t.eval_size, t.evaluators, t.threads, t.device)
-
-
-def groups(recipes: Sequence[Recipe], workers: int, max_members: int = 64,
-           max_memory: float | None = None) -> list[list[int]]:
-    """Indices of `recipes` (one per run) grouped into ensembles: runs with one `ensemble_key`, split
-    into at most `workers` ensembles (so every worker has one) of at most `max_members`, and of no
-    more than fit in `max_memory` (budget.members_that_fit; default half this machine's memory);
-    a run that can share with none is a group of one. Largest groups first."""
-    by_key: dict[Any, list[int]] = {}
-    alone: list[list[int]] = []
-    for i, r in enumerate(recipes):
-        key = ensemble_key(r)
-        if key is None:
-            alone.append([i])
-        else:
-            by_key.setdefault(key, []).append(i)
-    out: list[list[int]] = []
-    for idx in by_key.values():
-        cap = min(max_members, members_that_fit(recipes[idx[0]], max_memory))
-        n = max(1, min(workers, len(idx)), math.ceil(len(idx) / cap))
-        out.extend(idx[j::n] for j in range(n))
-    return sorted(out + alone, key=len, reverse=True)
 
 
 class Member(Trainer):
@@ -477,50 +439,3 @@ def _train_members(todo: list, emit: Progress) -> dict[int, dict]:
             if m.alive:
                 m.intervener.detach()
     return {**failed, **{m.index: m.summary or {} for m in members}}
-
-
-# -- jobs: how runs.py and benches.py hand groups to the worker pool ---------------------------
-
-
-@dataclass(frozen=True)
-class GroupKey:
-    """The job key of an ensemble: the keys of its runs, in order."""
-    keys: tuple
-
-
-def ensemble_job(entries: list, keys: tuple, ext: dict | None = None, progress: Progress | None = None) -> dict:
-    """A pool job: `train_ensemble(entries)`, results by run key (summary dict or error text)."""
-    install_extensions(ext or {})
-    return dict(zip(keys, train_ensemble(entries, progress)))
-
-
-RunEntry = tuple[Any, Recipe, int, Any, Any]          # (key, recipe, seed, run dir, progress label)
-
-
-def make_jobs(runs: list[RunEntry], workers: int, ensemble: bool, solo: Callable[..., Job],
-              ext: Callable[[Recipe], dict] | None = None, max_members: int = 64,
-              max_memory: float | None = None) -> list[Job]:
-    """Pool jobs for runs (key, recipe, seed, run dir, progress label): with `ensemble`, the runs that can
-    share train as ensembles (`groups`), the rest alone (`solo(...)` makes their job)."""
-    if not ensemble:
-        return [solo(*r) for r in runs]
-    jobs = []
-    for g in groups([r[1] for r in runs], workers, max_members, max_memory):
-        if len(g) == 1:
-            jobs.append(solo(*runs[g[0]]))
-            continue
-        rs = [runs[i] for i in g]
-        keys = tuple(r[0] for r in rs)
-        entries = [(r[1], r[2], str(r[3]), r[4]) for r in rs]
-        jobs.append(Job(GroupKey(keys), ensemble_job, (entries, keys, ext(rs[0][1]) if ext else None),
-                        rs[0][1].train.threads))
-    return jobs
-
-
-def expand(o: Outcome) -> list[Outcome]:
-    """An ensemble job's outcome as one outcome per run (a plain job's as itself)."""
-    if not isinstance(o.key, GroupKey):
-        return [o]
-    if o.error is not None:
-        return [Outcome(k, None, o.error) for k in o.key.keys]
-    return [Outcome(k, v, None) if isinstance(v, dict) else Outcome(k, None, str(v)) for k, v in o.value.items()]

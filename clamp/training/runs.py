@@ -19,7 +19,7 @@ from ..recipe.spec import load_recipe
 from ..recipe.types import Recipe, dump_recipe
 from ..store.owned import claimed
 from ..store.rundir import RecipeDir, RunDir, default_dir, run_metrics
-from .ensemble import expand, make_jobs
+from .grouping import expand, make_jobs
 from .pool import Job, available_cores, run_jobs
 from .train import train_seed
 
