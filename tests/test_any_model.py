@@ -157,3 +157,20 @@ def test_a_value_source_reads_the_task_through_its_context(tmp_path):
         assert torch.equal(seen["protos"], tr.task.protos)
     finally:
         VALUES.pop("task_probe_test", None)
+
+
+def test_every_built_in_measure_and_value_source_has_its_line_in_the_readme():
+    """Adding a measure or a value source is one class and its README line: the line is checked here."""
+    from pathlib import Path
+
+    from clamp.measures import MEASURES
+    from clamp.values import VALUES
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    measures = readme.split("### Measures (metric columns)", 1)[1].split("\n### ", 1)[0]
+    for name, cls in MEASURES.items():
+        if cls.__module__.startswith("clamp."):
+            assert f"`{name}" in measures, f"measure {name} has no line in the README's measure list"
+    values = readme.split("### Value sources", 1)[1].split("\n### ", 1)[0]
+    for name, cls in VALUES.items():
+        if cls.__module__.startswith("clamp."):
+            assert f"`{name}`" in values, f"value source {name} has no line in the README's table"

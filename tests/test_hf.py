@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 
+from clamp.models.hf import FAMILIES as HF_FAMILIES
 from clamp.names.errors import InputError
 from clamp.names.yamlio import load_yaml
 from clamp.recipe.spec import recipe_from_data
@@ -24,7 +25,7 @@ train: {steps: 20, batch: 8, lr: 1.0e-2, optimizer: adamw, weight_decay: 0.1, ev
 """
 
 
-FAMILIES = ["gpt2", "gpt_neox", "llama"]
+FAMILIES = list(HF_FAMILIES)              # every transformers family clamp ships, one record each
 
 
 def gpt2(extra: str = "", family: str = "gpt2"):
