@@ -90,3 +90,36 @@ def test_paired_statistics_by_hand(xs):
         assert r["wilcoxon_p"] == pytest.approx(float(wilcoxon(eff).pvalue))
     d = paired({0: 5.0, 1: 7.0}, {0: 2.0, 1: 3.0, 2: 9.0}, "difference")
     assert d["per_seed"] == {0: 3.0, 1: 4.0} and d["n"] == 2
+
+
+def _markov_like(seed: int = 0, noise: float = 0.002):
+    """An in-context Markov-chain loss: a fast fall from 1.43 (step 0) to 0.98, a long plateau, then a switch
+    to 0.87: the drop from the plateau is 20% of the curve's whole range (the shape 8 of 8 such runs had)."""
+    rng = np.random.default_rng(seed)
+    s = np.arange(0, 3001, 25)
+    v = 0.98 + 0.45 * np.exp(-s / 60) - 0.11 / (1 + np.exp(-(s - 2000) / 40)) + rng.normal(0, noise, len(s))
+    return list(s), list(v)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_relative_finds_a_plateau_left_after_a_first_fall_that_dominates_the_range(seed):
+    s, v = _markov_like(seed)
+    got = relative_crossing(s, v, 0.5)
+    assert got["step"] is not None, got.get("reason")
+    assert 1900 <= got["step"] <= 2100 and got["plateau"] == pytest.approx(0.98, abs=0.01)
+
+
+@pytest.mark.parametrize("name", ["noise", "smooth", "ramp", "slow_approach", "converged_wiggle", "first_fall_only"])
+def test_relative_still_refuses_curves_without_a_plateau_and_a_drop(name):
+    rng = np.random.default_rng(1)
+    s = np.arange(0, 3001, 25)
+    curves = {
+        "noise": 0.7 + rng.normal(0, 0.01, len(s)),
+        "smooth": 0.2 + 0.9 * np.exp(-s / 700),
+        "ramp": 1.1 - 0.3 * s / 3000,
+        "slow_approach": 0.5 + 0.6 / (1 + s / 300),
+        "converged_wiggle": 0.3 + 0.8 * np.exp(-s / 150) + 0.002 * np.sin(s / 40),
+        "first_fall_only": 0.98 + 0.45 * np.exp(-s / 60) + rng.normal(0, 0.002, len(s)),
+    }
+    got = relative_crossing(list(s), list(curves[name]), 0.5)
+    assert got["step"] is None and got.get("reason"), (name, got)

@@ -69,7 +69,8 @@ PLATEAU = {"flat": 0.1, "dwell": 0.05, "drop": 0.25, "sharp": 3.0}
 PLATEAU_DOC = {
     "flat": "the plateau stays within ±flat of the way from its level to the final level",
     "dwell": "for at least this fraction of the curve's steps (and 3 evaluations)",
-    "drop": "the way from the plateau to the final level is at least this fraction of the curve's range",
+    "drop": "the way from the plateau to the final level is at least this fraction of how far the curve moves "
+            "from the plateau on",
     "sharp": "and is covered at least this many times faster than the curve drifts on the plateau",
 }
 
@@ -83,7 +84,7 @@ def plateau_levels(steps: Sequence[int], values: Sequence[float], flat: float = 
     is the median of the last tenth; the plateau level p is where the curve dwells longest (in
     steps) before it first comes within 10% of f. It is a plateau only if (PLATEAU, documented in
     the README): the longest stretch of evaluations within ±flat·|p - f| of p lasts at least
-    dwell × the curve's steps and 3 evaluations; |p - f| is at least drop × the curve's range; and
+    dwell × the curve's steps and 3 evaluations; |p - f| is at least drop × how far the curve moves from the plateau on; and
     the curve covers 80% of the way from p to f at least `sharp` times faster than it drifts along
     the stretch. Returns {'plateau', 'final', 'plateau_index', 'plateau_end', 'dwell', 'sharpness'}
     or, when there is none, {'reason': ...}."""
@@ -111,10 +112,8 @@ def plateau_levels(steps: Sequence[int], values: Sequence[float], flat: float = 
         plateau = float(np.median(pre_v[which == int(np.argmax(weight))]))
     D = abs(plateau - final)
     base = {"plateau": plateau, "final": final}
-    rng = float(v.max() - v.min())
-    if drop * rng > D:
-        return {**base, "reason": f"no plateau to leave: from {plateau:.4g} to the final {final:.4g} is "
-                f"{D / rng:.0%} of the curve's range (a phase change needs {drop:.0%})"}
+    if D < 1e-12 * max(1.0, abs(plateau)):
+        return {**base, "reason": f"no plateau to leave: it is at the final level {final:.4g}"}
     inside = np.abs(v[:near + 1] - plateau) <= flat * D
     best, a = (0, -1), None
     for i, ok in enumerate(list(inside) + [False]):            # the longest stretch inside the band
@@ -125,6 +124,12 @@ def plateau_levels(steps: Sequence[int], values: Sequence[float], flat: float = 
                 best = (a, i - 1)
             a = None
     i0, i1 = best
+    # the drop is measured against what the curve does from the plateau on, not against a range that a
+    # fall to the plateau may dominate (a loss falling 1.1 → 0.98, resting, then dropping to 0.87)
+    rng = float(v[max(i0, 0):].max() - v[max(i0, 0):].min()) if i1 >= 0 else float(v.max() - v.min())
+    if drop * rng > D:
+        return {**base, "reason": f"no plateau to leave: from {plateau:.4g} to the final {final:.4g} is "
+                f"{D / rng:.0%} of how far the curve moves from the plateau on (a phase change needs {drop:.0%})"}
     total = float(s[-1] - s[0]) or 1.0
     length = float(s[i1] - s[i0]) if i1 >= 0 else 0.0
     if i1 < 0 or i1 - i0 + 1 < 3 or length < dwell * total:
