@@ -122,9 +122,23 @@ def test_compare_attributes_the_shift(suite_dir):
     assert c["phase_change_ratio"]["median"] == pytest.approx(beh)
     b = statistics.median([t["ideal_copy_labels3", s] / t["ideal_copy", s] for s in range(3)])
     assert c["subcircuits"]["match"]["median"] == pytest.approx(b)
-    if abs(math.log(beh)) > 1e-9:
+    per_beh = [t["labels3", s] / t["baseline", s] for s in range(3)]
+    per_b = [t["ideal_copy_labels3", s] / t["ideal_copy", s] for s in range(3)]
+    consistent = lambda xs: all(x > 1 for x in xs) or all(x < 1 for x in xs)  # noqa: E731
+    if consistent(per_beh) and consistent(per_b):         # a shift is attributed only where both moved
         assert c["subcircuits"]["match"]["share"] == pytest.approx(math.log(b) / math.log(beh))
-    assert c["mainly"] in ("match", "copy")
+    if consistent(per_beh) and any(consistent([t[f"ideal_{y}_labels3", s] / t[f"ideal_{y}", s] for s in range(3)])
+                                   for y in ("copy", "match")):
+        assert c["mainly"] in ("match", "copy")
+    else:
+        assert "mainly" not in c
+    if not consistent(per_beh):
+        assert "no shift to attribute" in explain_text_of(c)
+
+
+def explain_text_of(c):
+    from clamp.analysis.explanations import compare_text
+    return compare_text(c)
 
 
 def test_predict_multiplies_effects_and_measures_its_error(suite_dir):

@@ -399,7 +399,7 @@ def test_graph_says_censored_and_refuses_to_mix_tasks(tmp_path, capsys):
     a = _suite_dir(tmp_path, "a", "fewshot", {"baseline": never, "frozen": never})
     b = _suite_dir(tmp_path, "b", "repeat_tokens", {"baseline": {0: 100, 1: 120, 2: 90}, "frozen": never})
     code, out, err = cli(["graph", a, "--out", tmp_path / "g"], capsys)
-    assert code == 0 and "unknown: neither run changed in 3 seed(s)" in out and "x1.00" not in out
+    assert code == 0 and "unknown (neither run changed in 3 seed(s)" in out and "x1.00" not in out
     code, _, err = cli(["graph", a, b], capsys)
     assert code == 2 and "suites of different tasks" in one_line(err) and "--behaviour" in err
     g = Graph.from_runs([a, b], behaviour="loss:below")

@@ -17,6 +17,7 @@ import networkx as nx
 
 from ..names.sites import block_layer
 from ..store.files import atomic_save
+from .wording import case, short
 
 SUBCIRCUIT, BEHAVIOUR = "#dbe9f6", "#fde2cf"
 EARLIER, LATER = "#2e7d32", "#c62828"
@@ -65,19 +66,8 @@ def intervention_phrase(how: str, subcircuit: str) -> str:
 
 
 def effect_text(d: dict) -> str:
-    med = d["median"]
-    if d.get("prevents"):
-        text = "prevents it (most seeds never changed)"
-    elif med == 1:
-        text = "no change in the median"
-    elif med < 1:
-        text = f"{1 / med:.1f}× earlier" if med > 0 else "at once"
-    else:
-        text = f"{med:.2f}× later"
-    rng = f"ratio {d['min']:.2f}–{d['max']:.2f}, {d['n']} seeds" if d.get("min") is not None else f"{d['n']} seeds"
-    if d.get("censored"):
-        rng += f", {d['censored']} censored: a bound"
-    return f"{text} ({rng})"
+    """An effect edge in a few words (analysis/wording.py's cases)."""
+    return short(d)
 
 
 def effect_label(d: dict, subcircuit: str) -> str:
@@ -122,16 +112,10 @@ NO_CHANGE = "#757575"
 
 def effect_colour(d: dict) -> str:
     """Green when every seed's phase change came earlier, red when every seed's came later (or most
-    never came), grey when the seeds disagree or nothing moved: a direction the data do not show is
-    not drawn as one."""
-    if d.get("prevents"):
-        return LATER
-    lo, hi = d.get("min"), d.get("max")
-    if lo is not None and hi is not None and hi < 1:
-        return EARLIER
-    if lo is not None and hi is not None and lo > 1:
-        return LATER
-    return NO_CHANGE
+    never came), grey otherwise: the colour of the effect's case (analysis/wording.py), so a direction
+    the data do not show is not drawn as one."""
+    return {"earlier": EARLIER, "later": LATER, "prevents": LATER}.get(case(d), NO_CHANGE) if d.get(
+        "median") is not None else NO_CHANGE
 
 
 TITLE = ("subcircuit graph ({condition}): what intervening on each subcircuit did to each phase change, paired by "

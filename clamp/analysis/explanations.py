@@ -29,7 +29,18 @@ from typing import Any
 
 from ..names.errors import InputError, show
 from ..names.phases import paired
-from .graph import Graph, isolations, per_seed, resolve_variant, times, variant_info, variant_signature
+from .graph import (
+    Graph,
+    censored_ratio,
+    isolations,
+    per_seed,
+    resolve_variant,
+    times,
+    variant_info,
+    variant_signature,
+    with_censoring,
+)
+from .wording import moved, waiting, words
 
 
 def explain_condition(graph, target: str | None = None) -> dict:
@@ -57,7 +68,7 @@ def explain_condition(graph, target: str | None = None) -> dict:
 def compare_conditions(graph, a: str, b: str) -> dict:
     a, b = resolve_variant(graph, a), resolve_variant(graph, b)
     info = graph.g.graph["variants"]
-    beh = paired(per_seed(times(graph, b)), per_seed(times(graph, a)), "ratio")
+    beh = censored_ratio(with_censoring(times(graph, b)), with_censoring(times(graph, a)))
     iso_a = isolations(graph, a)
     out: dict[str, Any] = {"a": a, "b": b, "condition_a": info[a]["condition"], "condition_b": info[b]["condition"],
            "behaviour": graph.g.graph["primary"], "phase_change_ratio": beh, "subcircuits": {}}
@@ -69,13 +80,13 @@ def compare_conditions(graph, a: str, b: str) -> dict:
         if not match:
             out["subcircuits"][x] = {"missing": f"no variant in {info[b]['condition']} adds {d['adds']}"}
             continue
-        st = paired(per_seed(times(graph, match[0])), per_seed(d["times"]), "ratio")
+        st = censored_ratio(with_censoring(times(graph, match[0])), with_censoring(d["times"]))
         share = (math.log(st["median"]) / math.log(beh["median"])
-                 if st.get("median") and beh.get("median") and abs(math.log(beh["median"])) > 1e-9 else None)
+                 if moved(st) and moved(beh) and abs(math.log(beh["median"])) > 1e-9 else None)
         out["subcircuits"][x] = {"variant_a": d["variant"], "variant_b": match[0], **st, "share": share}
-    moved = {x: d for x, d in out["subcircuits"].items() if d.get("median")}
-    if moved:
-        out["mainly"] = max(moved, key=lambda x: abs(math.log(moved[x]["median"])))
+    shifted = {x: d for x, d in out["subcircuits"].items() if "missing" not in d and moved(d)}
+    if shifted and moved(beh):               # a shift is attributed only when the phase change itself moved
+        out["mainly"] = max(shifted, key=lambda x: abs(math.log(shifted[x]["median"])))
     out["not_measured"] = sorted(x for x, d in out["subcircuits"].items() if "missing" in d)
     return out
 
@@ -158,9 +169,9 @@ def explain_text(e: dict) -> str:
     if e.get("not_isolated"):
         lines.append(f"  no isolation experiment for: {', '.join(e['not_isolated'])}")
     if e["bottleneck"]:
-        lines.append(f"  bottleneck: {e['bottleneck']} (the latest to form alone); the phase change comes "
-                     f"{e.get('phase_change_over_bottleneck', float('nan')):.1f}x after it: the subcircuits "
-                     "form faster alone than together")
+        r = e.get("phase_change_over_bottleneck")
+        lines.append(f"  bottleneck: {e['bottleneck']} (the latest to form alone)"
+                     + (f"; {waiting(r)}" if r is not None else ""))
     return "\n".join(lines)
 
 
@@ -168,20 +179,20 @@ def compare_text(c: dict) -> str:
     short = lambda k: k.split("/", 1)[1]  # noqa: E731
     b = c["phase_change_ratio"]
     lines = [f"{short(c['b'])} ({c['condition_b']}) vs {short(c['a'])} ({c['condition_a']}):",
-             f"  phase change x{b['median']:.2f} (per seed {b['min']:.2f}–{b['max']:.2f}, 95% CI of the median "
-             f"{b['ci'][0]:.2f}–{b['ci'][1]:.2f}, Wilcoxon p {b.get('wilcoxon_p') or float('nan'):.3g}, n {b['n']})"]
+             f"  {words(b)}{_stats(b)}"]
     for x, d in c["subcircuits"].items():
         if "missing" in d:
             lines.append(f"  {x:<12} {d['missing']}")
             continue
         share = f", {100 * d['share']:.0f}% of the shift" if d.get("share") is not None else ""
-        lines.append(f"  {x:<12} isolated formation x{d['median']:.2f} ({d['min']:.2f}–{d['max']:.2f}, CI "
-                     f"{d['ci'][0]:.2f}–{d['ci'][1]:.2f}, Wilcoxon p {d.get('wilcoxon_p') or float('nan'):.3g})"
-                     f"{share}   [{short(d['variant_a'])} -> {short(d['variant_b'])}]")
+        lines.append(f"  {x:<12} {words(d, 'isolated formation')}{_stats(d)}{share}   "
+                     f"[{short(d['variant_a'])} -> {short(d['variant_b'])}]")
     if c.get("mainly"):
         caveat = (f" (of those measured; no isolation in {c['condition_b']} for: {', '.join(c['not_measured'])})"
                   if c.get("not_measured") else "")
         lines.append(f"  the shift is mainly {c['mainly']}'s{caveat}")
+    elif not moved(b):
+        lines.append("  no shift to attribute: the phase change did not move consistently")
     return "\n".join(lines)
 
 
@@ -205,15 +216,19 @@ def predict_text(p: dict) -> str:
     return "\n".join(lines)
 
 
-def effect_text(d: dict) -> str:
-    """One effect edge in words: the paired ratio, and what censoring makes of it."""
+def _stats(d: dict) -> str:
+    """The statistics behind a ratio: n, the median's interval, the Wilcoxon test."""
     if d.get("median") is None:
-        return (f"unknown: neither run changed in {d.get('both_censored', 0)} seed(s) (both censored at the run "
-                "length)")
-    text = f"x{d['median']:.2f} ({d['min']:.2f}–{d['max']:.2f})"
-    if d.get("censored"):
-        text += f", {d['censored']} of {d['n']} seed(s) censored (a run that never changed: the ratio is a bound)"
-    if d.get("both_censored"):
+        return ""
+    ci = f", 95% CI of the median {d['ci'][0]:.2f}–{d['ci'][1]:.2f}" if d.get("ci") else ""
+    p = d.get("wilcoxon_p")
+    return f" [n {d['n']}{ci}" + (f", Wilcoxon p {p:.3g}" if p is not None else "") + "]"
+
+
+def effect_text(d: dict) -> str:
+    """One effect edge in words (wording.py's cases), and the seeds left out."""
+    text = words(d, "effect")
+    if d.get("both_censored") and d.get("median") is not None:
         text += f"; {d['both_censored']} seed(s) left out: neither run changed"
     return text
 

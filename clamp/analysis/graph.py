@@ -122,7 +122,7 @@ def load_variants(dirs: list[str | os.PathLike]) -> list[Variant]:
     return out
 
 
-def _stat(times_a: dict, times_b: dict) -> dict:
+def censored_ratio(times_a: dict, times_b: dict) -> dict:
     """Paired ratio a/b of phase-change times. A seed whose runs both never changed says nothing
     about the effect (left out, counted in `both_censored`); one never changed gives a bound
     (kept at the run length, counted in `censored`)."""
@@ -131,6 +131,8 @@ def _stat(times_a: dict, times_b: dict) -> dict:
     b = {s: t for s, (t, _) in times_b.items() if s not in both}
     st = paired(a, b, "ratio")
     st["censored"] = sum(times_a[s][1] or times_b[s][1] for s in st["per_seed"])
+    st["censored_num"] = sum(times_a[s][1] and not times_b[s][1] for s in st["per_seed"])    # ratio >= its value
+    st["censored_den"] = sum(times_b[s][1] and not times_a[s][1] for s in st["per_seed"])    # ratio <= its value
     st["both_censored"] = len(both)
     st["never_a"] = sum(c for _, c in times_a.values())
     st["never_b"] = sum(c for _, c in times_b.values())
@@ -303,6 +305,12 @@ def times(graph, key: str, behaviour: str | None = None) -> dict:
     return graph.g.nodes[b]["times"][key]
 
 
+def with_censoring(t: dict) -> dict[int, tuple[float, bool]]:
+    """seed → (phase-change step, censored) of a time summary (censored: the run never changed; its length)."""
+    return {int(s): (v, t["per_seed"].get(s, t["per_seed"].get(str(s))) is None)
+            for s, v in t["bound_per_seed"].items() if v is not None}
+
+
 def per_seed(t: dict) -> dict[int, float]:
     """seed → phase-change step; a run that never changed counts as its length (censored)."""
     return {int(s): v for s, v in t["bound_per_seed"].items() if v is not None}
@@ -379,7 +387,7 @@ def _effects(g: nx.MultiDiGraph, vs: list[Variant], behaviours: list[str], cname
             added = v.signature - p.signature
             labels = sorted({s[0] for s in added})
             for b in behaviours:
-                st = _stat(v.times(b), p.times(b))
+                st = censored_ratio(v.times(b), p.times(b))
                 if not st["per_seed"] and not st["both_censored"]:
                     continue
                 prevents = st["never_a"] > st["n"] / 2 and st["never_b"] < st["n"] / 2
@@ -429,7 +437,7 @@ def _condition_edges(g: nx.MultiDiGraph, conds: dict, behaviours: list[str], ref
                 continue
             g.add_node(node, kind="condition")
             for b in behaviours:
-                st = _stat(v.times(b), w.times(b))
+                st = censored_ratio(v.times(b), w.times(b))
                 if st["per_seed"] or st["both_censored"]:
                     g.add_edge(node, b, kind="condition", condition=cname, variant=v.key, parent=w.key,
                                signature=sorted(lab for lab in v.labels),

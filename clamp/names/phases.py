@@ -84,10 +84,10 @@ def plateau_levels(steps: Sequence[int], values: Sequence[float], flat: float = 
     is the median of the last tenth; the plateau level p is where the curve dwells longest (in
     steps) before it first comes within 10% of f. It is a plateau only if (PLATEAU, documented in
     the README): the longest stretch of evaluations within ±flat·|p - f| of p lasts at least
-    dwell × the curve's steps and 3 evaluations; |p - f| is at least drop × how far the curve moves from the plateau on; and
-    the curve covers 80% of the way from p to f at least `sharp` times faster than it drifts along
-    the stretch. Returns {'plateau', 'final', 'plateau_index', 'plateau_end', 'dwell', 'sharpness'}
-    or, when there is none, {'reason': ...}."""
+    dwell × the curve's steps and 3 evaluations; |p - f| is at least drop × how far the curve moves
+    from the plateau on; and the curve covers 80% of the way from p to f at least `sharp` times
+    faster than it drifts along the stretch. Returns {'plateau', 'final', 'plateau_index',
+    'plateau_end', 'dwell', 'sharpness'} or, when there is none, {'reason': ...}."""
     pts = [(float(a), float(b)) for a, b in zip(steps, values) if b is not None and math.isfinite(float(b))]
     if len(pts) < 6:
         return {"reason": f"too few evaluations ({len(pts)}) to find a plateau"}
@@ -112,7 +112,7 @@ def plateau_levels(steps: Sequence[int], values: Sequence[float], flat: float = 
         plateau = float(np.median(pre_v[which == int(np.argmax(weight))]))
     D = abs(plateau - final)
     base = {"plateau": plateau, "final": final}
-    if D < 1e-12 * max(1.0, abs(plateau)):
+    if 1e-12 * max(1.0, abs(plateau)) > D:
         return {**base, "reason": f"no plateau to leave: it is at the final level {final:.4g}"}
     inside = np.abs(v[:near + 1] - plateau) <= flat * D
     best, a = (0, -1), None
