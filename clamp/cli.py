@@ -62,6 +62,34 @@ def _deleted(prog: Progress):
     return on
 
 
+class _Started:
+    """Which runs started training in this call, and at which step: a finished run is returned as it was
+    and never starts, so a call that trained nothing can say so."""
+
+    def __init__(self, inner):
+        self.inner, self.steps = inner, {}
+
+    def __call__(self, ev: dict) -> None:
+        if ev.get("event") == "start":
+            self.steps[ev.get("run", ev.get("seed"))] = ev.get("step", 0)
+        self.inner(ev)
+
+    def note(self, total: int) -> str:
+        """'' when every run trained from step 0, else what was not trained here."""
+        done = total - len(self.steps)
+        resumed = sorted((str(k), s) for k, s in self.steps.items() if s)
+        parts = []
+        if done == total:
+            parts.append(f"nothing trained: {'the run' if total == 1 else f'all {total} runs'} had finished "
+                         "before (--fresh trains again)")
+        elif done:
+            parts.append(f"{done} of {total} runs had finished before and were not trained again")
+        if resumed:
+            parts.append("resumed " + ", ".join(f"{k} at step {s}" for k, s in resumed[:4])
+                         + (f" and {len(resumed) - 4} more" if len(resumed) > 4 else ""))
+        return "; ".join(parts)
+
+
 def _listing(paths: list[str], base: Path, n: int = 8) -> str:
     """Paths relative to `base`, the first `n` of them, and how many more."""
     rel = [os.path.relpath(p, base) for p in paths]
@@ -82,9 +110,10 @@ def _failures(runs: Sequence[tuple[str, str | Path, dict]]) -> int:
     return 1 if bad or not runs else 0
 
 
-def _sets(a) -> list[str]:
+def _sets(a) -> list[str | tuple[str, str]]:
     """--set overrides, with --device as train.device."""
-    return list(a.set) + ([f"train.device={a.device}"] if getattr(a, "device", None) else [])
+    device = getattr(a, "device", None)
+    return list(a.set) + ([(f"train.device={device}", f"--device {device}")] if device else [])
 
 
 def cmd_run(a) -> int:
@@ -95,7 +124,8 @@ def cmd_run(a) -> int:
     out = _out(a, default_dir(recipe.name))
     prog = Progress(len(recipe.seeds), quiet=a.quiet)
     t0 = time.time()
-    result = run(recipe, out, workers=a.workers, progress=_deleted(prog), fresh=a.fresh,
+    started = _Started(_deleted(prog))
+    result = run(recipe, out, workers=a.workers, progress=started, fresh=a.fresh,
                  max_memory=_max_memory(a), ensemble=not a.no_ensemble)
     prog.close()
     rows = []
@@ -108,8 +138,9 @@ def cmd_run(a) -> int:
     code = _failures([(f"seed {s}", sr.dir, sr.summary) for s, sr in sorted(result.seeds.items())]
                      + [(f"seed {s}", out, {"status": "missing"}) for s in recipe.seeds if s not in result.seeds])
     n_bad = sum(sr.status != "ok" for sr in result.seeds.values()) + len(set(recipe.seeds) - set(result.seeds))
+    note = started.note(len(recipe.seeds))
     print(f"wrote {out}  ({time.time() - t0:.1f} s)" + (f"; {n_bad} of {len(recipe.seeds)} run(s) failed"
-                                                        if n_bad else ""))
+                                                        if n_bad else "") + (f"; {note}" if note else ""))
     return code
 
 
@@ -168,24 +199,32 @@ def _builtin(name: str) -> str:
     return str(Path(__file__).parent / "demo" / name)
 
 
+QUICK_DEMO = ("task.offset=0", "train.steps=400", "train.lr=2e-3", "train.eval_every=25", "train.eval_size=100",
+              "train.checkpoint_every=100")        # `clamp demo --quick`: the same comparison, shorter
+
+
 def cmd_demo(a) -> int:
     import math
 
     from .analysis.report import curve_table, plot_curves, suite_curves, suite_text
     from .api import bench
     from .recipe.suite import load_suite
-    suite = load_suite(_builtin("demo_suite.yaml"))
-    out = _out(a, Path("runs/demo"))
+    suite = load_suite(_builtin("demo_suite.yaml"), [(s, "--quick") for s in QUICK_DEMO] if a.quick else ())
+    out = _out(a, Path("runs/demo-quick" if a.quick else "runs/demo"))
     t = suite.base.train
-    print(f"clamp demo: the few-shot task of Singh et al. 2024 (2 layers, 8 heads); plain training vs. "
+    offset = suite.base.task.options.offset
+    print(f"clamp demo{' --quick' if a.quick else ''}: the few-shot task of Singh et al. 2024 (2 layers, 8 heads"
+          f"{'' if offset else '; prototypes without the offset, so a shorter plateau'}); plain training vs. "
           f"layer-1 head 3 clamped to the ideal induction pattern; {len(suite.seeds)} seeds each, "
           f"{t.steps} steps at lr {t.lr:g}", file=sys.stderr)
     t0 = time.time()
     prog = Progress(len(suite.runs()), quiet=a.quiet)
-    res = bench(suite, out, workers=a.workers, progress=_deleted(prog))
+    workers = a.workers or (1 if a.quick else None)     # quick: one process, one ensemble (least CPU)
+    res = bench(suite, out, workers=workers, progress=_deleted(prog))
     prog.close()
     curves = suite_curves(res)
-    at = [0, 100, 250, 500, 750, 1000, 1500, 2000, t.steps]
+    at = ([0, 100, 250, 500, 750, 1000, 1500, 2000, t.steps] if not a.quick else
+          list(range(0, t.steps, t.steps // 8)) + [t.steps])
     print("median train loss along training (ln 2 = 0.693 is the plateau of guessing between the two "
           "labels in context):")
     h, rows = curve_table(curves, at)
@@ -214,13 +253,15 @@ def cmd_bench(a) -> int:
         require_ray()                                   # missing Ray is bad input: say so before anything runs
     t0 = time.time()
     prog = Progress(len(suite.runs()), quiet=a.quiet)
+    started = _Started(_deleted(prog))
     res = bench(suite, out, workers=a.workers, backend=a.backend, address=a.address,
-                progress=_deleted(prog), fresh=a.fresh, max_memory=_max_memory(a), ensemble=not a.no_ensemble)
+                progress=started, fresh=a.fresh, max_memory=_max_memory(a), ensemble=not a.no_ensemble)
     prog.close()
     print(suite_text(res))
     code = _suite_code(res)
+    note = started.note(len(suite.runs()))
     print(f"wrote {out} (results.csv, report.md, report.html, loss_curves.png, one directory per run)  "
-          f"[{time.time() - t0:.0f} s wall]")
+          f"[{time.time() - t0:.0f} s wall]" + (f"; {note}" if note else ""))
     return code
 
 

@@ -20,10 +20,23 @@ class _Parser(argparse.ArgumentParser):
             bad = message.split("'")[1] if "'" in message else ""
             hint = did_you_mean(bad, VERBS)
             hint = f"; {hint}" if hint else ""
+        if "arguments are required" in message and "--set" in sys.argv:
+            hint += "; --set takes every word after it: write the recipe before --set, or end the list with --"
         text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in f"{message}{hint}")
         text = text if len(text) <= 220 else text[:150] + "..." + text[-60:]
         sys.stderr.write(f"{self.prog}: error: {text} (see `{self.prog} --help`)\n")
         sys.exit(2)
+
+
+def positive(text: str) -> int:
+    """--workers: a whole number ≥ 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"found {text!r}; expected a whole number of processes, 1 or more")
+    return n
 
 
 VERBS = ("run", "plan", "sites", "demo", "bench", "probe", "graph", "explain", "report")
@@ -90,8 +103,8 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:  # long: a table: t
     sub = p.add_subparsers(dest="verb", required=True, parser_class=_Parser)
 
     def sets(q, memory: bool = True):
-        q.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                       help="override a recipe key, e.g. --set train.lr=1e-3 (repeatable)")
+        q.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY.PATH=VALUE",
+                       help="override recipe keys, e.g. --set train.lr=1e-3 train.steps=500 (repeatable)")
         if memory:
             q.add_argument("--max-memory", metavar="SIZE", help="refuse runs whose memory estimate is above SIZE "
                            "(e.g. 16G; none: no limit; default: half this machine's memory)")
@@ -104,7 +117,7 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:  # long: a table: t
     q = sub.add_parser("run", help="train a recipe (every seed) into a run directory")
     q.add_argument("recipe")
     q.add_argument("--out", help="run directory (default runs/<name>)")
-    q.add_argument("--workers", type=int, help="processes for several seeds (default: cores)")
+    q.add_argument("--workers", type=positive, help="processes for several seeds (default: cores)")
     q.add_argument("--fresh", action="store_true", help="delete the run directory first instead of resuming")
     q.add_argument("--quiet", action="store_true", help="no progress")
     training(q)
@@ -122,15 +135,17 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:  # long: a table: t
     q.set_defaults(fn=commands["sites"])
 
     q = sub.add_parser("demo", help="the built-in demo: baseline vs an induction clamp")
-    q.add_argument("--out", help="suite directory (default runs/demo)")
-    q.add_argument("--workers", type=int)
+    q.add_argument("--out", help="suite directory (default runs/demo, or runs/demo-quick)")
+    q.add_argument("--quick", action="store_true", help="a taste in under 20 s of CPU: the task without its offset "
+                   "(a shorter plateau), 400 steps at lr 2e-3, smaller evaluations, one process")
+    q.add_argument("--workers", type=positive)
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(fn=commands["demo"])
 
     q = sub.add_parser("bench", help="run a suite of interventions × seeds")
     q.add_argument("suite")
     q.add_argument("--out", help="suite directory (default runs/<suite name>)")
-    q.add_argument("--workers", type=int, help="parallel runs (default: cores)")
+    q.add_argument("--workers", type=positive, help="parallel runs (default: cores)")
     q.add_argument("--backend", choices=("local", "ray"), default="local")
     q.add_argument("--address", help="Ray cluster to join (default: start a local one)")
     q.add_argument("--fresh", action="store_true", help="delete the suite directory first instead of resuming")

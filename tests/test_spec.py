@@ -64,8 +64,8 @@ BAD = [
      "t.yaml:10: interventions[0].steps: found [0, 5000]; expected a window inside the run's 1000 steps; "
      "write [0, end] to run to the last step"),
     ("interventions:\n  - clamp: prev_token\n    to: previous_token\n    steps: [0, ned]\n",
-     "t.yaml:10: interventions[0].steps[1]: found 'ned'; expected a step (an integer >= 0) or 'end'; "
-     "did you mean 'end'?"),
+     "t.yaml:10: interventions[0].steps[1]: found 'ned'; expected a step (an integer >= 0), 'end', "
+     "or a percentage of the run like '40%'; did you mean 'end'?"),
     ("interventions:\n  - clamp: prev_token\n    to: previous_token\n    steps: [[0, 300], [200, 400]]\n",
      "t.yaml:10: interventions[0].steps: found [[0, 300], [200, 400]]; expected windows that do not overlap; "
      "merge [0, 300] and [200, 400] into [0, 400]"),

@@ -101,7 +101,7 @@ def attention_panels(sr: Series, seed: int, heads: list[tuple[int, int]], steps:
     from ..store.rundir import load_checkpoint
     from ..training.train import Trainer
     ck = dict(list_checkpoints(sr.dirs[seed]))
-    trainer = Trainer(sr.recipe, seed)
+    trainer = Trainer(sr.recipe, seed, train=False)
     batch = trainer.task.evaluators(1)["train"]
     isv = batch.is_vector
     labels = ([str(int(t)) for t in batch.tokens[0]] if isv is None else
@@ -140,10 +140,11 @@ def _table(headers: list[str], rows: list[list], verdict_col: int | None = None)
             cls = f' class="v-{text.lower()}"' if i == verdict_col else ""
             cells.append(f"<td{cls}>{html.escape(text)}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    return f"<div class='wide'><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
 
 
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;color:#222}
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1400px;color:#222;padding:0 1em;
+box-sizing:border-box}div.wide{max-width:100%;overflow-x:auto}th{overflow-wrap:anywhere}
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;margin-top:2em}
 table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}td,th{border:1px solid #ccc;padding:3px 8px}
 th{background:#f3f3f3}td.v-pass{background:#dff0d8}td.v-fail{background:#f8d7da}td.v-censored{background:#fff3cd}

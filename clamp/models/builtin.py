@@ -210,9 +210,12 @@ class Transformer(nn.Module):
         self.unembed.W_U = nn.Parameter(torch.empty(s.d_model, s.n_out))
         self.unembed.b_U = nn.Parameter(torch.zeros(s.n_out))
         self.hook_logits = HookPoint("hook_logits")
-        self.register_buffer("mask", torch.ones(s.n_ctx, s.n_ctx).tril().bool(), persistent=False)
+        meta = torch.empty(0).is_meta          # a skeleton (seam.skeleton): shapes only, no arithmetic,
+        n = s.n_ctx                            # which on meta tensors would import torch's compiler (~1.5 s)
+        self.register_buffer("mask", torch.empty(n, n, dtype=torch.bool) if meta else
+                             torch.ones(n, n).tril().bool(), persistent=False)          # [pos, pos]
         if s.pos == "rope":
-            cos, sin = rope_tables(s.n_ctx, s.d_head)
+            cos, sin = (torch.empty(n, s.d_head), torch.empty(n, s.d_head)) if meta else rope_tables(n, s.d_head)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.hook_points: dict[str, HookPoint] = {

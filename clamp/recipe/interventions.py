@@ -7,6 +7,7 @@ registry, every window against the run length; a mistake is one located line.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from ..names import sites as S
 from ..names.errors import InputError, did_you_mean, show
@@ -95,7 +96,8 @@ def parse_subcircuits(value, src, shape) -> dict[str, Subcircuit]:
 
 
 def parse_windows(value, path, src, steps: int) -> tuple[tuple[int, int], ...]:
-    """[a, b] or [[a, b], [c, d], ...]; 'end' means the run's last step; half-open, in range."""
+    """[a, b] or [[a, b], [c, d], ...]; 'end' means the run's last step, '40%' the step 40% into the
+    run; half-open, in range."""
     if value is None:
         return ((0, steps),)
     if not isinstance(value, list) or not value:
@@ -123,11 +125,21 @@ def parse_windows(value, path, src, steps: int) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)%\Z")
+
+
 def parse_step(x, path, src, steps) -> int:
+    """A window bound: a step, 'end' (the run's last step), or a percentage of the run ('40%': the step
+    round(0.4 · train.steps)), so a window written in percentages still fits a shortened run."""
     if x == "end":
         return steps
+    if isinstance(x, str) and (m := PERCENT.match(x.strip())):
+        p = float(m.group(1))
+        if p > 100:
+            raise src.error(path, show(x), "a percentage of the run between 0% and 100%")
+        return int(round(steps * p / 100))
     if isinstance(x, bool) or not isinstance(x, (int, float)) or (isinstance(x, float) and not x.is_integer()):
-        raise src.error(path, show(x), "a step (an integer >= 0) or 'end'",
+        raise src.error(path, show(x), "a step (an integer >= 0), 'end', or a percentage of the run like '40%'",
                         did_you_mean(str(x), ["end"]) if isinstance(x, str) else "")
     if x < 0:
         raise src.error(path, show(x), "a step >= 0")

@@ -98,6 +98,11 @@ def parse_override(text: str, label: str | None = None) -> tuple[list, Any]:
     return parts, value
 
 
+def labelled(item) -> tuple[str, str | None]:
+    """An override and its label: a plain string is a `--set` flag's."""
+    return (item[0], item[1]) if isinstance(item, tuple) else (item, None)
+
+
 def apply_override(data: dict, text: str, src: Source, label: str | None = None) -> None:
     """Apply one `key.path=value` to recipe data: a `--set` flag, or (with `label`, its file:line) an
     entry of a suite's `set:`. Errors in the value name where it was written."""

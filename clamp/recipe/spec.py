@@ -34,7 +34,7 @@ from ..tasks import TASKS, get_task
 from ..values.base import VALUES
 from . import outputs
 from .interventions import as_list, parse_intervention, parse_probes, parse_subcircuits
-from .overrides import apply_override, deep_merge
+from .overrides import apply_override, deep_merge, labelled
 from .types import (
     BUILTIN_ONLY,
     PHASE_RULES,
@@ -51,7 +51,7 @@ from .types import (
 # Loading
 
 
-def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recipe:
+def load_recipe(path: str | os.PathLike, overrides: Sequence[str | tuple[str, str]] = ()) -> Recipe:
     """Read and check a recipe file; `overrides` are 'key.path=value' strings (as `--set`)."""
     path = os.fspath(path)
     data, src = load_yaml_file(path, "a recipe file")
@@ -145,7 +145,7 @@ def absolute_paths(data: Any, src: Source, prefix: tuple = ()) -> Any:
     return data
 
 
-def recipe_from_data(data: Any, src: Source | None = None, overrides: Sequence[str] = (),
+def recipe_from_data(data: Any, src: Source | None = None, overrides: Sequence[str | tuple[str, str]] = (),
                      default_name: str = "recipe") -> Recipe:
     src = src or Source()
     if data is None:
@@ -153,8 +153,9 @@ def recipe_from_data(data: Any, src: Source | None = None, overrides: Sequence[s
     if not isinstance(data, dict):
         raise src.error((), kind(data), "a mapping of recipe keys: " + ", ".join(TOP_KEYS))
     data = copy.deepcopy(data)
-    for text in overrides:
-        apply_override(data, text, src)
+    for item in overrides:
+        text, label = labelled(item)
+        apply_override(data, text, src, label)
     return parse_recipe(data, src, default_name)
 
 

@@ -37,7 +37,7 @@ from ..names import columns as C
 from ..names.errors import InputError, did_you_mean, show
 from ..names.schema import build
 from ..names.yamlio import Source, check_name, load_yaml, load_yaml_file, read_text, safe_name
-from .overrides import apply_override, merge_overrides
+from .overrides import apply_override, labelled, merge_overrides
 from .spec import MAX_SEEDS, Recipe, absolute_paths, import_plugins, parse_recipe, resolve_extends
 
 MAX_RECIPES = 1000          # variant × grid combinations: each recipe is parsed and checked up front
@@ -128,13 +128,13 @@ def _slug(v) -> str:
 # Loading
 
 
-def load_suite(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Suite:
+def load_suite(path: str | os.PathLike, overrides: Sequence[str | tuple[str, str]] = ()) -> Suite:
     path = os.fspath(path)
     data, src = load_yaml_file(path, "a suite file")
     return suite_from_data(data, src, overrides, os.path.splitext(os.path.basename(path))[0])
 
 
-def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[str] = (),
+def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[str | tuple[str, str]] = (),
                     default_name: str = "suite") -> Suite:
     src = src or Source()
     if not isinstance(data, dict):
@@ -143,7 +143,7 @@ def suite_from_data(data: Any, src: Source | None = None, overrides: Sequence[st
     name = check_name(data.get("name", safe_name(default_name)), ("name",), src)
     written = list(build(tuple[str, ...], data.get("set", []), ("set",), src))
     sets = [(t, f"{src.where(('set', i))}: set[{i}]") for i, t in enumerate(written)] + \
-        [(t, f"--set {t}") for t in overrides]
+        [(t, label or f"--set {t}") for t, label in map(labelled, overrides)]
     overrides = [t for t, _ in sets]
     plugins = list(import_plugins(data.get("plugins"), src))   # imported first, and added to every recipe's
     base_data, base_src = _base(data.get("base"), src)

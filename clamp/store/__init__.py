@@ -2,5 +2,6 @@
 
 Layer 4 of 7; imports the layers below; never trains. What lives here: owned (verified markers,
 manifests, locks, --fresh: clamp changes only what it created), files (atomic writes, valid JSON,
-metrics, the directory layout, checkpoints, resuming, loading a model back).
+metrics, the directory layout, checkpoints, resuming, loading a model back), provenance (the
+versions and device recorded with every run).
 """

@@ -169,5 +169,5 @@ def get_task(name: str) -> type[Task]:
     if isinstance(name, str) and name in TASKS:
         return TASKS[name]
     raise InputError("", "", show(name), "a task: one of " + ", ".join(sorted(TASKS)),
-                     did_you_mean(str(name), TASKS))
+                     did_you_mean(str(name), TASKS) or "or a plug-in's task (README, Extending clamp)")
 

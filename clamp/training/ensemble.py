@@ -145,7 +145,9 @@ class Ensemble:
 
     def __init__(self, members: list[Member], stack: Stack, emit: Progress):
         self.members, self.stack, self.emit = members, stack, emit
-        self.optimizer = members[0].optimizer
+        opt = members[0].optimizer
+        assert opt is not None, "an ensemble's members share the stack's optimizer"
+        self.optimizer: optim.Optimizer = opt
 
     # -- forward passes of several members at once ------------------------------------------
 
@@ -409,6 +411,7 @@ def _train_members(todo: list, emit: Progress) -> dict[int, dict]:
     ens.shrink()                                      # members that failed before starting leave the stack
     for m in members:
         st = m.progress
+        st.device = device
         try:
             st.step, st.rows, st.skipped = m.rd.resume(m.load_state)
         except Exception as e:  # noqa: BLE001 - no checkpoint of this member loads: it fails, the others go on

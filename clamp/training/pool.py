@@ -11,6 +11,7 @@ dies (killed, out of memory) fails its own job only.
 """
 from __future__ import annotations
 
+import importlib
 import multiprocessing as mp
 import multiprocessing.connection
 import os
@@ -100,7 +101,10 @@ def run_jobs(jobs: Sequence[Job], workers: int, on_event: Callable[[Event], None
             torch.set_num_threads(before)
         return [results[i] for i in range(len(jobs))]
 
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    fork = "fork" in mp.get_all_start_methods()
+    ctx = mp.get_context("fork" if fork else "spawn")
+    if fork:       # torch imports its compiler at the first optimizer a process makes (~2 s of CPU):
+        importlib.import_module("torch._dynamo")   # once here, shared by every forked worker
     events = ctx.Queue()
 
     def get() -> list[Event]:

@@ -65,7 +65,7 @@ def probe_run(run_dir: str | os.PathLike, probes_path: str | os.PathLike,
         ckpts = rd.checkpoints()
         if not ckpts:
             raise InputError(str(sr.dir), "", "a run without checkpoints", "a run with train.checkpoint_every set")
-        trainer = Trainer(recipe, seed)
+        trainer = Trainer(recipe, seed, train=False)
         rows = []
         for step, path in ckpts:
             trainer.load_state(load_checkpoint(path))

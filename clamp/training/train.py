@@ -28,6 +28,7 @@ from ..names.phases import column_value, phase_times
 from ..recipe.compile import Plan, compile_plan
 from ..recipe.types import Recipe, dump_recipe
 from ..store.files import read_metrics  # noqa: F401 - scripts read metrics from here
+from ..store.provenance import environment
 from ..store.rundir import RunDir, run_metrics
 from ..tasks import TASKS, Batch, Task
 from ..tasks.base import next_token_loss
@@ -51,10 +52,12 @@ class Trainer:
     """The pieces of one run, built from a recipe and a seed (usable without a directory)."""
 
     def __init__(self, recipe: Recipe, seed: int, plan: Plan | None = None, *, seam: ModelSeam | None = None,
-                 optimizer: optim.Optimizer | None = None):
+                 optimizer: optim.Optimizer | None = None, train: bool = True):
         """`seam` and `optimizer`, when given, are a model (and its optimizer) built elsewhere: an
         ensemble's member (ensemble.py); otherwise the recipe's model is built from `seed` on the
-        recipe's device."""
+        recipe's device. `train=False`: a reader of checkpoints (reports, probes) that evaluates and
+        never steps: no optimizer is made (making one costs ~2 s of torch imports), `load_state`
+        loads the weights and the step."""
         self.recipe = recipe
         self.seed = seed
         self.device = resolve_device(recipe.train.device)
@@ -65,7 +68,8 @@ class Trainer:
             seam.module.to(self.device)
         self.seam: ModelSeam = seam
         self.model = self.seam.module
-        self.optimizer = optimizer if optimizer is not None else make_optimizer(recipe, self.model)
+        self.optimizer: optim.Optimizer | None = (optimizer if optimizer is not None else
+                                                  make_optimizer(recipe, self.model) if train else None)
         self.donors = Donors()
         self.measures: dict[str, Measure] = instances(recipe.measure, self.task, self.plan.shape)    # one per run
         self._probe_measures = instances([m for m in ("loss", "accuracy") if m in MEASURES and
@@ -91,6 +95,7 @@ class Trainer:
         if not loss.requires_grad:
             raise RunError(f"the loss has no gradient at step {self.step}: every path from a trained parameter "
                            "to it is clamped or ablated")
+        assert self.optimizer is not None, "a reader (train=False) does not train"
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         fill_grads(self.model.parameters())
@@ -182,11 +187,13 @@ class Trainer:
         return iv, notes
 
     def state(self) -> dict:
+        assert self.optimizer is not None, "a reader (train=False) has no training state"
         return {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
 
 
@@ -293,6 +300,7 @@ class RunProgress:
         self.stopped = False
         self.plan: Plan | None = None
         self.skipped: list[dict] = []          # newer checkpoints that could not be resumed from
+        self.device: torch.device | None = None  # the device the run resolved to (None: failed before)
 
 
 def _train(recipe: Recipe, seed: int, rd: RunDir, emit: Progress, st: RunProgress) -> None:
@@ -300,6 +308,7 @@ def _train(recipe: Recipe, seed: int, rd: RunDir, emit: Progress, st: RunProgres
     plan = st.plan = compile_plan(recipe, seed, metrics_of=run_metrics)
     rd.write_plan(plan.text())
     trainer = Trainer(recipe, seed, plan)
+    st.device = trainer.device
     st.step, st.rows, st.skipped = rd.resume(trainer.load_state)
     st.resumed_from = st.step
     if st.skipped:
@@ -360,5 +369,6 @@ def summarise(recipe: Recipe, seed: int, st: RunProgress, t0: float, status: str
     if st.plan is not None:
         for m in instances(recipe.measure, None, st.plan.shape).values():
             summary.update(m.summary())
+    summary["environment"] = environment(st.device)
     summary.update(extra or {})
     return summary
