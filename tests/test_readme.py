@@ -15,9 +15,10 @@ Each fenced block is preceded by a marker `<!-- readme-test: KIND ARGS -->` that
 """
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
-import shlex
 import subprocess
 from pathlib import Path
 
@@ -27,17 +28,15 @@ import yaml
 from clamp.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-BLOCK = re.compile(r"(?:<!-- readme-test: (?P<marker>[^\n]*?) -->\n)?```(?P<lang>[a-z]*)\n(?P<body>.*?)```", re.S)
+_spec = importlib.util.spec_from_file_location("newcomer", ROOT / "benchmarks" / "newcomer.py")
+newcomer = importlib.util.module_from_spec(_spec)                       # the walk-through reads blocks the same way
+_spec.loader.exec_module(newcomer)                                      # type: ignore[union-attr]
 SHORT = ["--set", "train.steps=20", "--set", "train.eval_every=10", "--set", "train.eval_size=32",
          "--set", "train.checkpoint_every=0"]
 
 
 def blocks() -> list[tuple[str, list[str], str]]:
-    out = []
-    for m in BLOCK.finditer((ROOT / "README.md").read_text()):
-        marker = shlex.split(m.group("marker") or "")
-        out.append((marker[0] if marker else "", marker[1:], m.group("body")))
-    return out
+    return newcomer.readme_blocks((ROOT / "README.md").read_text())
 
 
 def of(kind: str) -> list[tuple[list[str], str]]:
@@ -75,6 +74,51 @@ def test_the_test_command_is_the_one_ci_runs():
     assert cmd == body.strip()
     (_, demo), = of("setup-demo")
     assert demo.strip().endswith("clamp demo") and "pip install torch==2.13.0" in demo
+
+
+def readme_times() -> dict[str, tuple[float, float]]:
+    """The README's table of times: step → (CPU s, wall s)."""
+    text = (ROOT / "README.md").read_text().split("<!-- readme-times -->", 1)[1]
+    rows = re.findall(r"^\| `([^`]+)` \| ([\d.]+) s \| ([\d.]+) s \|$", text.split("\n\n", 1)[0], re.M)
+    return {name: (float(cpu), float(wall)) for name, cpu, wall in rows}
+
+
+def test_readme_times_are_what_the_walk_through_measured():
+    """Each time the README gives is within 1.5x of the one benchmarks/newcomer.py recorded, and the
+    record is of the README's own commands (a changed command must be measured again)."""
+    claims = readme_times()
+    record = json.loads((ROOT / "benchmarks" / "readme_times.json").read_text())
+    assert set(claims) == {"install (demo command)", "clamp demo", "clamp demo --quick", "install (test command)",
+                           "python -m pytest -q"}
+    (_, demo), = of("setup-demo")
+    (_, test), = of("setup-test")
+    commands = {"install (demo command)": newcomer.split_setup(demo)[0],
+                "install (test command)": newcomer.split_setup(test)[0]}
+    for name, (cpu, wall) in claims.items():
+        assert name in record, f"{name}: not measured; run python benchmarks/newcomer.py --record"
+        got = record[name]
+        assert got["ok"], f"{name} failed when it was measured"
+        if name in commands:
+            assert got["command"] == commands[name], f"{name}: measured {got['command']!r}, the README has another"
+        else:
+            assert got["command"].endswith(name), (name, got["command"])
+        for what, claim, measured in (("CPU", cpu, got["cpu_s"]), ("wall", wall, got["wall_s"])):
+            assert measured / 1.5 <= claim <= measured * 1.5, \
+                f"README: {name} {claim:g} s {what}; measured {measured:g} s (benchmarks/readme_times.json)"
+    assert record["machine"]["mode"] == "as written"
+
+
+def test_the_quick_demo_is_the_full_demo_shortened():
+    """`clamp demo --quick` changes only the length, the learning rate, the evaluations and the offset."""
+    from clamp.cli import QUICK_DEMO
+    from clamp.recipe.suite import load_suite
+    full = load_suite(ROOT / "clamp" / "demo" / "demo_suite.yaml")
+    quick = load_suite(ROOT / "clamp" / "demo" / "demo_suite.yaml", [(t, "--quick") for t in QUICK_DEMO])
+    assert [r.variant for r in full.runs()] == [r.variant for r in quick.runs()]
+    assert quick.base.train.steps == 400 and quick.base.task.options.offset == 0
+    what = [[(iv.kind, iv.target, iv.source, iv.options) for iv in r.recipe.interventions] for r in full.runs()]
+    assert what == [[(iv.kind, iv.target, iv.source, iv.options) for iv in r.recipe.interventions]
+                    for r in quick.runs()] and quick.expect == full.expect
 
 
 @pytest.mark.parametrize("i", range(len(of("recipe"))))

@@ -1,4 +1,4 @@
-"""Results you can trust (issue 8): every failure visible, every input bounded, files only where the
+"""Results you can trust: every failure visible, every input bounded, files only where the
 user said, no phase change that did not happen. One test per finding; each failed on the commit
 before the fix."""
 from __future__ import annotations
@@ -312,8 +312,8 @@ def test_one_writer_per_directory(tmp_path, tiny_file, capsys):
                               "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     try:
         lock = tmp_path / "o" / ".clamp.lock"
-        for _ in range(600):
-            if lock.exists() and lock.read_text().startswith("pid"):
+        for _ in range(600):                                # held, and training (its first row written)
+            if lock.exists() and lock.read_text().startswith("pid") and (tmp_path / "o" / "metrics.jsonl").exists():
                 break
             time.sleep(0.1)
         code, _, err = cli(["run", slow, "--out", tmp_path / "o", "--fresh", "--quiet"], capsys)   # this process

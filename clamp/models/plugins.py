@@ -144,7 +144,8 @@ def _import_file(entry: str) -> Any:
                              f"{entry} is a directory without __init__.py")
     elif not os.path.exists(path):
         raise InputError("", "", show(entry), "a .py file or a package directory that exists",
-                         "no such file (paths are relative to the recipe)")
+                         f"there is no {show(os.path.abspath(path))} (a recipe's plug-in paths are relative to the "
+                         "recipe, --plugin's to the current directory)")
     elif not path.endswith(".py") or not os.path.isfile(path):
         raise InputError("", "", show(entry), "a .py file or a package directory (a plug-in is Python code)",
                          "name the module's .py file")
