@@ -3,6 +3,7 @@
     python benchmarks/newcomer.py                 # every block as written (science runs included: long)
     python benchmarks/newcomer.py --short         # recipes and suites shortened to a few steps
     python benchmarks/newcomer.py --record        # also write benchmarks/readme_times.json
+    python benchmarks/newcomer.py --record --only setup-test    # measure the test command again
 
 The clone is of this repository's committed HEAD (uncommitted changes are not in it; the script
 says so). The two set-up commands run exactly as written in a clean environment (no virtual
@@ -117,9 +118,12 @@ def walk(args) -> tuple[list[Step], bool]:  # long: one walk through the README,
     act = ". .venv/bin/activate && "
     short = f" {SHORT}" if args.short else ""
     for kind, margs, body in blocks:
-        if kind == "setup-demo":
+        skip = bool(args.only) and kind not in args.only
+        if skip and (kind != "setup-demo" or set(args.only) <= {"setup-test"}):
+            continue
+        if kind == "setup-demo":                   # its install is the environment of every later block
             install, then = split_setup(body)
-            if run("install (demo command)", install, demo).code == 0:
+            if run("install (demo command)", install, demo).code == 0 and not skip:
                 if not args.short:
                     run(then, act + then, demo)
                 run("clamp demo --quick", act + "clamp demo --quick", demo)
@@ -142,9 +146,9 @@ def walk(args) -> tuple[list[Step], bool]:  # long: one walk through the README,
                 demo / "mistake",
                 expect=lambda s, shown=shown: s.code == 2 and s.out.strip().split(" one of ")[0] == shown)
         elif kind == "fragment":
-            script = ("import sys, yaml; from clamp.recipe.overrides import deep_merge; "
-                      "base = yaml.safe_load(open(sys.argv[1])); frag = yaml.safe_load(open(sys.argv[2])); "
-                      "yaml.safe_dump(deep_merge(base, frag), open(sys.argv[3], 'w'))")
+            script = ("import sys, yaml; from clamp.recipe.overrides import deep_merge; "       # clamp's YAML reader
+                      "from clamp.names.yamlio import load_yaml; read = lambda p: load_yaml(open(p).read())[0]; "
+                      "yaml.safe_dump(deep_merge(read(sys.argv[1]), read(sys.argv[2])), open(sys.argv[3], 'w'))")
             i = sum(1 for s in steps if s.name.startswith("fragment"))
             (demo / f"fragment{i}.yaml").write_text(body)
             run(f"fragment {i} over {margs[0]}", act + f"python -c {shlex.quote(script)} {margs[0]} fragment{i}.yaml "
@@ -165,7 +169,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--short", action="store_true", help="shorten recipe and suite runs (and the demo to --quick)")
     ap.add_argument("--no-tests", action="store_true", help="install with the test command, but do not run pytest")
-    ap.add_argument("--record", action="store_true", help=f"write the set-up steps' times to {TIMES.name}")
+    ap.add_argument("--record", action="store_true", help=f"write the set-up steps' times to {TIMES.name} (the "
+                    "steps measured replace theirs; the others are kept)")
+    ap.add_argument("--only", action="append", metavar="KIND", help="run only the blocks of this kind (setup-demo, "
+                    "setup-test, recipe, error, fragment, suite, python); repeatable")
     args = ap.parse_args()
     t0 = time.perf_counter()
     steps, ok = walk(args)
@@ -175,7 +182,8 @@ def main() -> int:
                                                                                 "fragment", "clamp bench", "python"))}
         keep["machine"] = {"cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
                            "mode": "short" if args.short else "as written"}
-        TIMES.write_text(json.dumps(keep, indent=1) + "\n")
+        old = json.loads(TIMES.read_text()) if TIMES.exists() else {}
+        TIMES.write_text(json.dumps({**old, **keep}, indent=1) + "\n")
         print(f"wrote {TIMES}")
     return 0 if ok else 1
 

@@ -14,8 +14,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from . import console
 from .analysis.report import table
-from .console import VERBS, Progress, build_parser  # noqa: F401 - VERBS: the verbs, for scripts
+from .console import VERBS, Progress, Started, build_parser, deleted  # noqa: F401 - VERBS: for scripts
 from .names.errors import InputError, show
 
 # ---------------------------------------------------------------------------------------
@@ -39,62 +40,6 @@ def _max_memory(a) -> float | None:
     except ValueError:
         raise InputError("--max-memory", "", repr(a.max_memory)[:60],
                          "a size like 16G, 512MiB or 2e9, or none") from None
-
-
-def _deleted(prog: Progress):
-    """Progress events, and a line on stderr for what --fresh deleted."""
-    def on(ev: dict) -> None:
-        if ev.get("event") == "deleted":
-            d = Path(ev["dir"])
-            sys.stderr.write(f"clamp: --fresh deleted {len(ev['files'])} item(s) clamp wrote in {d}: "
-                             f"{_listing(ev['files'], d)}\n")
-            if ev.get("kept"):
-                sys.stderr.write(f"clamp: --fresh kept {len(ev['kept'])} item(s) clamp did not write: "
-                                 f"{_listing(ev['kept'], d)}\n")
-        elif ev.get("event") == "resumed":
-            bad = "; ".join(f"{Path(s['checkpoint']).name}: {s['reason']}" for s in ev["skipped"][:2])
-            who = ev.get("run") or f"seed {ev.get('seed')}"
-            sys.stderr.write(f"clamp: {who}: resumed from step {ev['step']}, the newest checkpoint that loads ("
-                             f"{len(ev['skipped'])} newer one(s) did not: {bad})\n")
-            prog(ev)
-        else:
-            prog(ev)
-    return on
-
-
-class _Started:
-    """Which runs started training in this call, and at which step: a finished run is returned as it was
-    and never starts, so a call that trained nothing can say so."""
-
-    def __init__(self, inner):
-        self.inner, self.steps = inner, {}
-
-    def __call__(self, ev: dict) -> None:
-        if ev.get("event") == "start":
-            self.steps[ev.get("run", ev.get("seed"))] = ev.get("step", 0)
-        self.inner(ev)
-
-    def note(self, total: int) -> str:
-        """'' when every run trained from step 0, else what was not trained here."""
-        done = total - len(self.steps)
-        resumed = sorted((str(k), s) for k, s in self.steps.items() if s)
-        parts = []
-        if done == total:
-            parts.append(f"nothing trained: {'the run' if total == 1 else f'all {total} runs'} had finished "
-                         "before (--fresh trains again)")
-        elif done:
-            parts.append(f"{done} of {total} runs had finished before and were not trained again")
-        if resumed:
-            parts.append("resumed " + ", ".join(f"{k} at step {s}" for k, s in resumed[:4])
-                         + (f" and {len(resumed) - 4} more" if len(resumed) > 4 else ""))
-        return "; ".join(parts)
-
-
-def _listing(paths: list[str], base: Path, n: int = 8) -> str:
-    """Paths relative to `base`, the first `n` of them, and how many more."""
-    rel = [os.path.relpath(p, base) for p in paths]
-    rel = [r for r in rel if "/" not in r] + [r for r in rel if "/" in r]          # top level first
-    return ", ".join(rel[:n]) + (f" (and {len(rel) - n} more)" if len(rel) > n else "") if rel else "nothing"
 
 
 def _failures(runs: Sequence[tuple[str, str | Path, dict]]) -> int:
@@ -124,7 +69,7 @@ def cmd_run(a) -> int:
     out = _out(a, default_dir(recipe.name))
     prog = Progress(len(recipe.seeds), quiet=a.quiet)
     t0 = time.time()
-    started = _Started(_deleted(prog))
+    started = Started(deleted(prog))
     result = run(recipe, out, workers=a.workers, progress=started, fresh=a.fresh,
                  max_memory=_max_memory(a), ensemble=not a.no_ensemble)
     prog.close()
@@ -220,7 +165,7 @@ def cmd_demo(a) -> int:
     t0 = time.time()
     prog = Progress(len(suite.runs()), quiet=a.quiet)
     workers = a.workers or (1 if a.quick else None)     # quick: one process, one ensemble (least CPU)
-    res = bench(suite, out, workers=workers, progress=_deleted(prog))
+    res = bench(suite, out, workers=workers, progress=deleted(prog))
     prog.close()
     curves = suite_curves(res)
     at = ([0, 100, 250, 500, 750, 1000, 1500, 2000, t.steps] if not a.quick else
@@ -253,7 +198,7 @@ def cmd_bench(a) -> int:
         require_ray()                                   # missing Ray is bad input: say so before anything runs
     t0 = time.time()
     prog = Progress(len(suite.runs()), quiet=a.quiet)
-    started = _Started(_deleted(prog))
+    started = Started(deleted(prog))
     res = bench(suite, out, workers=a.workers, backend=a.backend, address=a.address,
                 progress=started, fresh=a.fresh, max_memory=_max_memory(a), ensemble=not a.no_ensemble)
     prog.close()
@@ -288,6 +233,37 @@ def cmd_probe(a) -> int:
         print(table(["step", "loss", "accuracy"] + cols,
                     [[r["step"], r.get("loss"), r.get("accuracy")] + [r.get(c) for c in cols] for r in rs]))
     print(f"wrote {probes_output(a.probes)} beside each seed's metrics.jsonl in {a.dir}")
+    return 0
+
+
+def _thresholds(items: list[str]) -> dict[str, float]:
+    out = {}
+    for item in items:
+        role, eq, value = item.partition("=")
+        try:
+            out[role.strip()] = float(value)
+        except ValueError:
+            raise InputError("--threshold", "", repr(item)[:60], "ROLE=NUMBER, e.g. induction=0.3") from None
+        if not eq or not role.strip():
+            raise InputError("--threshold", "", repr(item)[:60], "ROLE=NUMBER, e.g. induction=0.3")
+    return out
+
+
+def cmd_discover(a) -> int:
+    from .training.discover import DISCOVERY, discover
+    found = discover(a.dir, _thresholds(a.threshold))
+    for seed, d in sorted(found.items()):
+        print(f"seed {seed}: {len(d['checkpoints'])} checkpoints to step {d['last_step']}; roles from "
+              + ", ".join(f"{r} ({m}{', every evaluation' if r in d['from_metrics'] else ''})"
+                          for r, m in d["measures"].items()))
+        rows = [[h["name"], h["formed"] if h["formed"] is not None else "-", h["final"], h["peak"],
+                 "yes" if h["holds"] else "no (lost it)"] for h in d["heads"]]
+        if rows:
+            print(table(["head", "formed at step", "final", "peak", "holds at the end"], rows))
+        for role, why in {**d["not_formed"], **d["skipped"]}.items():
+            print(f"  {role}: {why}")
+        print()
+    print(f"wrote {DISCOVERY} beside each seed's metrics.jsonl in {a.dir}")
     return 0
 
 
@@ -398,6 +374,7 @@ def _skipped_note() -> None:
 
 
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "sites": cmd_sites, "demo": cmd_demo, "bench": cmd_bench,
+            "discover": cmd_discover,
             "probe": cmd_probe, "graph": cmd_graph, "explain": cmd_explain, "report": cmd_report}
 
 
@@ -406,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(errors="backslashreplace")   # type: ignore[union-attr]
     try:
+        console.ARGV = list(argv) if argv is not None else None
         args = build_parser(COMMANDS).parse_args(argv)
     except SystemExit as e:                            # bad arguments (one line written) or --help
         return e.code if isinstance(e.code, int) else 2

@@ -6,9 +6,13 @@ Bad arguments are one line with a did-you-mean and exit 2, as bad input everywhe
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from .names.errors import did_you_mean
+
+ARGV: list[str] | None = None          # the arguments being parsed (cli.main sets them; else sys.argv)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,7 +24,7 @@ class _Parser(argparse.ArgumentParser):
             bad = message.split("'")[1] if "'" in message else ""
             hint = did_you_mean(bad, VERBS)
             hint = f"; {hint}" if hint else ""
-        if "arguments are required" in message and "--set" in sys.argv:
+        if "arguments are required" in message and "--set" in (ARGV if ARGV is not None else sys.argv):
             hint += "; --set takes every word after it: write the recipe before --set, or end the list with --"
         text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in f"{message}{hint}")
         text = text if len(text) <= 220 else text[:150] + "..." + text[-60:]
@@ -39,7 +43,7 @@ def positive(text: str) -> int:
     return n
 
 
-VERBS = ("run", "plan", "sites", "demo", "bench", "probe", "graph", "explain", "report")
+VERBS = ("run", "plan", "sites", "demo", "bench", "probe", "discover", "graph", "explain", "report")
 
 
 class Progress:
@@ -159,6 +163,12 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:  # long: a table: t
     q.add_argument("probes", help="a YAML file with probes: {name: [interventions]} and optional subcircuits")
     q.set_defaults(fn=commands["probe"])
 
+    q = sub.add_parser("discover", help="find what each head became along a run, and when (no head named)")
+    q.add_argument("dir")
+    q.add_argument("--threshold", action="extend", nargs="+", default=[], metavar="ROLE=X",
+                   help="a role's threshold, e.g. --threshold induction=0.3 (default: the catalogue's)")
+    q.set_defaults(fn=commands["discover"])
+
     q = sub.add_parser("graph", help="build the subcircuit graph of suite directories")
     q.add_argument("dir", nargs="+")
     q.add_argument("--out", help="where to write graph.json, graph.graphml, graph.png (default: the first DIR)")
@@ -198,3 +208,57 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:  # long: a table: t
     return p
 
 
+def deleted(prog: Progress):
+    """Progress events, and a line on stderr for what --fresh deleted."""
+    def on(ev: dict) -> None:
+        if ev.get("event") == "deleted":
+            d = Path(ev["dir"])
+            sys.stderr.write(f"clamp: --fresh deleted {len(ev['files'])} item(s) clamp wrote in {d}: "
+                             f"{listing(ev['files'], d)}\n")
+            if ev.get("kept"):
+                sys.stderr.write(f"clamp: --fresh kept {len(ev['kept'])} item(s) clamp did not write: "
+                                 f"{listing(ev['kept'], d)}\n")
+        elif ev.get("event") == "resumed":
+            bad = "; ".join(f"{Path(s['checkpoint']).name}: {s['reason']}" for s in ev["skipped"][:2])
+            who = ev.get("run") or f"seed {ev.get('seed')}"
+            sys.stderr.write(f"clamp: {who}: resumed from step {ev['step']}, the newest checkpoint that loads ("
+                             f"{len(ev['skipped'])} newer one(s) did not: {bad})\n")
+            prog(ev)
+        else:
+            prog(ev)
+    return on
+
+
+class Started:
+    """Which runs started training in this call, and at which step: a finished run is returned as it was
+    and never starts, so a call that trained nothing can say so."""
+
+    def __init__(self, inner):
+        self.inner, self.steps = inner, {}
+
+    def __call__(self, ev: dict) -> None:
+        if ev.get("event") == "start":
+            self.steps[ev.get("run", ev.get("seed"))] = ev.get("step", 0)
+        self.inner(ev)
+
+    def note(self, total: int) -> str:
+        """'' when every run trained from step 0, else what was not trained here."""
+        done = total - len(self.steps)
+        resumed = sorted((str(k), s) for k, s in self.steps.items() if s)
+        parts = []
+        if done == total:
+            parts.append(f"nothing trained: {'the run' if total == 1 else f'all {total} runs'} had finished "
+                         "before (--fresh trains again)")
+        elif done:
+            parts.append(f"{done} of {total} runs had finished before and were not trained again")
+        if resumed:
+            parts.append("resumed " + ", ".join(f"{k} at step {s}" for k, s in resumed[:4])
+                         + (f" and {len(resumed) - 4} more" if len(resumed) > 4 else ""))
+        return "; ".join(parts)
+
+
+def listing(paths: list[str], base: Path, n: int = 8) -> str:
+    """Paths relative to `base`, the first `n` of them, and how many more."""
+    rel = [os.path.relpath(p, base) for p in paths]
+    rel = [r for r in rel if "/" not in r] + [r for r in rel if "/" in r]          # top level first
+    return ", ".join(rel[:n]) + (f" (and {len(rel) - n} more)" if len(rel) > n else "") if rel else "nothing"

@@ -1,4 +1,5 @@
-"""What heads attend to: previous-token scores, induction strength and the induction score.
+"""What heads attend to: previous-token scores, induction strength and score, attention to the first
+position, uniformity and duplicate tokens.
 
 Model layer (measures/): built-in per-head measures, registered on import (definitions:
 docs/science.md §4). A = the head's attention pattern after any clamp, [batch, head, query, key].
@@ -130,3 +131,77 @@ class InductionScore(Measure):
             for h, v in enumerate(induction_strengths(rec[PATTERN.format(L=L)], keys, None).tolist()):
                 row[head_column(self.name, L, h)] = v
         return row
+
+
+def _rows_after_first(A: Tensor) -> Tensor:
+    """A [batch, head, query, key] → the rows i ≥ 1, [batch, head, query-1, key]."""
+    return A[:, :, 1:]
+
+
+def first_position_scores(A: Tensor) -> Tensor:
+    """A [batch, head, query, key] → [head]: mean over rows i ≥ 1 of A[i, 0] (an attention sink)."""
+    return _rows_after_first(A)[..., 0].mean(dim=(0, 2))
+
+
+def uniformities(A: Tensor) -> Tensor:
+    """A [batch, head, query, key] → [head]: mean over rows i ≥ 1 of the row's entropy over the i+1 keys
+    it may see, divided by log(i+1): 1 for a head that averages evenly over its past, 0 for one that
+    looks at a single key."""
+    import torch
+    T = A.shape[-1]
+    p = _rows_after_first(A).clamp_min(0)                                  # [batch, head, T-1, key]
+    H = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)                       # [batch, head, T-1]
+    seen = torch.arange(2, T + 1, device=A.device, dtype=A.dtype)          # keys row i may see: i+1
+    return (H / torch.log(seen)).mean(dim=(0, 2))
+
+
+def item_ids(batch) -> Tensor:
+    """[batch, pos] long: what sits at each position, for 'the same item seen before': the token, or for
+    a vector position its class (offset past every token id, so the two never collide)."""
+    ids = batch.tokens
+    if batch.is_vector is not None and batch.classes is not None:
+        import torch
+        ids = torch.where(batch.is_vector, batch.classes + int(batch.tokens.max()) + 1, ids)
+    return ids
+
+
+def duplicate_token_scores(A: Tensor, ids: Tensor) -> Tensor:
+    """A [batch, head, query, key]; ids [batch, pos] → [head]: over rows whose item occurred earlier,
+    the attention on those earlier occurrences (mean over such rows; 0 where no row has one)."""
+    import torch
+    T = A.shape[-1]
+    earlier = torch.ones(T, T, dtype=torch.bool, device=A.device).tril(-1)  # [query, key]: key < query
+    same = (ids[:, :, None] == ids[:, None, :]) & earlier                   # [batch, query, key]
+    rows = same.any(-1)                                                     # [batch, query]
+    on = (A * same[:, None]).sum(-1)                                        # [batch, head, query]
+    w = rows[:, None].float()
+    return (on * w).sum(dim=(0, 2)) / w.sum(dim=(0, 2)).clamp_min(1)
+
+
+@register_measure
+class FirstPositionScore(_PatternMeasure):
+    name = "first_position_score"
+    doc = "per head: mean over rows i >= 1 of A[i, 0] (attention parked on the first position: a sink)"
+
+    def per_layer(self, A, batch):
+        return first_position_scores(A)
+
+
+@register_measure
+class Uniformity(_PatternMeasure):
+    name = "uniformity"
+    doc = ("per head: mean over rows i >= 1 of the row's entropy divided by log(i+1), the entropy of even "
+           "attention over the keys it may see (1: averaging, 0: one key)")
+
+    def per_layer(self, A, batch):
+        return uniformities(A)
+
+
+@register_measure
+class DuplicateTokenScore(_PatternMeasure):
+    name = "duplicate_token_score"
+    doc = ("per head: at rows whose item (token, or a vector's class) occurred before, the attention on its "
+           "earlier occurrences")
+
+    def per_layer(self, A, batch):
+        return duplicate_token_scores(A, item_ids(batch))

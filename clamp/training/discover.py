@@ -1,0 +1,165 @@
+"""Discovery: what each head became along training, and when, from a run directory alone.
+
+Run layer. Flow position: run dir (checkpoints, metrics.jsonl) ─discover→ discovery.json beside each
+seed's metrics. No head is named by the user: every head of every layer is scored, for every role of
+the catalogue below that the task and model can give, at every checkpoint (evaluated as an online
+evaluation at that step would be, like `clamp probe`), and, where the run measured a role's
+measure itself, at every evaluation of metrics.jsonl (denser; used instead). A role is a per-head
+measure and a threshold; a plug-in's per-head measure is a role of its own name (threshold 0.5
+unless given). A head takes a role when its score passes the threshold; its formation time is the
+phase rule `{above: threshold}` on its series, the rule every other phase change uses: a head that
+never passes has none, and a head still short of it at the run's last step is censored there.
+
+    role             measure (the first one this task and model give)        threshold
+    prev_token       label_prev_token_score, prev_token_score                0.5
+    induction        induction_strength, induction_score                     0.5
+    duplicate_token  duplicate_token_score                                   0.5
+    sink             first_position_score                                    0.5
+    uniform          uniformity                                              0.9
+    copying          copying_score (from the weights)                        0.7
+
+A discovered head is named `<role>@L<layer>H<head>` (`prev_token@L0H2`): the name its subcircuit gets.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from ..measures import MEASURES, head_column
+from ..names.errors import InputError
+from ..names.phases import threshold_crossing
+from ..recipe.outputs import unavailable
+from ..recipe.types import Recipe
+from ..store.files import atomic_write, dumps
+from ..store.rundir import RunDir, load_checkpoint
+from .runs import Run
+from .train import Trainer
+
+DISCOVERY = "discovery.json"
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    measures: tuple[str, ...]         # the first one the run's task and model can give is used
+    threshold: float
+
+
+ROLES = (
+    Role("prev_token", ("label_prev_token_score", "prev_token_score"), 0.5),
+    Role("induction", ("induction_strength", "induction_score"), 0.5),
+    Role("duplicate_token", ("duplicate_token_score",), 0.5),
+    Role("sink", ("first_position_score",), 0.5),
+    Role("uniform", ("uniformity",), 0.9),
+    Role("copying", ("copying_score",), 0.7),
+)
+
+
+def head_name(role: str, layer: int, head: int) -> str:
+    """A discovered head's name: `prev_token@L0H2`."""
+    return f"{role}@L{layer}H{head}"
+
+
+def catalogue(thresholds: dict[str, float] | None = None) -> list[Role]:
+    """clamp's roles, then every plug-in per-head measure none of them uses (a role of its own name)."""
+    thresholds = thresholds or {}
+    used = {m for r in ROLES for m in r.measures}
+    extra = [Role(name, (name,), 0.5) for name, cls in sorted(MEASURES.items())
+             if cls.head_site is not None and name not in used
+             and name not in ("label_prev_token_score", "negative_similarity")]
+    roles = [*ROLES, *extra]
+    unknown = sorted(set(thresholds) - {r.name for r in roles})
+    if unknown:
+        raise InputError("--threshold", "", repr(unknown[0]), "a role: one of " + ", ".join(r.name for r in roles))
+    return [replace(r, threshold=thresholds.get(r.name, r.threshold)) for r in roles]
+
+
+def usable(recipe: Recipe, roles: list[Role]) -> tuple[dict[str, str], dict[str, str]]:
+    """(role → the measure it uses, role → why it is skipped) for this run's task and model."""
+    use, skipped = {}, {}
+    for r in roles:
+        why = [f"{m}: {unavailable(recipe, m)}" for m in r.measures if unavailable(recipe, m)]
+        ok = [m for m in r.measures if m in MEASURES and not unavailable(recipe, m)]
+        if ok:
+            use[r.name] = ok[0]
+        else:
+            skipped[r.name] = "; ".join(why) or "no such measure"
+    return use, skipped
+
+
+def _series(rows: list[dict], column: str) -> tuple[list[int], list[float]]:
+    pts = [(r["step"], r[column]) for r in rows if isinstance(r.get(column), (int, float))]
+    return [s for s, _ in pts], [float(v) for _, v in pts]
+
+
+def discover_seed(rd: RunDir, seed: int, roles: list[Role], progress: Callable[[dict], None] | None = None,
+                  use_metrics: bool = True) -> dict:  # long: one seed, read top to bottom
+    """Roles and formation times of every head of one seed's run (discovery.json's content).
+    `use_metrics=False`: evaluate every role at the checkpoints, even one the run measured."""
+    recipe = rd.recipe()
+    ckpts = rd.checkpoints()
+    if not ckpts:
+        raise InputError(str(rd.path), "", "a run without checkpoints",
+                         "a run with train.checkpoint_every set (discovery evaluates every checkpoint)")
+    use, skipped = usable(recipe, roles)
+    if not use:
+        raise InputError(str(rd.path), "", "no role this model and task can give",
+                         "; ".join(f"{k}: {v}" for k, v in skipped.items())[:200])
+    measured = {r.get("step"): r for r in rd.metrics()}
+    dense = {role: m for role, m in use.items() if use_metrics and m in recipe.measure}   # the run measured it
+    todo = sorted({m for role, m in use.items() if role not in dense})
+    rows: list[dict] = []
+    if todo:
+        probe = replace(recipe, measure=tuple(todo), probes={},                 # the train evaluator only
+                        train=replace(recipe.train, evaluators=("train",), evaluator_every={}))
+        trainer = Trainer(probe, seed, train=False)
+        for step, path in ckpts:
+            trainer.load_state(load_checkpoint(path))
+            rows.append(trainer.evaluate(probes=False, every=True))
+            if progress:
+                progress({"event": "eval", "seed": seed, "step": step, "steps": ckpts[-1][0]})
+    shape = recipe.shape()
+    last = max([ckpts[-1][0], *[s for s in measured if isinstance(s, int)]])
+    by_role = {r.name: r for r in roles}
+    heads = []
+    for role, m in use.items():
+        source = list(measured.values()) if role in dense else rows
+        thr = by_role[role].threshold
+        for L in range(shape.layers):
+            for h in range(shape.heads):
+                col = head_column(m, L, h)
+                steps, values = _series(source, col)
+                if not values:
+                    continue
+                formed = threshold_crossing(steps, values, thr, below=False)
+                if formed is None and max(values) <= thr:
+                    continue                                 # never took the role: not listed
+                heads.append({"name": head_name(role, L, h), "role": role, "layer": L, "head": h,
+                              "measure": m, "column": col, "threshold": thr, "formed": formed,
+                              "final": values[-1], "peak": max(values), "holds": values[-1] > thr,
+                              "steps": steps, "values": [round(v, 5) for v in values]})
+    heads.sort(key=lambda d: (d["formed"] is None, d["formed"] or 0, d["layer"], d["head"], d["role"]))
+    return {"seed": seed, "run": str(rd.path), "last_step": last,
+            "checkpoints": [s for s, _ in ckpts], "measures": use,
+            "from_metrics": sorted(dense), "skipped": skipped, "heads": heads,
+            "not_formed": {role: f"no head passed {by_role[role].threshold} by step {last} (censored there)"
+                           for role in use if not any(d["role"] == role for d in heads)}}
+
+
+def discover(run_dir: str | os.PathLike, thresholds: dict[str, float] | None = None,
+             progress: Callable[[dict], None] | None = None) -> dict[int, dict]:
+    """Discover every seed of a run; writes discovery.json beside each seed's metrics.jsonl and returns
+    {seed: its discovery}."""
+    run = Run.load(run_dir)
+    if not run.seeds:
+        raise InputError(str(run_dir), "", "no run here", "a directory written by `clamp run` or `clamp bench`")
+    roles = catalogue(thresholds)
+    out = {}
+    for seed, sr in sorted(run.seeds.items()):
+        rd = RunDir(sr.dir)
+        found = discover_seed(rd, seed, roles, progress)
+        with rd.held():
+            atomic_write(rd.file(DISCOVERY), dumps(found) + "\n")
+        out[seed] = found
+    return out

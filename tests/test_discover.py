@@ -1,0 +1,87 @@
+"""`clamp discover`: roles and formation times of every head, from a run directory alone."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clamp.cli import main
+from clamp.store.rundir import RunDir
+from clamp.training.discover import ROLES, catalogue, discover_seed
+
+TINY = """\
+name: tiny
+seeds: [0]
+model: {layers: 2, heads: 4, d_model: 16}
+task: {name: fewshot, classes: 10, labels: 4, dim: 8}
+train: {steps: 12, batch: 8, lr: 1.0e-2, eval_every: 4, eval_size: 16, checkpoint_every: 4}
+measure: [loss, label_prev_token_score, induction_strength, first_position_score]
+interventions:
+  - clamp: blocks.0.attn.hook_pattern[2]
+    to: previous_token
+    strength: 1.0
+  - clamp: blocks.1.attn.hook_pattern[1]
+    to: induction
+    strength: 1.0
+    steps: [8, end]
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("disc")
+    (d / "tiny.yaml").write_text(TINY)
+    assert main(["run", str(d / "tiny.yaml"), "--out", str(d / "run"), "--quiet"]) == 0
+    return d / "run"
+
+
+def test_clamped_heads_are_found_in_their_roles_when_their_clamps_start(run_dir):
+    found = discover_seed(RunDir(run_dir), 0, catalogue())
+    by = {h["name"]: h for h in found["heads"]}
+    assert by["prev_token@L0H2"]["formed"] == 0 and by["prev_token@L0H2"]["holds"]
+    assert by["induction@L1H1"]["formed"] == 8                     # the clamp starts at step 8
+    assert by["induction@L1H1"]["values"][0] < 0.5
+    assert found["checkpoints"] == [4, 8, 12] and found["from_metrics"] == ["induction", "prev_token", "sink"]
+
+
+def test_checkpoints_evaluated_afterwards_give_what_the_run_measured(run_dir):
+    """Post hoc at each checkpoint = online at that step (the independent reference: the run's own
+    metrics.jsonl)."""
+    dense = discover_seed(RunDir(run_dir), 0, catalogue())
+    late = discover_seed(RunDir(run_dir), 0, catalogue(), use_metrics=False)
+    assert late["from_metrics"] == []
+    metrics = {r["step"]: r for r in RunDir(run_dir).metrics()}
+    compared = 0
+    for h in late["heads"]:
+        for step, v in zip(h["steps"], h["values"]):
+            if h["column"] in metrics.get(step, {}):
+                assert v == pytest.approx(metrics[step][h["column"]], abs=1e-4)
+                compared += 1
+    assert compared >= 6
+    assert {h["name"] for h in dense["heads"] if h["holds"]} >= {"prev_token@L0H2", "induction@L1H1"}
+
+
+def test_cli_writes_discovery_and_refuses_bad_thresholds(run_dir, capsys):
+    assert main(["discover", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "prev_token@L0H2" in out and "induction@L1H1" in out
+    saved = json.loads((run_dir / "discovery.json").read_text())
+    assert saved["seed"] == 0 and any(h["name"] == "prev_token@L0H2" for h in saved["heads"])
+    assert main(["discover", str(run_dir), "--threshold", "inductoin=0.3"]) == 2
+    assert "a role: one of prev_token, induction" in capsys.readouterr().err
+    assert main(["discover", str(run_dir), "--threshold", "induction"]) == 2
+
+
+def test_a_run_without_checkpoints_is_refused(tmp_path, capsys):
+    (tmp_path / "r.yaml").write_text(TINY.replace("checkpoint_every: 4", "checkpoint_every: 0"))
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    capsys.readouterr()
+    (tmp_path / "o" / "checkpoints").rename(tmp_path / "elsewhere")
+    assert main(["discover", str(tmp_path / "o")]) == 2
+    assert "a run without checkpoints" in capsys.readouterr().err
+
+
+def test_every_role_names_a_registered_per_head_measure():
+    from clamp.measures import MEASURES
+    for r in ROLES:
+        assert all(m in MEASURES and MEASURES[m].head_site for m in r.measures), r
