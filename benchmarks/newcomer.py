@@ -9,7 +9,8 @@ The clone is of this repository's committed HEAD (uncommitted changes are not in
 says so). The two set-up commands run exactly as written in a clean environment (no virtual
 environment, no PYTHONPATH): each is split at its last `&&` so that the install and what follows
 (`clamp demo`, `python -m pytest -q`) are timed apart; `clamp demo --quick` is timed too. Every
-other block runs in the demo clone's virtual environment the way the README presents it: a recipe
+other block runs in the demo clone's virtual environment the way the README presents it (with the
+nnsight extra installed where the README asks for it): a recipe
 is written to its file, planned and run; an error example is planned and its output compared with
 the README's line; a fragment is merged over its recipe and run; a suite is benched; a Python
 block is executed. Each step's wall time and CPU time (user + system of every process it started)
@@ -91,7 +92,10 @@ class Step:
 
 def walk(args) -> tuple[list[Step], bool]:  # long: one walk through the README, block by block, in order
     """Every README block in order; returns the steps and whether all succeeded."""
-    blocks = readme_blocks((ROOT / "README.md").read_text())
+    text = (ROOT / "README.md").read_text()
+    blocks = readme_blocks(text)
+    starts = [m.start() for m in BLOCK.finditer(text)]
+    extra = text.find("pip install 'clamp[nnsight]'", text.find("## Your own model"))   # where the README says it
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
     if dirty:
@@ -117,7 +121,11 @@ def walk(args) -> tuple[list[Step], bool]:  # long: one walk through the README,
     demo = clones["setup-demo"]
     act = ". .venv/bin/activate && "
     short = f" {SHORT}" if args.short else ""
-    for kind, margs, body in blocks:
+    extra_done = False
+    for at, (kind, margs, body) in zip(starts, blocks):
+        if extra >= 0 and at > extra and not extra_done and kind not in ("setup-demo", "setup-test"):
+            extra_done = True                      # the README's "Your own model" asks for the nnsight extra
+            run("install (nnsight extra)", act + "pip install -e '.[nnsight]'", demo)
         skip = bool(args.only) and kind not in args.only
         if skip and (kind != "setup-demo" or set(args.only) <= {"setup-test"}):
             continue
@@ -179,7 +187,7 @@ def main() -> int:
     print(f"{'all ok' if ok else 'FAILED'}: {len(steps)} steps, {time.perf_counter() - t0:.0f} s")
     if args.record:
         keep = {s.name: s.record() for s in steps if not s.name.startswith(("clamp plan", "clamp run", "error",
-                                                                                "fragment", "clamp bench", "python"))}
+                                                                                "fragment", "clamp bench", "python block"))}
         keep["machine"] = {"cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
                            "mode": "short" if args.short else "as written"}
         old = json.loads(TIMES.read_text()) if TIMES.exists() else {}
