@@ -167,6 +167,8 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:  # long: a table: t
     q.add_argument("dir")
     q.add_argument("--threshold", action="extend", nargs="+", default=[], metavar="ROLE=X",
                    help="a role's threshold, e.g. --threshold induction=0.3 (default: the catalogue's)")
+    q.add_argument("--ablate", choices=("mean", "zero", "resample", "none"), default="mean",
+                   help="how each head's output is ablated to measure what it does for the loss (default mean)")
     q.set_defaults(fn=commands["discover"])
 
     q = sub.add_parser("graph", help="build the subcircuit graph of suite directories")

@@ -85,3 +85,35 @@ def test_every_role_names_a_registered_per_head_measure():
     from clamp.measures import MEASURES
     for r in ROLES:
         assert all(m in MEASURES and MEASURES[m].head_site for m in r.measures), r
+
+
+def test_a_heads_effect_is_the_loss_with_its_output_weights_zeroed(run_dir):
+    """Zero-ablating a head's output z ≡ zeroing its slice of W_O: the independent reference."""
+    import torch
+
+    from clamp.store.rundir import load_checkpoint
+    from clamp.training.discover import head_effects
+    from clamp.training.train import Trainer
+    rd = RunDir(run_dir)
+    eff = head_effects(rd, 0, [], how="zero")
+    step, path = rd.checkpoints()[-1]
+    recipe = rd.recipe()
+    for L, h in ((0, 1), (1, 3)):
+        t = Trainer(recipe, 0, train=False)
+        t.load_state(load_checkpoint(path))
+        with torch.no_grad():
+            t.model.blocks[L].attn.W_O[h].zero_()                 # [head, d_head, d_model]
+        loss = t.evaluate(probes=False, every=True)["loss"]
+        assert eff["steps"][-1] == step
+        assert eff["loss"][-1] + eff["heads"][f"L{L}H{h}"][-1] == pytest.approx(loss, abs=1e-5)
+
+
+def test_a_redundant_group_is_told_apart_from_its_members(run_dir):
+    """Two heads clamped to the same ideal pattern: the group ablation and each member's are reported."""
+    from clamp.training.discover import head_effects
+    heads = [{"role": "prev_token", "layer": 0, "head": h, "holds": True} for h in (2, 3)]
+    eff = head_effects(RunDir(run_dir), 0, heads, how="mean")
+    g = eff["groups"]["prev_token"]
+    assert g["heads"] == ["L0H2", "L0H3"] and len(g["delta"]) == len(eff["steps"])
+    assert g["largest_single"] == max(eff["heads"]["L0H2"][-1], eff["heads"]["L0H3"][-1])
+    assert g["redundant"] == (g["delta"][-1] > 2 * max(g["largest_single"], 0) and g["delta"][-1] > 0)

@@ -19,6 +19,10 @@ never passes has none, and a head still short of it at the run's last step is ce
     copying          copying_score (from the weights)                        0.7
 
 A discovered head is named `<role>@L<layer>H<head>` (`prev_token@L0H2`): the name its subcircuit gets.
+
+What each head does for the loss (`head_effects`): at every checkpoint, the train loss with the head's
+output ablated minus the loss without, and the same for each role's group of heads at once (a group
+that costs more than twice its costliest member is redundant: its members cover for each other).
 """
 from __future__ import annotations
 
@@ -27,10 +31,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ..measures import MEASURES, head_column
+from ..names.columns import probe_column
 from ..names.errors import InputError
 from ..names.phases import threshold_crossing
+from ..names.sites import catalogue as site_catalogue
 from ..recipe.outputs import unavailable
-from ..recipe.types import Recipe
+from ..recipe.spec import recipe_from_data
+from ..recipe.types import Recipe, recipe_to_dict
 from ..store.files import atomic_write, dumps
 from ..store.rundir import RunDir, load_checkpoint
 from .runs import Run
@@ -147,10 +154,62 @@ def discover_seed(rd: RunDir, seed: int, roles: list[Role], progress: Callable[[
                            for role in use if not any(d["role"] == role for d in heads)}}
 
 
+def head_effects(rd: RunDir, seed: int, heads: list[dict], how: str = "mean",
+                 progress: Callable[[dict], None] | None = None) -> dict:
+    """What each head does for the loss along training: at every checkpoint, the train loss with that
+    head's output (`hook_z`) ablated (`how`: zero, mean or resample) minus the loss without; and for
+    each role more than one head took, the same with the whole group ablated at once. A group whose
+    ablation costs more than twice its costliest member's, at the end, is redundant: each member
+    covers for the others."""
+    recipe = rd.recipe()
+    shape = recipe.shape()
+    have = {i.name for i in site_catalogue(shape)}
+    if "blocks.0.attn.hook_z" not in have:
+        return {"skipped": "this model has no site blocks.{L}.attn.hook_z (its family or adapter names none)"}
+    places = [(L, h) for L in range(shape.layers) for h in range(shape.heads)]
+    probes: dict[str, list] = {f"L{L}H{h}": [{"ablate": f"blocks.{L}.attn.hook_z[{h}]", "how": how}]
+                               for L, h in places}
+    groups: dict[str, list[tuple[int, int]]] = {}
+    for d in heads:
+        if d["holds"]:
+            groups.setdefault(d["role"], []).append((d["layer"], d["head"]))
+    groups = {role: sorted(set(g)) for role, g in groups.items() if len(set(g)) > 1}
+    for role, members in groups.items():                       # one ablation per layer the group spans
+        layers = sorted({L for L, _ in members})
+        sel = {L: ",".join(str(h) for M, h in members if M == L) for L in layers}
+        probes[f"group_{role}"] = [{"ablate": f"blocks.{L}.attn.hook_z[{sel[L]}]", "how": how} for L in layers]
+    data = recipe_to_dict(recipe)
+    data.update(probes=probes, measure=["loss"])
+    data["train"] = {**data["train"], "evaluators": ["train"], "evaluator_every": {}}
+    probing = recipe_from_data(data, default_name=recipe.name)
+    trainer = Trainer(probing, seed, train=False)
+    steps: list[int] = []
+    base: list[float] = []
+    delta: dict[str, list[float]] = {name: [] for name in probes}
+    for step, path in rd.checkpoints():
+        trainer.load_state(load_checkpoint(path))
+        row = trainer.evaluate(probes=True, every=True)
+        steps.append(step)
+        base.append(row["loss"])
+        for name in probes:
+            delta[name].append(round(row[probe_column("loss", name)] - row["loss"], 6))
+        if progress:
+            progress({"event": "eval", "seed": seed, "step": step, "steps": rd.checkpoints()[-1][0]})
+    out: dict = {"how": how, "steps": steps, "loss": base,
+                 "heads": {f"L{L}H{h}": delta[f"L{L}H{h}"] for L, h in places}, "groups": {}}
+    for role, members in groups.items():
+        g = delta[f"group_{role}"]
+        single = max(delta[f"L{L}H{h}"][-1] for L, h in members)
+        out["groups"][role] = {"heads": [f"L{L}H{h}" for L, h in members], "delta": g,
+                               "largest_single": single, "redundant": g[-1] > 2 * max(single, 0.0) and g[-1] > 0}
+    return out
+
+
 def discover(run_dir: str | os.PathLike, thresholds: dict[str, float] | None = None,
-             progress: Callable[[dict], None] | None = None) -> dict[int, dict]:
+             progress: Callable[[dict], None] | None = None, effects: str | None = "mean") -> dict[int, dict]:
     """Discover every seed of a run; writes discovery.json beside each seed's metrics.jsonl and returns
-    {seed: its discovery}."""
+    {seed: its discovery}. `effects`: how heads are ablated to measure what they do for the loss
+    (zero, mean, resample; None: not measured)."""
     run = Run.load(run_dir)
     if not run.seeds:
         raise InputError(str(run_dir), "", "no run here", "a directory written by `clamp run` or `clamp bench`")
@@ -159,6 +218,8 @@ def discover(run_dir: str | os.PathLike, thresholds: dict[str, float] | None = N
     for seed, sr in sorted(run.seeds.items()):
         rd = RunDir(sr.dir)
         found = discover_seed(rd, seed, roles, progress)
+        if effects:
+            found["effects"] = head_effects(rd, seed, found["heads"], effects, progress)
         with rd.held():
             atomic_write(rd.file(DISCOVERY), dumps(found) + "\n")
         out[seed] = found
