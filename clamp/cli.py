@@ -251,6 +251,9 @@ def _thresholds(items: list[str]) -> dict[str, float]:
 
 def cmd_discover(a) -> int:
     from .training.discover import DISCOVERY, discover
+    if a.suite and (Path(a.suite).exists() or not Path(a.suite).parent.is_dir()):
+        raise InputError("--suite", "", repr(a.suite)[:80], "a new file in an existing directory (clamp never "
+                         "replaces a file it did not write)", "choose another name, or delete that file first")
     found = discover(a.dir, _thresholds(a.threshold), effects=None if a.ablate == "none" else a.ablate)
     for seed, d in sorted(found.items()):
         print(f"seed {seed}: {len(d['checkpoints'])} checkpoints to step {d['last_step']}; roles from "
@@ -274,6 +277,20 @@ def cmd_discover(a) -> int:
             print(f"  {role}: {why}")
         print()
     print(f"wrote {DISCOVERY} beside each seed's metrics.jsonl in {a.dir}")
+    if a.suite:
+        from .names.yamlio import load_yaml
+        from .recipe.suite import suite_from_data
+        from .store.files import atomic_write
+        from .training.isolation import isolation_suite, suite_yaml
+        suite, notes = isolation_suite(a.dir, found, Path(a.suite).stem)
+        text = suite_yaml(suite, notes, a.dir)
+        data, src = load_yaml(text, str(a.suite))
+        loaded = suite_from_data(data, src, default_name=Path(a.suite).stem)   # checked before it is written
+        atomic_write(Path(a.suite), text)
+        print(f"wrote {a.suite}: {len(loaded.variants)} variants × {len(loaded.seeds)} seeds, "
+              f"{len(suite['expect'])} predictions; run it with clamp bench {a.suite}")
+        for n in notes:
+            print(f"  not tested: {n}")
     return 0
 
 

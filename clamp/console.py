@@ -169,6 +169,8 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:  # long: a table: t
                    help="a role's threshold, e.g. --threshold induction=0.3 (default: the catalogue's)")
     q.add_argument("--ablate", choices=("mean", "zero", "resample", "none"), default="mean",
                    help="how each head's output is ablated to measure what it does for the loss (default mean)")
+    q.add_argument("--suite", metavar="OUT.yaml", help="also write a suite of isolation experiments that test "
+                   "what was found (a new file)")
     q.set_defaults(fn=commands["discover"])
 
     q = sub.add_parser("graph", help="build the subcircuit graph of suite directories")

@@ -117,3 +117,30 @@ def test_a_redundant_group_is_told_apart_from_its_members(run_dir):
     assert g["heads"] == ["L0H2", "L0H3"] and len(g["delta"]) == len(eff["steps"])
     assert g["largest_single"] == max(eff["heads"]["L0H2"][-1], eff["heads"]["L0H3"][-1])
     assert g["redundant"] == (g["delta"][-1] > 2 * max(g["largest_single"], 0) and g["delta"][-1] > 0)
+
+
+PLAIN = TINY.split("interventions:")[0].replace("seeds: [0]", "seeds: [0, 1]")
+
+
+def test_the_generated_suite_tests_what_was_found_and_runs(tmp_path, capsys):
+    """From a plain run: discover (thresholds low enough that both seeds have groups), write the suite,
+    and bench it; each discovered group gets a clamp, an ablation and a freeze, with predictions."""
+    import yaml
+
+    from clamp.recipe.suite import load_suite
+    (tmp_path / "plain.yaml").write_text(PLAIN)
+    assert main(["run", str(tmp_path / "plain.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    code = main(["discover", str(tmp_path / "run"), "--ablate", "none", "--threshold", "prev_token=0.05",
+                 "induction=-1", "--suite", str(tmp_path / "iso.yaml")])
+    out = capsys.readouterr().out
+    assert code == 0 and "wrote" in out and (tmp_path / "iso.yaml").exists()
+    suite = load_suite(tmp_path / "iso.yaml")
+    data = yaml.safe_load((tmp_path / "iso.yaml").read_text())
+    assert {"baseline", "clamp_induction_L1", "ablate_induction_L1", "clamp_prev_token_L0"} <= set(data["variants"])
+    assert suite.seeds == (0, 1) and all(e["of"] == "crossing" for e in data["expect"])
+    assert main(["discover", str(tmp_path / "run"), "--suite", str(tmp_path / "iso.yaml")]) == 2   # never replaced
+    assert "a new file" in capsys.readouterr().err
+    assert main(["bench", str(tmp_path / "iso.yaml"), "--out", str(tmp_path / "b"), "--quiet"]) in (0, 1)
+    from clamp import load_results
+    res = load_results(tmp_path / "b")
+    assert len(res.rows) == 2 * len(data["variants"]) and all(r["status"] == "ok" for r in res.rows)

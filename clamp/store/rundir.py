@@ -10,6 +10,7 @@ module; none of them spells a file name of a run directory). The layout:
         summary.json                status, final measures, phase-change times, timings (written last)
         error.log                   the traceback of a failed run
         checkpoints/step_0001000.pt {step, model, optimizer} (loaded with weights_only)
+        discovery.json              `clamp discover`: every head's roles, scores and effects
     <recipe dir>/                   `clamp run` of several seeds (RecipeDir): recipe.yaml, plan.txt,
         seed_<s>/                   summary.json for the recipe, and one RunDir per seed
     <suite dir>/                    `clamp bench` (SuiteDir): suite.yaml, results.csv, report.md,
@@ -38,8 +39,8 @@ from ..recipe.spec import load_recipe
 from .files import atomic_save, atomic_write, dumps, read_json, read_metrics, write_json
 from .owned import make_dir, marker, remove, writer
 
-RECIPE, PLAN, METRICS, SUMMARY, ERROR_LOG, CHECKPOINTS = (
-    "recipe.yaml", "plan.txt", "metrics.jsonl", "summary.json", "error.log", "checkpoints")
+RECIPE, PLAN, METRICS, SUMMARY, ERROR_LOG, CHECKPOINTS, DISCOVERY = (
+    "recipe.yaml", "plan.txt", "metrics.jsonl", "summary.json", "error.log", "checkpoints", "discovery.json")
 SUITE, RESULTS, REPORT_MD, RUNS = "suite.yaml", "results.csv", "report.md", "runs"
 REPORT_HTML, REPORT_PICTURES, CURVES = "report.html", "report", "loss_curves.png"
 
@@ -74,6 +75,10 @@ class RunDir:
     @property
     def error_log(self) -> Path:
         return self.path / ERROR_LOG
+
+    @property
+    def discovery_file(self) -> Path:
+        return self.path / DISCOVERY
 
     def summary(self) -> dict | None:
         return read_json(self.summary_file)
@@ -213,8 +218,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def run_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """The metrics rows of a run directory ([] when it has none)."""
-    return RunDir(run_dir).metrics()
+    """The metrics rows of a run directory ([] when it has none), with the per-head columns that
+    `clamp discover` scored at its checkpoints added to the rows of those steps (a column the run
+    measured itself is never replaced): `select: {run: ...}` can choose heads by a discovered role."""
+    rd = RunDir(run_dir)
+    rows = rd.metrics()
+    found = read_json(rd.discovery_file) if rd.discovery_file.is_file() else None
+    if not rows or not isinstance(found, dict) or not isinstance(found.get("columns"), dict):
+        return rows
+    steps = found.get("checkpoints", [])
+    at = {r.get("step"): r for r in rows}
+    for col, values in found["columns"].items():
+        for step, v in zip(steps, values if isinstance(values, list) else []):
+            if step in at and col not in at[step] and isinstance(v, (int, float)):
+                at[step][col] = v
+    return rows
 
 
 def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:

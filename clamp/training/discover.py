@@ -39,11 +39,11 @@ from ..recipe.outputs import unavailable
 from ..recipe.spec import recipe_from_data
 from ..recipe.types import Recipe, recipe_to_dict
 from ..store.files import atomic_write, dumps
-from ..store.rundir import RunDir, load_checkpoint
+from ..store.rundir import DISCOVERY, RunDir, load_checkpoint
 from .runs import Run
 from .train import Trainer
 
-DISCOVERY = "discovery.json"
+__all__ = ["DISCOVERY", "ROLES", "Role", "catalogue", "discover", "discover_seed", "head_effects", "head_name"]
 
 
 @dataclass(frozen=True)
@@ -147,9 +147,11 @@ def discover_seed(rd: RunDir, seed: int, roles: list[Role], progress: Callable[[
                               "final": values[-1], "peak": max(values), "holds": values[-1] > thr,
                               "steps": steps, "values": [round(v, 5) for v in values]})
     heads.sort(key=lambda d: (d["formed"] is None, d["formed"] or 0, d["layer"], d["head"], d["role"]))
+    columns = {c: [r.get(c) for r in rows] for m in todo for L in range(shape.layers)   # every head, each checkpoint
+               for h in range(shape.heads) for c in [head_column(m, L, h)]}
     return {"seed": seed, "run": str(rd.path), "last_step": last,
             "checkpoints": [s for s, _ in ckpts], "measures": use,
-            "from_metrics": sorted(dense), "skipped": skipped, "heads": heads,
+            "from_metrics": sorted(dense), "skipped": skipped, "heads": heads, "columns": columns,
             "not_formed": {role: f"no head passed {by_role[role].threshold} by step {last} (censored there)"
                            for role in use if not any(d["role"] == role for d in heads)}}
 
@@ -221,6 +223,6 @@ def discover(run_dir: str | os.PathLike, thresholds: dict[str, float] | None = N
         if effects:
             found["effects"] = head_effects(rd, seed, found["heads"], effects, progress)
         with rd.held():
-            atomic_write(rd.file(DISCOVERY), dumps(found) + "\n")
+            atomic_write(rd.discovery_file, dumps(found) + "\n")
         out[seed] = found
     return out
