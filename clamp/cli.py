@@ -276,7 +276,10 @@ def cmd_discover(a) -> int:
         for role, why in {**d["not_formed"], **d["skipped"]}.items():
             print(f"  {role}: {why}")
         print()
-    print(f"wrote {DISCOVERY} beside each seed's metrics.jsonl in {a.dir}")
+    from .analysis.discovered import GRAPH_JSON, GRAPH_PNG, save
+    for d in found.values():
+        save(Path(d["run"]), d)
+    print(f"wrote {DISCOVERY}, {GRAPH_JSON} and {GRAPH_PNG} beside each seed's metrics.jsonl in {a.dir}")
     if a.suite:
         from .names.yamlio import load_yaml
         from .recipe.suite import suite_from_data

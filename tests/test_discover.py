@@ -15,7 +15,7 @@ seeds: [0]
 model: {layers: 2, heads: 4, d_model: 16}
 task: {name: fewshot, classes: 10, labels: 4, dim: 8}
 train: {steps: 12, batch: 8, lr: 1.0e-2, eval_every: 4, eval_size: 16, checkpoint_every: 4}
-measure: [loss, label_prev_token_score, induction_strength, first_position_score]
+measure: [loss, label_prev_token_score, induction_strength, first_position_score, composition]
 interventions:
   - clamp: blocks.0.attn.hook_pattern[2]
     to: previous_token
@@ -119,7 +119,7 @@ def test_a_redundant_group_is_told_apart_from_its_members(run_dir):
     assert g["redundant"] == (g["delta"][-1] > 2 * max(g["largest_single"], 0) and g["delta"][-1] > 0)
 
 
-PLAIN = TINY.split("interventions:")[0].replace("seeds: [0]", "seeds: [0, 1]")
+PLAIN = TINY.split("interventions:")[0].replace("seeds: [0]", "seeds: [0, 1]").replace(", composition]", "]")
 
 
 def test_the_generated_suite_tests_what_was_found_and_runs(tmp_path, capsys):
@@ -144,3 +144,35 @@ def test_the_generated_suite_tests_what_was_found_and_runs(tmp_path, capsys):
     from clamp import load_results
     res = load_results(tmp_path / "b")
     assert len(res.rows) == 2 * len(data["variants"]) and all(r["status"] == "ok" for r in res.rows)
+
+
+def test_composition_along_training_is_what_the_run_measured_and_makes_a_graph(run_dir, capsys):
+    """Each pair of discovered heads in different layers: K/Q/V composition at every checkpoint, equal to
+    the run's own online composition columns; the graph holds them, with the phase changes."""
+    import networkx as nx
+
+    from clamp.analysis.discovered import GRAPH_JSON, GRAPH_PNG, discovery_graph
+    from clamp.names.columns import composition_column
+    found = discover_seed(RunDir(run_dir), 0, catalogue())
+    metrics = {r["step"]: r for r in RunDir(run_dir).metrics()}
+    pairs = {(c["from"], c["to"]) for c in found["composition"]}
+    assert ("prev_token@L0H2", "induction@L1H1") in pairs
+    for c in found["composition"]:
+        a, b = c["from"].split("@L")[1], c["to"].split("@L")[1]
+        (l1, h1), (l2, h2) = (tuple(map(int, x.split("H"))) for x in (a, b))
+        col = composition_column(c["kind"], l1, h1, l2, h2)
+        for step, v in zip(c["steps"], c["values"]):
+            assert v == pytest.approx(metrics[step][col], abs=1e-4)
+        assert c["direction"] in ("rise", "fall") and ("reason" in c) == (c["moves"] is None)
+    g = discovery_graph(found)
+    assert g.nodes["prev_token@L0H2"]["layer"] == 0 and g.nodes["induction@L1H1"]["formed"] == 8
+    assert {d["kind"] for _, _, d in g.edges(data=True)} >= {"k_composition", "forms"}
+    assert any(d.get("kind") == "behaviour" for _, d in g.nodes(data=True))
+    assert main(["discover", str(run_dir), "--ablate", "none"]) == 0
+    capsys.readouterr()
+    saved = nx.node_link_graph(json.loads((run_dir / GRAPH_JSON).read_text()), edges="links", multigraph=True,
+                               directed=True)
+    assert set(saved.nodes) == set(g.nodes) and (run_dir / GRAPH_PNG).stat().st_size > 1000
+    assert main(["report", str(run_dir)]) == 0
+    capsys.readouterr()
+    assert "Discovered heads" in (run_dir / "report.html").read_text()

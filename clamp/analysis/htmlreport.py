@@ -348,6 +348,10 @@ def _write_report(rp: ReportPlan) -> Path:
     sections.append(("attention", "Attention patterns", inner))
     if res is not None:
         sections.append(("graph", "Subcircuit graph", _graph_section(d, out, res.suite.base)))  # type: ignore[attr-defined]
+    else:
+        found = _discovered_section(series[0])
+        if found:
+            sections.append(("discovered", "Discovered heads", found))
     atomic_write(html_path, page(rp.title, sections))
     return html_path
 
@@ -376,3 +380,30 @@ def _graph_section(d: Path, out: Path, base: Recipe) -> str:
             "its label says) did to a phase change, paired by seed against the variant without that intervention "
             "(median ratio of phase-change steps over seeds; range in brackets)." + why + "</p>"
             + _img(p, "subcircuit graph"))
+
+
+def _discovered_section(sr: Series) -> str:
+    """What `clamp discover` found in each seed of a run ('' when it was not run): a table of the heads
+    that hold a role at the end, and the picture of how they compose."""
+    from ..store.files import read_json
+    from .discovered import GRAPH_PNG
+    parts = []
+    for seed in sorted(sr.dirs):
+        rd = RunDir(sr.dirs[seed])
+        found = read_json(rd.discovery_file) if rd.discovery_file.is_file() else None
+        if not isinstance(found, dict):
+            continue
+        cost = {k: v[-1] for k, v in found.get("effects", {}).get("heads", {}).items()}
+        rows = [[h["name"], h["formed"], h["final"], cost.get(f"L{h['layer']}H{h['head']}")]
+                for h in found.get("heads", []) if h.get("holds")]
+        parts.append(f"<h3>seed {seed}</h3>" + _table(["head", "formed at step", "final score",
+                                                       "loss +Δ when ablated (end)"], rows))
+        png = rd.file(GRAPH_PNG)
+        if png.is_file():
+            parts.append(_img(png, f"discovered heads, seed {seed}"))
+    if not parts:
+        return ""
+    return ("<p class='note'>From <code>clamp discover</code>: every head that holds a role at the end, the step it "
+            "took the role (first evaluation above the role's threshold) and what ablating it costs; arrows: "
+            "K/Q/V composition between them that rose along training.</p>" + "".join(parts))
+

@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 from ..measures import MEASURES, head_column
 from ..names.columns import probe_column
 from ..names.errors import InputError
-from ..names.phases import threshold_crossing
+from ..names.phases import relative_crossing, threshold_crossing
 from ..names.sites import catalogue as site_catalogue
 from ..recipe.outputs import unavailable
 from ..recipe.spec import recipe_from_data
@@ -116,6 +116,9 @@ def discover_seed(rd: RunDir, seed: int, roles: list[Role], progress: Callable[[
     measured = {r.get("step"): r for r in rd.metrics()}
     dense = {role: m for role, m in use.items() if use_metrics and m in recipe.measure}   # the run measured it
     todo = sorted({m for role, m in use.items() if role not in dense})
+    composing = recipe.shape().layers > 1 and not unavailable(recipe, "composition")
+    if composing:
+        todo.append("composition")                  # K/Q/V composition of every pair, at every checkpoint
     rows: list[dict] = []
     if todo:
         probe = replace(recipe, measure=tuple(todo), probes={},                 # the train evaluator only
@@ -147,13 +150,50 @@ def discover_seed(rd: RunDir, seed: int, roles: list[Role], progress: Callable[[
                               "final": values[-1], "peak": max(values), "holds": values[-1] > thr,
                               "steps": steps, "values": [round(v, 5) for v in values]})
     heads.sort(key=lambda d: (d["formed"] is None, d["formed"] or 0, d["layer"], d["head"], d["role"]))
-    columns = {c: [r.get(c) for r in rows] for m in todo for L in range(shape.layers)   # every head, each checkpoint
-               for h in range(shape.heads) for c in [head_column(m, L, h)]}
+    columns = {c: [r.get(c) for r in rows] for m in todo if m != "composition"       # every head, each checkpoint
+               for L in range(shape.layers) for h in range(shape.heads) for c in [head_column(m, L, h)]}
+    composition = compositions(heads, rows, recipe) if composing else []
     return {"seed": seed, "run": str(rd.path), "last_step": last,
             "checkpoints": [s for s, _ in ckpts], "measures": use,
             "from_metrics": sorted(dense), "skipped": skipped, "heads": heads, "columns": columns,
+            "composition": composition,
+            "phases": (rd.summary() or {}).get("phases", {}),
             "not_formed": {role: f"no head passed {by_role[role].threshold} by step {last} (censored there)"
                            for role in use if not any(d["role"] == role for d in heads)}}
+
+
+def compositions(heads: list[dict], rows: list[dict], recipe: Recipe) -> list[dict]:
+    """K/Q/V composition along training between every two discovered heads in different layers (the
+    earlier one's OV into the later one's K, Q or V), with the init baseline: each pair's series, its
+    change from the first checkpoint to the last, and when it moved (`moves`: the relative phase rule on
+    the series, halfway from its plateau to its final level; None with the reason where the series has
+    no plateau to leave)."""
+    from ..measures.weights import composition_baseline
+    from ..names.columns import composition_column
+    base = composition_baseline(recipe.shape())
+    steps = [r["step"] for r in rows]
+    held: dict[tuple[int, int], str] = {}
+    for h in heads:                                   # the heads that hold a role at the end (first role listed)
+        if h["holds"]:
+            held.setdefault((h["layer"], h["head"]), h["name"])
+    out = []
+    for (l1, h1), a in held.items():
+        for (l2, h2), b in held.items():
+            if l2 <= l1:
+                continue
+            for kind in "kqv":
+                col = composition_column(kind, l1, h1, l2, h2)
+                got = [r.get(col) for r in rows]
+                if any(v is None for v in got):
+                    continue
+                values = [float(v) for v in got if v is not None]
+                move = relative_crossing(steps, values, 0.5)
+                out.append({"from": a, "to": b, "kind": kind, "steps": steps,
+                            "values": [round(v, 5) for v in values], "baseline": round(base[f"{kind}_composition"], 5),
+                            "change": round(values[-1] - values[0], 5), "moves": move["step"],
+                            "direction": "rise" if values[-1] > values[0] else "fall",
+                            **({"reason": move["reason"]} if move.get("reason") else {})})
+    return out
 
 
 def head_effects(rd: RunDir, seed: int, heads: list[dict], how: str = "mean",
