@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .analysis.htmlreport import write_report
@@ -54,3 +55,45 @@ def bench(suite: str | os.PathLike | Suite, out: str | os.PathLike | None = None
     if any(r["status"] == "ok" for r in rows):
         write_report(d)
     return res
+
+
+@dataclass
+class Discovery:
+    """What `discover` found: each seed's discovery (discovery.json's content), and the suite of
+    isolation experiments written for it (None without `suite`) with what it could not test."""
+    seeds: dict[int, dict]
+    suite: Path | None = None
+    untested: list[str] = field(default_factory=list)
+
+
+def discover(run_dir: str | os.PathLike, *, thresholds: dict[str, float] | None = None, ablate: str | None = "mean",
+             suite: str | os.PathLike | None = None,
+             progress: Callable[[dict], None] | None = None) -> Discovery:
+    """`clamp discover` from Python: every head's roles, formation times, ablation effects
+    (`ablate`: mean, zero, resample; None: not measured) and composition, written beside each seed's
+    metrics (discovery.json, discovery_graph.json, discovery.png); with `suite` (a path that does not
+    exist yet), the suite of isolation experiments that tests it, checked before it is written."""
+    from .analysis.discovered import save
+    from .names.errors import InputError
+    from .names.yamlio import load_yaml
+    from .recipe.suite import suite_from_data
+    from .store.files import atomic_write
+    from .training.discover import discover as find
+    from .training.isolation import isolation_suite, suite_yaml
+    target = Path(suite) if suite is not None else None
+    if target is not None and (target.exists() or not target.parent.is_dir()):
+        raise InputError("--suite", "", repr(str(target))[:80], "a new file in an existing directory (clamp "
+                         "never replaces a file it did not write)", "choose another name, or delete that file first")
+    found = find(run_dir, thresholds, progress, effects=ablate)
+    for d in found.values():
+        save(Path(d["run"]), d)
+    out = Discovery(found)
+    if target is not None:
+        data, notes = isolation_suite(run_dir, found, target.stem)
+        text = suite_yaml(data, notes, run_dir)
+        loaded, src = load_yaml(text, str(target))
+        suite_from_data(loaded, src, default_name=target.stem)               # checked before it is written
+        atomic_write(target, text)
+        out.suite, out.untested = target, notes
+    return out
+

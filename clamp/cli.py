@@ -250,12 +250,14 @@ def _thresholds(items: list[str]) -> dict[str, float]:
 
 
 def cmd_discover(a) -> int:
-    from .training.discover import DISCOVERY, discover
-    if a.suite and (Path(a.suite).exists() or not Path(a.suite).parent.is_dir()):
-        raise InputError("--suite", "", repr(a.suite)[:80], "a new file in an existing directory (clamp never "
-                         "replaces a file it did not write)", "choose another name, or delete that file first")
-    found = discover(a.dir, _thresholds(a.threshold), effects=None if a.ablate == "none" else a.ablate)
-    for seed, d in sorted(found.items()):
+    from .analysis.discovered import GRAPH_JSON, GRAPH_PNG
+    from .api import discover
+    from .training.discover import DISCOVERY
+    if a.run_suite and not a.suite:
+        raise InputError("--run-suite", "", "no --suite", "--suite OUT.yaml (the suite to write and run)")
+    got = discover(a.dir, thresholds=_thresholds(a.threshold), ablate=None if a.ablate == "none" else a.ablate,
+                   suite=a.suite)
+    for seed, d in sorted(got.seeds.items()):
         print(f"seed {seed}: {len(d['checkpoints'])} checkpoints to step {d['last_step']}; roles from "
               + ", ".join(f"{r} ({m}{', every evaluation' if r in d['from_metrics'] else ''})"
                           for r, m in d["measures"].items()))
@@ -276,25 +278,23 @@ def cmd_discover(a) -> int:
         for role, why in {**d["not_formed"], **d["skipped"]}.items():
             print(f"  {role}: {why}")
         print()
-    from .analysis.discovered import GRAPH_JSON, GRAPH_PNG, save
-    for d in found.values():
-        save(Path(d["run"]), d)
     print(f"wrote {DISCOVERY}, {GRAPH_JSON} and {GRAPH_PNG} beside each seed's metrics.jsonl in {a.dir}")
-    if a.suite:
-        from .names.yamlio import load_yaml
-        from .recipe.suite import suite_from_data
-        from .store.files import atomic_write
-        from .training.isolation import isolation_suite, suite_yaml
-        suite, notes = isolation_suite(a.dir, found, Path(a.suite).stem)
-        text = suite_yaml(suite, notes, a.dir)
-        data, src = load_yaml(text, str(a.suite))
-        loaded = suite_from_data(data, src, default_name=Path(a.suite).stem)   # checked before it is written
-        atomic_write(Path(a.suite), text)
-        print(f"wrote {a.suite}: {len(loaded.variants)} variants × {len(loaded.seeds)} seeds, "
-              f"{len(suite['expect'])} predictions; run it with clamp bench {a.suite}")
-        for n in notes:
-            print(f"  not tested: {n}")
-    return 0
+    if got.suite is None:
+        return 0
+    print(f"wrote {got.suite}; run it with clamp bench {got.suite}")
+    for n in got.untested:
+        print(f"  not tested: {n}")
+    if not a.run_suite:
+        return 0
+    from .analysis.report import suite_text
+    from .api import bench
+    from .store.rundir import default_dir
+    prog = Progress(1, quiet=True)
+    res = bench(got.suite, default_dir(got.suite.stem), progress=deleted(prog))
+    print(suite_text(res))
+    print(f"wrote {default_dir(got.suite.stem)}; clamp explain {default_dir(got.suite.stem)} attributes the phase "
+          "change to the discovered subcircuits")
+    return _suite_code(res)
 
 
 def cmd_graph(a) -> int:

@@ -171,6 +171,8 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:  # long: a table: t
                    help="how each head's output is ablated to measure what it does for the loss (default mean)")
     q.add_argument("--suite", metavar="OUT.yaml", help="also write a suite of isolation experiments that test "
                    "what was found (a new file)")
+    q.add_argument("--run-suite", action="store_true", help="and run it (into runs/<its name>), then judge "
+                   "its predictions")
     q.set_defaults(fn=commands["discover"])
 
     q = sub.add_parser("graph", help="build the subcircuit graph of suite directories")

@@ -176,3 +176,12 @@ def test_composition_along_training_is_what_the_run_measured_and_makes_a_graph(r
     assert main(["report", str(run_dir)]) == 0
     capsys.readouterr()
     assert "Discovered heads" in (run_dir / "report.html").read_text()
+
+
+def test_python_api_and_run_suite_needs_a_suite(run_dir, capsys):
+    import clamp
+    got = clamp.discover(run_dir, ablate=None)
+    assert isinstance(got, clamp.Discovery) and got.suite is None and 0 in got.seeds
+    assert any(h["name"] == "prev_token@L0H2" for h in got.seeds[0]["heads"])
+    assert main(["discover", str(run_dir), "--run-suite"]) == 2
+    assert "--suite OUT.yaml" in capsys.readouterr().err
