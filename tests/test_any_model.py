@@ -98,6 +98,10 @@ def test_a_model_without_patterns_through_sites_plan_bench_and_report(flat_dir, 
     assert "no attention patterns" in capsys.readouterr().err
     assert main(["plan", "r.yaml", "--set", "measure=[loss, prev_token_score]"]) == 2
     assert "has no site blocks.0.attn.hook_pattern" in capsys.readouterr().err
+    # discovery: every role needs attention patterns; one line, exit 2, each role's reason
+    assert main(["discover", "b/runs/plain/seed_0"]) == 2
+    err = capsys.readouterr().err
+    assert "no role this model and task can give" in err and "this model has" in err
 
 
 def test_a_constant_tensor_from_a_list_and_from_files(tmp_path, capsys):

@@ -44,6 +44,7 @@ class Measure:
     repeats: ClassVar[tuple[str, ...]] = ()    # sites recorded on the task's repeated segments (needs the task's)
     head_site: ClassVar[str | None] = None     # per head: the site its columns carry ('{L}' each layer); select.by
     weights: ClassVar[bool] = False            # computed from the weights alone (no evaluator needed)
+    reads: ClassVar[tuple[str, ...]] = ()      # parameters it reads ('{L}': each layer); a model without them can't
 
     task: Any = None                           # the run's Task (set by clamp before compute)
     shape: ModelShape | None = None            # the model's shape (set by clamp)

@@ -91,6 +91,7 @@ class CopyingScore(Measure):
            "(LayerNorm scales folded in); 1: it raises the logit of the token it attends to")
     head_site = "blocks.{L}.attn.W_O"
     weights = True
+    reads = ("embed.W_E", "blocks.{L}.attn.W_V", "blocks.{L}.attn.W_O", "unembed.W_U")
 
     @classmethod
     def unavailable(cls, task, options, shape):
@@ -109,6 +110,7 @@ class Composition(Measure):
     doc = ("`{k,q,v}_composition/blocks.L1.attn.W_O[h1]>blocks.L2.attn.W_{K,Q,V}[h2]` for L1 < L2, from the weights "
            "(summary.json: composition_baseline, the mean score of weights drawn from the init distribution)")
     weights = True
+    reads = ("blocks.{L}.attn.W_Q", "blocks.{L}.attn.W_K", "blocks.{L}.attn.W_V", "blocks.{L}.attn.W_O")
 
     @classmethod
     def columns(cls, shape, evaluators):

@@ -25,7 +25,8 @@ def unavailable(recipe: Recipe, measure: str) -> str:
         return ""
     shape = recipe.shape()
     have = {i.name for i in catalogue(shape)}
-    missing = [s for s in cls.sites(shape) + cls.sites(shape, cls.repeats) if s not in have]
+    missing = [s for s in cls.sites(shape) + cls.sites(shape, cls.repeats) + cls.sites(shape, cls.reads)
+               if s not in have]
     if missing:
         return f"this model has no site {missing[0]} (its family or adapter names none)"
     return cls.unavailable(TASKS[recipe.task.name], recipe.task.options, shape)

@@ -112,7 +112,8 @@ def discover_seed(rd: RunDir, seed: int, roles: list[Role], progress: Callable[[
     use, skipped = usable(recipe, roles)
     if not use:
         raise InputError(str(rd.path), "", "no role this model and task can give",
-                         "; ".join(f"{k}: {v}" for k, v in skipped.items())[:200])
+                         "a model with what a role reads (attention patterns, for every built-in role)",
+                         "; ".join(f"{k}: {v}" for k, v in skipped.items())[:160])
     measured = {r.get("step"): r for r in rd.metrics()}
     dense = {role: m for role, m in use.items() if use_metrics and m in recipe.measure}   # the run measured it
     todo = sorted({m for role, m in use.items() if role not in dense})
