@@ -185,3 +185,27 @@ def test_python_api_and_run_suite_needs_a_suite(run_dir, capsys):
     assert any(h["name"] == "prev_token@L0H2" for h in got.seeds[0]["heads"])
     assert main(["discover", str(run_dir), "--run-suite"]) == 2
     assert "--suite OUT.yaml" in capsys.readouterr().err
+
+
+def test_a_group_most_seeds_have_is_tested_and_the_others_are_said(tmp_path):
+    """Pure data: a role held in 2 of 3 seeds gets its variants (the third seed selects no head, said in a
+    note); one held in 1 of 3 gets none; heads that differ by seed are selected per seed."""
+    from clamp.training.isolation import isolation_suite
+    (tmp_path / "recipe.yaml").write_text("name: x\n")
+    for s in range(3):
+        (tmp_path / f"seed_{s}").mkdir()
+
+    def head(role, L, h, formed):
+        return {"role": role, "layer": L, "head": h, "holds": True, "formed": formed, "threshold": 0.5,
+                "name": f"{role}@L{L}H{h}"}
+    found = {s: {"heads": heads, "measures": {"prev_token": "prev_token_score", "induction": "induction_strength",
+                                              "sink": "first_position_score"}, "checkpoints": [100, 200]}
+             for s, heads in {0: [head("induction", 1, 2, 100), head("sink", 1, 0, 50)],
+                              1: [head("induction", 1, 3, 200)],
+                              2: [head("prev_token", 0, 1, 100)]}.items()}
+    suite, notes = isolation_suite(tmp_path, found, "iso")
+    assert set(suite["variants"]) == {"baseline", "clamp_induction_L1", "ablate_induction_L1", "freeze_induction_L1"}
+    sc = suite["variants"]["baseline"]["subcircuits"]["induction@L1"]
+    assert sc["select"]["run"].endswith("seed_{seed}") and sc["select"]["by"] == "induction_strength"
+    assert suite["variants"]["freeze_induction_L1"]["interventions"][0]["steps"] == [0, 150]   # median of 100, 200
+    assert any("seed(s) 2 have no such head" in n for n in notes)
