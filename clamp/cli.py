@@ -283,7 +283,7 @@ def cmd_discover(a) -> int:
         return 0
     print(f"wrote {got.suite}; run it with clamp bench {got.suite}")
     for n in got.untested:
-        print(f"  not tested: {n}")
+        print(f"  note: {n}")
     if not a.run_suite:
         return 0
     from .analysis.report import suite_text
