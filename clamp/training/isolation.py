@@ -108,7 +108,7 @@ def isolation_suite(run_dir: str | os.PathLike, found: dict[int, dict],  # long:
                                    "delays the phase change",
                            "ratio": [f"freeze_{slug}", "baseline"], "of": "crossing", "above": 1.0})
     if len(variants) == 1:
-        raise InputError(str(run_dir), "", "no role that a group of heads held in every seed",
+        raise InputError(str(run_dir), "", "no role that a group of heads held in at least half the seeds",
                          "nothing to test: see `clamp discover`'s table (lower a role's --threshold?)")
     suite = {"name": name, "base": str(base), "seeds": seeds,        # every variant adds the same subcircuits
              "variants": {k: {"subcircuits": subcircuits, **v} for k, v in variants.items()}, "expect": expect}
