@@ -24,8 +24,10 @@ class _Parser(argparse.ArgumentParser):
             bad = message.split("'")[1] if "'" in message else ""
             hint = did_you_mean(bad, VERBS)
             hint = f"; {hint}" if hint else ""
-        if "arguments are required" in message and "--set" in (ARGV if ARGV is not None else sys.argv):
-            hint += "; --set takes every word after it: write the recipe before --set, or end the list with --"
+        listed = [o for o in ("--set", "--threshold") if o in (ARGV if ARGV is not None else sys.argv)]
+        if "arguments are required" in message and listed:
+            hint += (f"; {listed[0]} takes every word after it: write the recipe or directory before {listed[0]}, "
+                     "or end the list with --")
         text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in f"{message}{hint}")
         text = text if len(text) <= 220 else text[:150] + "..." + text[-60:]
         sys.stderr.write(f"{self.prog}: error: {text} (see `{self.prog} --help`)\n")

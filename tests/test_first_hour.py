@@ -49,7 +49,7 @@ def test_set_takes_several_overrides_as_its_usage_line_says(recipe, capsys):
     assert code == 0, err
     assert "over 40 steps" in out and "steps [0, 10), [20, 30)" in out        # the percentages follow the run
     code, _, err = clamp(capsys, "plan", "--set", "train.steps=40", recipe)
-    assert code == 2 and "write the recipe before --set" in err
+    assert code == 2 and "write the recipe or directory before --set" in err
 
 
 @pytest.mark.parametrize("bad", ["0", "-2", "two"])
