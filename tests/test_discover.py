@@ -164,6 +164,7 @@ def test_composition_along_training_is_what_the_run_measured_and_makes_a_graph(r
         for step, v in zip(c["steps"], c["values"]):
             assert v == pytest.approx(metrics[step][col], abs=1e-4)
         assert c["direction"] in ("rise", "fall") and ("reason" in c) == (c["moves"] is None)
+        assert c["notable"] == (abs(c["values"][-1] - c["values"][0]) >= 0.2 * c["baseline"])
     g = discovery_graph(found)
     assert g.nodes["prev_token@L0H2"]["layer"] == 0 and g.nodes["induction@L1H1"]["formed"] == 8
     assert {d["kind"] for _, _, d in g.edges(data=True)} >= {"k_composition", "forms"}

@@ -36,7 +36,7 @@ def discovery_graph(found: dict) -> nx.MultiDiGraph:
         if c["from"] in g and c["to"] in g:
             g.add_edge(c["from"], c["to"], kind=f"{c['kind']}_composition", first=c["values"][0],
                        final=c["values"][-1], baseline=c["baseline"], change=c["change"], moves=c["moves"],
-                       direction=c["direction"])
+                       direction=c["direction"], notable=c.get("notable", True))
     for col, rules in (found.get("phases") or {}).items():
         for rule, r in rules.items() if isinstance(rules, dict) else ():
             if not isinstance(r, dict) or "step" not in r:
@@ -60,7 +60,8 @@ def save(seed_dir: str | os.PathLike, found: dict) -> list[Path]:
 
 def figure(g: nx.MultiDiGraph):
     """The picture: heads in one column per layer, phase changes in the last; composition that rose
-    as arrows (thicker: a larger rise), formation step under each head."""
+    as arrows (thicker: a larger rise; only rises of at least discover.NOTABLE of the init baseline),
+    formation step under each head."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -74,7 +75,8 @@ def figure(g: nx.MultiDiGraph):
             D.add_node(n, subset=layers[-1] + 1)
     rose: dict[tuple[str, str], float] = {}
     for a, b, d in g.edges(data=True):
-        if d["kind"].endswith("composition") and d["direction"] == "rise" and d["moves"] is not None:
+        if (d["kind"].endswith("composition") and d["direction"] == "rise" and d["moves"] is not None
+                and d["notable"]):
             key = (a, b)
             rose[key] = max(rose.get(key, 0.0), d["change"])
     D.add_edges_from(rose)

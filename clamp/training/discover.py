@@ -163,12 +163,16 @@ def discover_seed(rd: RunDir, seed: int, roles: list[Role], progress: Callable[[
                            for role in use if not any(d["role"] == role for d in heads)}}
 
 
+NOTABLE = 0.2          # a composition change counts when it is at least this share of the init baseline
+
+
 def compositions(heads: list[dict], rows: list[dict], recipe: Recipe) -> list[dict]:
     """K/Q/V composition along training between every two discovered heads in different layers (the
     earlier one's OV into the later one's K, Q or V), with the init baseline: each pair's series, its
     change from the first checkpoint to the last, and when it moved (`moves`: the relative phase rule on
     the series, halfway from its plateau to its final level; None with the reason where the series has
-    no plateau to leave)."""
+    no plateau to leave), and whether the change is `notable`: at least NOTABLE times the init
+    baseline (smaller ones are within what a pair of random heads drifts)."""
     from ..measures.weights import composition_baseline
     from ..names.columns import composition_column
     base = composition_baseline(recipe.shape())
@@ -192,6 +196,7 @@ def compositions(heads: list[dict], rows: list[dict], recipe: Recipe) -> list[di
                 out.append({"from": a, "to": b, "kind": kind, "steps": steps,
                             "values": [round(v, 5) for v in values], "baseline": round(base[f"{kind}_composition"], 5),
                             "change": round(values[-1] - values[0], 5), "moves": move["step"],
+                            "notable": abs(values[-1] - values[0]) >= NOTABLE * base[f"{kind}_composition"],
                             "direction": "rise" if values[-1] > values[0] else "fall",
                             **({"reason": move["reason"]} if move.get("reason") else {})})
     return out
