@@ -62,6 +62,7 @@ class Discovery:
     """What `discover` found: each seed's discovery (discovery.json's content), and the suite of
     isolation experiments written for it (None without `suite`) with what it could not test."""
     seeds: dict[int, dict]
+    run: Path                                         # the run discovered
     suite: Path | None = None
     untested: list[str] = field(default_factory=list)
 
@@ -72,7 +73,9 @@ def discover(run_dir: str | os.PathLike, *, thresholds: dict[str, float] | None 
     """`clamp discover` from Python: every head's roles, formation times, ablation effects
     (`ablate`: mean, zero, resample; None: not measured) and composition, written beside each seed's
     metrics (discovery.json, discovery_graph.json, discovery.png); with `suite` (a path that does not
-    exist yet), the suite of isolation experiments that tests it, checked before it is written."""
+    exist yet), the suite of isolation experiments that tests it, checked before it is written.
+    `run_dir` may be a recipe file instead: it is trained first into runs/<its name> (resuming what
+    is there), and that run is discovered."""
     from .analysis.discovered import save
     from .names.errors import InputError
     from .names.yamlio import load_yaml
@@ -84,10 +87,19 @@ def discover(run_dir: str | os.PathLike, *, thresholds: dict[str, float] | None 
     if target is not None and (target.exists() or not target.parent.is_dir()):
         raise InputError("--suite", "", repr(str(target))[:80], "a new file in an existing directory (clamp "
                          "never replaces a file it did not write)", "choose another name, or delete that file first")
+    if Path(run_dir).is_file():                       # a recipe: its baseline run first
+        from .recipe.spec import load_recipe
+        from .training.runs import run
+        recipe = load_recipe(run_dir)
+        if recipe.train.checkpoint_every <= 0:
+            raise InputError(str(run_dir), "train.checkpoint_every", str(recipe.train.checkpoint_every),
+                             "checkpoints to discover from", "add train.checkpoint_every (e.g. a tenth of the steps)")
+        run_dir = default_dir(recipe.name)
+        run(recipe, run_dir, progress=progress)
     found = find(run_dir, thresholds, progress, effects=ablate)
     for d in found.values():
         save(Path(d["run"]), d)
-    out = Discovery(found)
+    out = Discovery(found, Path(run_dir))
     if target is not None:
         data, notes = isolation_suite(run_dir, found, target.stem)
         text = suite_yaml(data, notes, run_dir)

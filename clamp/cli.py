@@ -278,7 +278,7 @@ def cmd_discover(a) -> int:
         for role, why in {**d["not_formed"], **d["skipped"]}.items():
             print(f"  {role}: {why}")
         print()
-    print(f"wrote {DISCOVERY}, {GRAPH_JSON} and {GRAPH_PNG} beside each seed's metrics.jsonl in {a.dir}")
+    print(f"wrote {DISCOVERY}, {GRAPH_JSON} and {GRAPH_PNG} beside each seed's metrics.jsonl in {got.run}")
     if got.suite is None:
         return 0
     print(f"wrote {got.suite}; run it with clamp bench {got.suite}")

@@ -166,7 +166,7 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:  # long: a table: t
     q.set_defaults(fn=commands["probe"])
 
     q = sub.add_parser("discover", help="find what each head became along a run, and when (no head named)")
-    q.add_argument("dir")
+    q.add_argument("dir", help="a run directory, or a recipe (trained first into runs/<its name>)")
     q.add_argument("--threshold", action="extend", nargs="+", default=[], metavar="ROLE=X",
                    help="a role's threshold, e.g. --threshold induction=0.3 (default: the catalogue's)")
     q.add_argument("--ablate", choices=("mean", "zero", "resample", "none"), default="mean",

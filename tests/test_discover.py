@@ -210,3 +210,15 @@ def test_a_group_most_seeds_have_is_tested_and_the_others_are_said(tmp_path):
     assert sc["select"]["run"].endswith("seed_{seed}") and sc["select"]["by"] == "induction_strength"
     assert suite["variants"]["freeze_induction_L1"]["interventions"][0]["steps"] == [0, 150]   # median of 100, 200
     assert any("seed(s) 2 have no such head" in n for n in notes)
+
+
+def test_discover_a_recipe_trains_it_first(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "plain.yaml").write_text(PLAIN.replace("seeds: [0, 1]", "seeds: [0]"))
+    assert main(["discover", "plain.yaml", "--ablate", "none"]) == 0
+    assert "in runs/tiny" in capsys.readouterr().out and (tmp_path / "runs" / "tiny" / "discovery.json").exists()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "b")
+    (tmp_path / "b" / "nock.yaml").write_text(PLAIN.replace("checkpoint_every: 4", "checkpoint_every: 0"))
+    assert main(["discover", "nock.yaml"]) == 2                      # refused before anything is trained
+    assert "add train.checkpoint_every" in capsys.readouterr().err and not (tmp_path / "b" / "runs").exists()
