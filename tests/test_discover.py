@@ -222,3 +222,18 @@ def test_discover_a_recipe_trains_it_first(tmp_path, monkeypatch, capsys):
     (tmp_path / "b" / "nock.yaml").write_text(PLAIN.replace("checkpoint_every: 4", "checkpoint_every: 0"))
     assert main(["discover", "nock.yaml"]) == 2                      # refused before anything is trained
     assert "add train.checkpoint_every" in capsys.readouterr().err and not (tmp_path / "b" / "runs").exists()
+
+
+def test_a_token_task_with_its_default_phase_rules_is_discovered(tmp_path, capsys):
+    """repeat_tokens's default rules read induction_score columns; the ablation pass, which measures
+    the loss alone, must not carry them."""
+    (tmp_path / "tok.yaml").write_text("name: tok\nseeds: [0]\nmodel: {layers: 2, heads: 2, d_model: 16}\n"
+                                       "task: {name: repeat_tokens, vocab: 8, length: 12, segment: 4}\n"
+                                       "train: {steps: 8, batch: 4, eval_every: 4, eval_size: 8, "
+                                       "checkpoint_every: 4}\n")
+    code = main(["run", str(tmp_path / "tok.yaml"), "--out", str(tmp_path / "r"), "--quiet"])
+    assert code == 0
+    capsys.readouterr()
+    assert main(["discover", str(tmp_path / "r"), "--threshold", "induction=-1"]) == 0
+    out = capsys.readouterr().out
+    assert "induction@L" in out and "loss +Δ ablated (mean, end)" in out
