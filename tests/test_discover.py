@@ -237,3 +237,14 @@ def test_a_token_task_with_its_default_phase_rules_is_discovered(tmp_path, capsy
     assert main(["discover", str(tmp_path / "r"), "--threshold", "induction=-1"]) == 0
     out = capsys.readouterr().out
     assert "induction@L" in out and "loss +Δ ablated (mean, end)" in out
+
+
+def test_a_head_with_several_roles_is_named_for_the_clearest():
+    from clamp.training.discover import dominant
+    heads = [{"name": "copying@L1H0", "role": "copying", "layer": 1, "head": 0, "holds": True, "final": 0.9996,
+              "threshold": 0.7},
+             {"name": "induction@L1H0", "role": "induction", "layer": 1, "head": 0, "holds": True, "final": 0.78,
+              "threshold": 0.5},
+             {"name": "sink@L1H0", "role": "sink", "layer": 1, "head": 0, "holds": False, "final": 0.99,
+              "threshold": 0.5}]
+    assert dominant(heads)[(1, 0)]["name"] == "induction@L1H0"           # 0.78/0.5 > 0.9996/0.7; sink lost it

@@ -1,7 +1,8 @@
 """What `clamp discover` found, as a graph and a picture: the discovered subcircuits and how they compose.
 
 Analysis layer. From one seed's discovery (training/discover.py), a networkx MultiDiGraph: a node per
-head that holds a role at the end (its role, layer, head, formation step, final score and, where
+head that holds a role at the end, named for the role it holds most clearly (`dominant`; `roles`
+lists them all), with its layer, head, formation step, final score and, where
 measured, what ablating it costs), a node per phase change of the run (`phase:<column>:<rule>`, its
 step), K/Q/V composition edges between heads of different layers (the series along training, its
 change, and the step it moved by the relative rule) and `forms` edges from each head to each phase
@@ -18,6 +19,7 @@ from pathlib import Path
 import networkx as nx
 
 from ..store.files import atomic_write
+from ..training.discover import dominant
 from .draw import save_figure
 
 GRAPH_JSON, GRAPH_PNG = "discovery_graph.json", "discovery.png"
@@ -27,11 +29,14 @@ def discovery_graph(found: dict) -> nx.MultiDiGraph:
     """One seed's discovery (discovery.json's content) as a graph."""
     g = nx.MultiDiGraph(seed=found.get("seed"), run=found.get("run"))
     cost = {k: v[-1] for k, v in found.get("effects", {}).get("heads", {}).items()}
+    also: dict[tuple[int, int], list[str]] = {}
     for h in found["heads"]:
-        if h["holds"] and h["name"] not in g:
-            g.add_node(h["name"], kind="head", role=h["role"], layer=h["layer"], head=h["head"],
-                       formed=h["formed"], final=h["final"], peak=h["peak"],
-                       ablation_cost=cost.get(f"L{h['layer']}H{h['head']}"))
+        if h["holds"]:
+            also.setdefault((h["layer"], h["head"]), []).append(h["role"])
+    for place, h in dominant(found["heads"]).items():      # a node per head, named for its clearest role
+        g.add_node(h["name"], kind="head", role=h["role"], roles=also[place], layer=h["layer"], head=h["head"],
+                   formed=h["formed"], final=h["final"], peak=h["peak"],
+                   ablation_cost=cost.get(f"L{h['layer']}H{h['head']}"))
     for c in found.get("composition", []):
         if c["from"] in g and c["to"] in g:
             g.add_edge(c["from"], c["to"], kind=f"{c['kind']}_composition", first=c["values"][0],

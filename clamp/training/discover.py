@@ -166,6 +166,22 @@ def discover_seed(rd: RunDir, seed: int, roles: list[Role], progress: Callable[[
 NOTABLE = 0.2          # a composition change counts when it is at least this share of the init baseline
 
 
+def dominant(heads: list[dict]) -> dict[tuple[int, int], dict]:
+    """(layer, head) → the role a head holds most clearly at the end, where it holds several: the one
+    whose final score is the largest multiple of its threshold (the largest margin above it, for a
+    threshold that is not positive). A head that holds both copying and induction is named for the
+    one it is further into."""
+    def clarity(h: dict) -> float:
+        t = h["threshold"]
+        return h["final"] / t if t > 0 else h["final"] - t
+    out: dict[tuple[int, int], dict] = {}
+    for h in heads:
+        place = (h["layer"], h["head"])
+        if h["holds"] and (place not in out or clarity(h) > clarity(out[place])):
+            out[place] = h
+    return out
+
+
 def compositions(heads: list[dict], rows: list[dict], recipe: Recipe) -> list[dict]:
     """K/Q/V composition along training between every two discovered heads in different layers (the
     earlier one's OV into the later one's K, Q or V), with the init baseline: each pair's series, its
@@ -177,10 +193,7 @@ def compositions(heads: list[dict], rows: list[dict], recipe: Recipe) -> list[di
     from ..names.columns import composition_column
     base = composition_baseline(recipe.shape())
     steps = [r["step"] for r in rows]
-    held: dict[tuple[int, int], str] = {}
-    for h in heads:                                   # the heads that hold a role at the end (first role listed)
-        if h["holds"]:
-            held.setdefault((h["layer"], h["head"]), h["name"])
+    held = {place: h["name"] for place, h in dominant(heads).items()}
     out = []
     for (l1, h1), a in held.items():
         for (l2, h2), b in held.items():
