@@ -74,7 +74,7 @@ def catalogue(thresholds: dict[str, float] | None = None) -> list[Role]:
     used = {m for r in ROLES for m in r.measures}
     extra = [Role(name, (name,), 0.5) for name, cls in sorted(MEASURES.items())
              if cls.head_site is not None and name not in used
-             and name not in ("label_prev_token_score", "negative_similarity")]
+             and name != "negative_similarity"]
     roles = [*ROLES, *extra]
     unknown = sorted(set(thresholds) - {r.name for r in roles})
     if unknown:
@@ -117,7 +117,8 @@ def discover_seed(rd: RunDir, seed: int, roles: list[Role], progress: Callable[[
     measured = {r.get("step"): r for r in rd.metrics()}
     dense = {role: m for role, m in use.items() if use_metrics and m in recipe.measure}   # the run measured it
     todo = sorted({m for role, m in use.items() if role not in dense})
-    composing = recipe.shape().layers > 1 and not unavailable(recipe, "composition")
+    shape = recipe.shape()
+    composing = shape.layers > 1 and not unavailable(recipe, "composition")
     if composing:
         todo.append("composition")                  # K/Q/V composition of every pair, at every checkpoint
     rows: list[dict] = []
@@ -130,7 +131,6 @@ def discover_seed(rd: RunDir, seed: int, roles: list[Role], progress: Callable[[
             rows.append(trainer.evaluate(probes=False, every=True))
             if progress:
                 progress({"event": "eval", "seed": seed, "step": step, "steps": ckpts[-1][0]})
-    shape = recipe.shape()
     last = max([ckpts[-1][0], *[s for s in measured if isinstance(s, int)]])
     by_role = {r.name: r for r in roles}
     heads = []
@@ -247,7 +247,8 @@ def head_effects(rd: RunDir, seed: int, heads: list[dict], how: str = "mean",
     steps: list[int] = []
     base: list[float] = []
     delta: dict[str, list[float]] = {name: [] for name in probes}
-    for step, path in rd.checkpoints():
+    ckpts = rd.checkpoints()
+    for step, path in ckpts:
         trainer.load_state(load_checkpoint(path))
         row = trainer.evaluate(probes=True, every=True)
         steps.append(step)
@@ -255,7 +256,7 @@ def head_effects(rd: RunDir, seed: int, heads: list[dict], how: str = "mean",
         for name in probes:
             delta[name].append(round(row[probe_column("loss", name)] - row["loss"], 6))
         if progress:
-            progress({"event": "eval", "seed": seed, "step": step, "steps": rd.checkpoints()[-1][0]})
+            progress({"event": "eval", "seed": seed, "step": step, "steps": ckpts[-1][0]})
     out: dict = {"how": how, "steps": steps, "loss": base,
                  "heads": {f"L{L}H{h}": delta[f"L{L}H{h}"] for L, h in places}, "groups": {}}
     for role, members in groups.items():

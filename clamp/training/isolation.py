@@ -43,7 +43,7 @@ def _groups(found: dict[int, dict]) -> dict[tuple[str, int], dict[int, list[int]
     return {k: {s: sorted(v) for s, v in by.items()} for k, by in sorted(out.items()) if 2 * len(by) >= len(found)}
 
 
-def _seed_dirs(run_dir: Path, seeds: list[int]) -> str:
+def _seed_dirs(run_dir: Path) -> str:
     """The baseline run of `{seed}` as a path template (a single-seed run is its own directory)."""
     dirs = RecipeDir(run_dir).seed_runs()
     if len(dirs) == 1:
@@ -60,7 +60,7 @@ def isolation_suite(run_dir: str | os.PathLike, found: dict[int, dict],  # long:
     if not base.is_file():
         raise InputError(str(run_dir), "", "no recipe.yaml", "a run directory written by `clamp run`")
     seeds = sorted(found)
-    template = _seed_dirs(run_dir, seeds)
+    template = _seed_dirs(run_dir)
     notes: list[str] = []
     subcircuits: dict[str, dict] = {}
     variants: dict[str, dict] = {"baseline": {}}
