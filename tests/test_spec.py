@@ -236,3 +236,14 @@ def test_loader_fuzz_gives_a_recipe_or_one_input_error(data):
     except InputError as e:
         msg = str(e)
         assert msg.startswith("t.yaml:") and "\n" not in msg, msg
+
+
+@given(where=st.text(min_size=1, max_size=100), path=st.text(max_size=40), found=st.text(max_size=500),
+       expected=st.text(max_size=500), hint=st.text(max_size=500))
+def test_an_error_line_is_bounded_and_keeps_its_location(where, path, found, expected, hint):
+    where = where.replace("\n", " ") + ":1"
+    line = str(InputError(where, path, found, expected, hint))
+    assert len(line) <= 300 and "\n" not in line
+    # the location is shortened only after every other part was, so one of up to 100 characters never is
+    if all(c.isprintable() for c in where):
+        assert line.startswith(where + ": ")
