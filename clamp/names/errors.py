@@ -77,10 +77,10 @@ class InputError(Exception):
     def __str__(self) -> str:
         # one line of bounded length, whatever the input held (newlines, control characters, a
         # 10,000-character key): each part is shortened in the middle until the whole fits. The
-        # hint and the explanation give way first; the location (file:line) and the key path last,
-        # so that a message still starts with where the mistake is
+        # hint and the explanation give way first, then the key path and what was found, the location
+        # (file:line) last, so that a message still starts with where the mistake is
         parts = [_printable(x) for x in (self.where, self.path, self.found, self.expected, self.hint)]
-        caps = [(4, 80), (3, 120), (2, 70), (4, 30), (3, 60), (2, 40), (1, 40), (0, 160), (0, 50)]
+        caps = [(4, 80), (3, 120), (1, 60), (2, 70), (4, 30), (3, 60), (1, 40), (2, 50), (0, 160), (0, 50)]
         for i, cap in caps:
             if len(_join(parts)) <= MAX_MESSAGE:
                 break
