@@ -1,10 +1,12 @@
 """Throughput of an ensemble (K runs trained as one batched model) against the same K runs one after another.
 
-    python benchmarks/ensemble.py [--ks 8 32 128] [--rounds 4] [--repeats 3] [--device cpu]
+    python benchmarks/ensemble.py [--ks 8 32 128] [--rounds 4] [--repeats 3] [--device cpu] [--recipe R]
 
 The runs are the paper's model and setting (recipes/singh2024/case1_baseline.yaml: 2 layers, 8 heads,
-d_model 64, batch 32), seeds 0..K-1. Conditions: every member plain; every member with its own
-clamp (member k clamps layer-1 head k mod 8 to the induction pattern over its own window). For
+d_model 64, batch 32) or `--recipe`'s (any family that stacks: e.g. recipes/gpt2/two_layer.yaml,
+whose members fold into one batch), seeds 0..K-1. Conditions: every member plain; every member
+with its own clamp (member k clamps layer-1 head k mod heads to the induction pattern over its own
+window). For
 each K: one block = `rounds` training steps of every member, done (a) as K Trainers stepping in turn
 and (b) as one ensemble step per round; blocks of (a) and (b) interleaved, `repeats` times, median
 CPU time (process_time; on CUDA, wall time after synchronize). The evaluation row times one
@@ -26,8 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from clamp.models.builtin import build_model  # noqa: E402
-from clamp.models.stacked import MemberSeam, Stack  # noqa: E402
+from clamp.models.seam import stack as stack_models  # noqa: E402
 from clamp.names.yamlio import load_yaml  # noqa: E402
 from clamp.recipe.spec import (
     load_recipe,  # noqa: E402
@@ -40,8 +41,8 @@ from clamp.training.train import Trainer  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def recipes(k: int, clamped: bool, device: str):
-    base = load_recipe(ROOT / "recipes/singh2024/case1_baseline.yaml")
+def recipes(k: int, clamped: bool, device: str, path: Path):
+    base = load_recipe(path)
     base = replace(base, train=replace(base.train, device=device))
     if not clamped:
         return [base] * k
@@ -49,7 +50,7 @@ def recipes(k: int, clamped: bool, device: str):
     for i in range(k):
         data, src = load_yaml(dump_recipe(base), "base.yaml")
         lo = 10 * (i % 5)
-        data["interventions"] = [{"clamp": f"blocks.1.attn.hook_pattern[{i % 8}]", "to": "induction",
+        data["interventions"] = [{"clamp": f"blocks.1.attn.hook_pattern[{i % base.shape().heads}]", "to": "induction",
                                   "steps": [lo, lo + 1000]}]
         out.append(recipe_from_data(data, src))
     return out
@@ -64,9 +65,9 @@ def clock(device: str) -> float:
 
 def build(rs, device):
     solo = [Trainer(r, s) for s, r in enumerate(rs)]
-    stack = Stack([build_model(r.shape(), s).to(device) for s, r in enumerate(rs)])
+    stack = stack_models(rs[0].shape(), list(range(len(rs))), device)
     opt = E.stack_optimizer(rs[0], list(stack.params))
-    members = [E.Member(r, s, Path("."), None, solo[s].plan, MemberSeam(stack, s), opt) for s, r in enumerate(rs)]
+    members = [E.Member(r, s, Path("."), None, solo[s].plan, stack.member(s), opt) for s, r in enumerate(rs)]
     return solo, E.Ensemble(members, stack, lambda ev: None), members
 
 
@@ -77,14 +78,15 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--recipe", type=Path, default=ROOT / "recipes/singh2024/case1_baseline.yaml")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    print(f"device {a.device}, {a.threads} thread(s), rounds {a.rounds}, repeats {a.repeats}")
+    print(f"{a.recipe.name}, device {a.device}, {a.threads} thread(s), rounds {a.rounds}, repeats {a.repeats}")
     print("| K | condition | K sequential steps (ms) | one ensemble step (ms) | throughput ratio |")
     print("|---|---|---|---|---|")
     for k in a.ks:
         for clamped in (False, True):
-            solo, ens, members = build(recipes(k, clamped, a.device), a.device)
+            solo, ens, members = build(recipes(k, clamped, a.device, a.recipe), a.device)
 
             def seq(solo=solo):
                 for t in solo:

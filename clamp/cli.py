@@ -19,8 +19,6 @@ from .analysis.report import table
 from .console import VERBS, Progress, Started, build_parser, deleted  # noqa: F401 - VERBS: for scripts
 from .names.errors import InputError, show
 
-# ---------------------------------------------------------------------------------------
-
 
 def _out(a, default: Path) -> Path:
     """--out as a path (default: `default`); a NUL byte or an empty string is bad input."""
@@ -94,13 +92,16 @@ def cmd_plan(a) -> int:
     from .recipe.compile import compile_plan, probe_text
     from .recipe.spec import load_recipe
     from .store.rundir import run_metrics
+    from .training.grouping import alone_because
     recipe = load_recipe(a.recipe, a.set)
     plan = compile_plan(recipe, metrics_of=run_metrics)
     est = check(recipe, _max_memory(a))
     print(plan.text())
     for name in recipe.probes:
         print(probe_text(recipe, name, metrics_of=run_metrics))
-    print(f"memory estimate per run: {est.text()}")
+    why = alone_because(recipe)
+    print(f"memory estimate per run: {est.text()}\nensembles: " + (f"each run trains alone: {why}" if why else
+                                                                     "its runs can train together as one ensemble"))
     return 0
 
 

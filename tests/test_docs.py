@@ -62,9 +62,19 @@ def test_every_section_a_doc_points_to_is_there(doc):
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_docs_speak_only_of_the_project(doc):
-    words = re.compile(r"\bissues? \d+|\bissue \d+'s|\bthis stop\b|\bsessions?\b|\bwave\b", re.I)
+    words = re.compile(r"\bissues? #?\d+|\b(the|this) issue\b|\bissue's\b|\bthis stop\b|\bsessions?\b|\bwave\b",
+                       re.I)
     found = [m.group(0) for m in words.finditer(doc.read_text())]
     assert not found, f"{doc.name}: {found}"
+
+
+def test_code_and_recipes_speak_only_of_the_project():
+    """Comments and docstrings in the package, benchmarks, recipes and tests name no issue either."""
+    words = re.compile(r"\bissues? #?\d+|\b(the|this) issue\b|\bissue's\b", re.I)
+    files = [p for d in ("clamp", "benchmarks", "recipes", "tests") for p in (ROOT / d).rglob("*")
+             if p.suffix in (".py", ".yaml", ".md") and p.name != "test_docs.py"]
+    found = [f"{p.relative_to(ROOT)}: {m.group(0)}" for p in files for m in words.finditer(p.read_text())]
+    assert not found, found
 
 
 def verb_options() -> dict[str, set[str]]:

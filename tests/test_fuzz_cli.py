@@ -1,7 +1,7 @@
 """Hostile input at the CLI boundary: `main(argv)` in this process, driven by hypothesis.
 
 Every case is a recipe or suite file (a valid one mutated structurally, or its text mutated
-byte-wise into the shapes the issue found: non-UTF-8 bytes, deep nesting, tags, aliases, merge
+byte-wise into the hostile shapes found before: non-UTF-8 bytes, deep nesting, tags, aliases, merge
 keys, huge numbers, long keys, control characters), odd paths (missing, a directory, a FIFO,
 /dev/zero, NUL bytes) and odd arguments (`--set`, `--out`, `--max-memory`), given to `clamp plan`,
 `clamp run` or `clamp bench` with a memory limit of one byte (so nothing valid ever trains: a valid

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from ..names.errors import InputError, did_you_mean, show
 from ..names.sites import ModelShape, SiteInfo, builtin_catalogue, catalogue, register_family
 from ..tasks import Batch
-from . import builtin, hf, usermodel
+from . import builtin, folded, hf, stacked, usermodel
 from .adapter import AdaptedSeam, adapter_catalogue
 from .modsites import ModuleSites, module_sites
 
@@ -119,6 +119,13 @@ register_model("module", Family(usermodel.build, _user_sites, lambda shape: user
                                 usermodel.shape_of))
 
 
+def adapted(shape: ModelShape, module: nn.Module | None = None) -> AdaptedSeam:
+    """A family other than the built-in one behind its adapter: `module` (default its meta skeleton)."""
+    fam = hf.FAMILIES.get(shape.family)
+    adapter = fam.adapter if fam is not None else usermodel.skeleton(shape)[1]
+    return AdaptedSeam(_skeleton(shape) if module is None else module, adapter, shape, shape.family)
+
+
 def site_sizes(shape: ModelShape) -> dict[str, tuple[int | None, ...] | None]:
     """Each site's sizes for a model of `shape` (None for the batch; None where unknown): from the layout
     for the built-in model, from the module itself (on the meta device, no memory) for the others."""
@@ -126,9 +133,7 @@ def site_sizes(shape: ModelShape) -> dict[str, tuple[int | None, ...] | None]:
     out: dict[str, tuple[int | None, ...] | None] = {i.name: layout_sizes(i, shape) for i in catalogue(shape)}
     if shape.family == "builtin":
         return out
-    fam = hf.FAMILIES.get(shape.family)
-    adapter = fam.adapter if fam is not None else usermodel.skeleton(shape)[1]
-    meta = AdaptedSeam(_skeleton(shape), adapter, shape, shape.family)
+    meta = adapted(shape)
     for i in catalogue(shape):
         if i.kind == "parameter" and not i.name.startswith("module:"):
             try:
@@ -152,3 +157,46 @@ def build(shape: ModelShape, seed: int) -> ModelSeam:
     expected = {i.name for i in catalogue(shape)}
     assert names == expected, f"model and site catalogue disagree: {sorted(names ^ expected)}"
     return seam
+
+
+# ---------------------------------------------------------------------------------------
+# Many models of one shape as one module (ensembles)
+
+
+@functools.lru_cache(maxsize=32)
+def _fold_kinds(shape: ModelShape) -> dict[str, str] | str:
+    try:
+        return folded.fold_kinds(adapted(shape), shape.n_ctx)
+    except Exception as e:  # noqa: BLE001 - any failure of the trial is the reason
+        return f"its members cannot be folded into one batch ({type(e).__name__}: {str(e)[:160]})"
+
+
+def stack_problem(shape: ModelShape) -> str:
+    """Why K models of this shape cannot train as one stacked module ('' when they can). The
+    built-in transformer on its native backend stacks (stacked.py); a family behind an adapter
+    folds its members into the batch (folded.py) when its skeleton does: checked by one forward
+    of two folded skeletons on the meta device (no memory)."""
+    if shape.family == "builtin":
+        native = shape.backend == "native"
+        return "" if native else "model.backend nnsight: every forward is an nnsight trace of one model"
+    if shape.family not in FAMILIES:
+        return f"model.family {shape.family} is not known"
+    kinds = _fold_kinds(shape)
+    return kinds if isinstance(kinds, str) else ""
+
+
+def stack(shape: ModelShape, seeds: list[int],
+          device: torch.device | str = "cpu") -> stacked.Stack | folded.FoldedStack:
+    """K freshly initialised models of this shape (member k's init drawn from seeds[k]) as one
+    module with a member axis; `stack_problem(shape)` must be ''."""
+    if shape.family == "builtin":
+        return stacked.Stack([builtin.build_model(shape, s).to(device) for s in seeds])
+    kinds = _fold_kinds(shape)
+    assert not isinstance(kinds, str), kinds
+    seams = []
+    for s in seeds:
+        seam = FAMILIES[shape.family].build(shape, s)
+        assert isinstance(seam, AdaptedSeam), f"family {shape.family} is not behind an adapter"
+        seam.module.to(device)
+        seams.append(seam)
+    return folded.FoldedStack(seams, kinds)

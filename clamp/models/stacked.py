@@ -55,6 +55,9 @@ class Stack(nn.Module):
         active = self._subset
         return self.params[self.index[name]] if active is None else active[self.index[name]]
 
+    def member(self, k: int) -> MemberSeam:
+        return MemberSeam(self, k)
+
     def member_state(self, k: int) -> dict[str, Tensor]:
         """Member k's state_dict as model.py's module has it (copies)."""
         return {n: p[k].detach().clone() for n, p in zip(self.names, self.params)}
@@ -75,7 +78,7 @@ class Stack(nn.Module):
         if not any(have):
             return x
         xs = x.unbind(0)                         # one backward for all slices (indexing would make K)
-        return torch.stack([xs[k] if f is None else _call(k, f, xs[k]) for k, f in enumerate(have)])
+        return torch.stack([xs[k] if f is None else call_member(k, f, xs[k]) for k, f in enumerate(have)])
 
     def _ln(self, x: Tensor, prefix: str) -> Tensor:
         """LayerNorm per member, as model.LayerNorm computes it (fused unless its hook point has a fn)."""
@@ -87,7 +90,7 @@ class Stack(nn.Module):
             if f is None:
                 out.append(F.layer_norm(xk, x.shape[-1:], wk, bk, eps=1e-5))
             else:
-                out.append(_call(k, f, F.layer_norm(xk, x.shape[-1:], eps=1e-5)) * wk + bk)
+                out.append(call_member(k, f, F.layer_norm(xk, x.shape[-1:], eps=1e-5)) * wk + bk)
         return torch.stack(out)
 
     def _attn(self, x: Tensor, L: int, rope) -> Tensor:
@@ -182,7 +185,7 @@ class MemberError(Exception):
         self.k, self.error = k, error
 
 
-def _call(k: int, f: HookFn, x: Tensor) -> Tensor:
+def call_member(k: int, f: HookFn, x: Tensor) -> Tensor:
     try:
         return f(x)
     except Exception as e:  # noqa: BLE001 - attributed to its member; the ensemble fails that member alone

@@ -2,9 +2,10 @@
 
 Run layer, beside train.py (one run) and under runs.py/benches.py (which group a recipe's seeds
 or a suite's runs with `groups` and hand each group to `train_ensemble`). The members' models
-are one `stacked.Stack` (parameters with a leading member axis) with one optimizer over the
+are one stack (parameters with a leading member axis: `stacked.Stack` for the built-in model,
+`folded.FoldedStack` for any adapted family, both from `seam.stack`) with one optimizer over the
 stacked parameters — Adam, AdamW and SGD are elementwise, so that is exactly one optimizer per
-member. Each member is a `Member` (train.Trainer behind a stacked.MemberSeam) with its own seed
+member. Each member is a `Member` (train.Trainer behind the stack's member seam) with its own seed
 (init and data stream), plan, interventions and windows, freezes (the slice of the stacked
 parameter at its member index), probes, evaluations, stop rules, checkpoints and ordinary run
 directory: the files `train_seed` would write, with the same values (tests/test_ensemble.py).
@@ -16,8 +17,8 @@ member that fails (a non-finite loss, an error in one of its value sources) is r
 failed and leaves; one that finishes or stops early leaves too; the stack is then rebuilt from
 those left (parameters and optimizer state sliced), so nobody trains a passenger.
 
-Runs can share an ensemble when `ensemble_key` gives them the same key: the built-in model on
-its native backend with one shape, one task (name and options: equal batch shapes), and the
+Runs can share an ensemble when `ensemble_key` gives them the same key: one shape that stacks
+(seam.stack_problem), one task (name and options: equal batch shapes), and the
 same optimizer, batch, evaluation schedule and sizes, threads and device. Steps, stop rules,
 probes, measures, interventions and seeds may differ.
 """
@@ -36,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..measures import Outputs
-from ..models.builtin import build_model
+from ..models.folded import FoldedMember, FoldedStack
+from ..models.seam import stack as stack_models
 from ..models.stacked import MemberError, MemberSeam, Stack
 from ..names.errors import RunError
 from ..recipe.compile import compile_plan
@@ -47,6 +49,7 @@ from . import optim
 from .train import RunProgress, Trainer, fill_grads, one_line, resolve_device, stop_now, summarise
 
 Progress = Callable[[dict], None]
+AnyStack = Stack | FoldedStack          # K models as one module: the built-in one recomputed, or folded
 
 # Sequences per evaluation forward: members are evaluated together up to this many sequences (more
 # runs slower than one member at a time on a CPU: the activations leave the caches;
@@ -57,7 +60,7 @@ EVAL_SEQUENCES = 512
 class Member(Trainer):
     """One run of an ensemble: train.Trainer on member `k` of the stack, with its run directory's state."""
 
-    def __init__(self, recipe: Recipe, seed: int, rd: RunDir, label: str | None, plan, seam: MemberSeam,
+    def __init__(self, recipe: Recipe, seed: int, rd: RunDir, label: str | None, plan, seam: MemberSeam | FoldedMember,
                  optimizer):
         super().__init__(recipe, seed, plan, seam=seam, optimizer=optimizer)
         self.mseam = seam
@@ -82,7 +85,7 @@ class Member(Trainer):
         self.step = int(state["step"])
 
 
-def member_optimizer_state(opt, stack: Stack, k: int) -> dict:
+def member_optimizer_state(opt, stack: AnyStack, k: int) -> dict:
     """Member k's optimizer state_dict, as its own optimizer alone would have it."""
     state = {}
     for i, p in enumerate(stack.params):
@@ -117,7 +120,7 @@ def load_member_optimizer_state(opt, stack: Stack, k: int, sd: dict) -> None:
                 dst[key][k] = v.to(p.device)
 
 
-def restack(stack: Stack, opt, keep: list[int], make_opt: Callable[[list[nn.Parameter]], Any]):
+def restack(stack: AnyStack, opt, keep: list[int], make_opt: Callable[[list[nn.Parameter]], Any]):
     """Shrink `stack` in place to the members `keep` (old indices, in order); returns the new optimizer,
     with every kept member's state sliced from `opt`."""
     idx = torch.tensor(keep, device=stack.params[0].device)
@@ -143,7 +146,7 @@ def restack(stack: Stack, opt, keep: list[int], make_opt: Callable[[list[nn.Para
 class Ensemble:
     """The members of one stack and its optimizer; `train()` runs them to the end."""
 
-    def __init__(self, members: list[Member], stack: Stack, emit: Progress):
+    def __init__(self, members: list[Member], stack: AnyStack, emit: Progress):
         self.members, self.stack, self.emit = members, stack, emit
         opt = members[0].optimizer
         assert opt is not None, "an ensemble's members share the stack's optimizer"
@@ -390,8 +393,7 @@ def train_ensemble(entries: Sequence[tuple[Recipe, int, str | Path, str | None]]
 
 def _train_members(todo: list, emit: Progress) -> dict[int, dict]:
     device = resolve_device(todo[0][1].train.device)
-    models = [build_model(one.shape(), seed).to(device) for _, one, seed, _, _ in todo]
-    stack = Stack(models)
+    stack = stack_models(todo[0][1].shape(), [seed for _, _, seed, _, _ in todo], device)
     opt = stack_optimizer(todo[0][1], list(stack.params))
     members: list[Member] = []
     t0 = time.perf_counter()
@@ -400,7 +402,7 @@ def _train_members(todo: list, emit: Progress) -> dict[int, dict]:
         try:
             plan = compile_plan(one, seed, metrics_of=run_metrics)
             rd.write_plan(plan.text())
-            m = Member(one, seed, rd, label, plan, MemberSeam(stack, k), opt)
+            m = Member(one, seed, rd, label, plan, stack.member(k), opt)
         except Exception as e:  # noqa: BLE001 - this member fails before it starts; the others go on
             rd.fail(e)
             failed[i] = rd.finish(summarise(one, seed, RunProgress(), t0, "failed", one_line(e)))

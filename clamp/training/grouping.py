@@ -1,8 +1,9 @@
 """Which runs train together: ensemble keys, groups, and the pool jobs they become.
 
-Run layer (runs.py and benches.py hand their runs here; ensemble.py trains a group). Runs of the
-built-in transformer on its native backend that share shape, task, optimizer settings, batch and
-evaluation schedule can be members of one ensemble; `alone_because` says why any other run
+Run layer (runs.py and benches.py hand their runs here; ensemble.py trains a group). Runs of one
+model shape that stacks (the built-in transformer on its native backend, or any adapted family
+whose members fold into one batch: seam.stack_problem) that share task, optimizer settings, batch
+and evaluation schedule can be members of one ensemble; `alone_because` says why any other run
 trains alone.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..models.seam import stack_problem
 from ..recipe.budget import members_that_fit
 from ..recipe.types import Recipe
 from ..tasks import TASKS
@@ -22,12 +24,9 @@ from .train import install_extensions
 
 def alone_because(recipe: Recipe) -> str:
     """Why runs of this recipe train alone, not as members of an ensemble ('' when they can share)."""
-    shape = recipe.shape()
-    if shape.family != "builtin":
-        return (f"model.family {shape.family}: its sites are reached through nnsight traces of the module, "
-                "and an ensemble is the built-in transformer recomputed with a member axis (models/stacked.py)")
-    if shape.backend != "native":
-        return "model.backend nnsight: every forward is an nnsight trace of one model"
+    problem = stack_problem(recipe.shape())
+    if problem:
+        return problem
     if TASKS[recipe.task.name].own_loss():
         return f"task {recipe.task.name} has a loss of its own (an ensemble's loss is the cross-entropy)"
     targets = [iv.target for iv in (*recipe.interventions, *(i for p in recipe.probes.values() for i in p))]
