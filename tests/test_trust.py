@@ -161,7 +161,7 @@ def test_what_a_run_can_know_before_training_plan_and_loader_check(tmp_path, cap
 
 
 def _hostile(tmp_path: Path) -> list[tuple[str, list, str]]:
-    """(what, argv, a piece of the expected message) for every hostile shape found in trying clamp as a hostile user would."""
+    """(what, argv, a piece of the expected message) for every hostile shape found so far."""
     w = tmp_path
     (w / "latin1.yaml").write_bytes(TINY.encode() + b"name: caf\xe9\n")
     (w / "deep.yaml").write_text(TINY + "extra: " + "[" * 400 + "]" * 400 + "\n")
