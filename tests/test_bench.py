@@ -104,17 +104,6 @@ def test_load_results_rebuilds_the_same_table(local_result):
     assert [v["median"] for v in again.verdicts] == [v["median"] for v in local_result.verdicts]
 
 
-@pytest.mark.ray
-def test_ray_backend_gives_identical_results(local_result, tmp_path, ray_cluster):
-    pytest.importorskip("ray")
-    suite = load_suite(write_suite(tmp_path))
-    res = run_suite(suite, tmp_path / "ray", backend="ray", workers=2)
-    local = read_csv(local_result.dir / "results.csv")
-    ray_rows = read_csv(tmp_path / "ray" / "results.csv")
-    assert stable(ray_rows) == stable(local)
-    assert [v["verdict"] for v in res.verdicts] == [v["verdict"] for v in local_result.verdicts]
-
-
 @pytest.mark.parametrize("ensemble", [False, True])
 def test_a_killed_suite_resumes_without_redoing_finished_runs(tmp_path, ensemble):
     """Killed (SIGKILL) mid-suite, a suite resumes: finished runs are not trained again, partial ones

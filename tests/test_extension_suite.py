@@ -1,7 +1,11 @@
 """Extending clamp through its public interface only: a plug-in (recipes/extension/my_ext.py) with a
 task whose targets are numbers (its own loss), a value source and a progress measure, plus a model of
 one's own (recipes/user_model/tiny_lm.py), all named in a suite's `plugins:` and run through the CLI
-on the local pool and on Ray: the same results either way."""
+on the local pool and on Ray: the same results either way.
+
+Every test that uses the Ray backend lives in this file, so that the test run starts one local Ray
+cluster (a test file runs whole in one worker process): the suite of tests/test_bench.py and a suite
+of a user's module (tests/test_usermodel.py) are checked on Ray here too."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import registries_restored
 
+from clamp.api import bench as run_suite
 from clamp.cli import main
+from clamp.recipe.suite import load_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN = ROOT / "recipes" / "extension" / "my_ext.py"
@@ -109,3 +115,20 @@ def test_other_verbs_read_the_plugins_from_the_run(suites, tmp_path, capsys):
     graph = json.loads((tmp_path / "graph" / "graph.json").read_text())
     effects = [e for e in graph["edges"] if e["kind"] == "effect" and e["target"] == "phase:explained:above"]
     assert [e["source"] for e in effects] == ["blocks.0.attn.hook_pattern[1]"]   # the user's measure, timed
+
+
+@pytest.mark.ray
+def test_ray_backend_gives_identical_results(tmp_path, ray_cluster):
+    """tests/test_bench.py's suite on Ray and on the local pool: the same table and verdicts."""
+    from test_bench import read_csv, stable, write_suite
+    suite = load_suite(write_suite(tmp_path))
+    local = run_suite(suite, tmp_path / "local", workers=2)
+    res = run_suite(suite, tmp_path / "ray", backend="ray", workers=2)
+    assert stable(read_csv(tmp_path / "ray" / "results.csv")) == stable(read_csv(tmp_path / "local" / "results.csv"))
+    assert [v["verdict"] for v in res.verdicts] == [v["verdict"] for v in local.verdicts]
+
+
+@pytest.mark.ray
+def test_a_user_models_plugin_travels_to_ray_workers(tmp_path, ray_cluster):
+    from test_usermodel import suite_ships_plugins
+    suite_ships_plugins(tmp_path, "ray")

@@ -255,12 +255,13 @@ variants:
 """
 
 
-@pytest.mark.parametrize("backend", ["local", pytest.param("ray", marks=pytest.mark.ray)])
-def test_suites_ship_plugins_to_their_workers(tmp_path, backend, request):
+def test_suites_ship_plugins_to_their_workers(tmp_path):
+    suite_ships_plugins(tmp_path, "local")          # on Ray: tests/test_extension_suite.py (one cluster)
+
+
+def suite_ships_plugins(tmp_path, backend: str) -> None:
     """Two workers (forked processes, or Ray workers that import the plug-in from its recorded path)
     run a suite of a user's module; every run matches the same run done here."""
-    if backend == "ray":
-        request.getfixturevalue("ray_cluster")
     from clamp.api import bench
     from clamp.recipe.suite import load_suite
     (tmp_path / "suite.yaml").write_text(USER_SUITE.format(base=ROOT / "recipes" / "user_model" / "tiny_lm.yaml"))

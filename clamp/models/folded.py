@@ -26,6 +26,7 @@ import copy
 from collections.abc import Callable, Mapping
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
@@ -76,12 +77,15 @@ class FoldedLeaf(nn.Module):
         self._leaf = [leaf]                        # the template leaf, called with each member's parameters
         self.path = path
         self.names = names                         # its own parameter name → the stack's name
+        self.batched = _batched_kind(leaf)         # a leaf computed for all members in one operation
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         st = self._stack[0]
         views, B = st.views, st.rows
         K = len(views[next(iter(self.names.values()))])
         kind = st.kind(self.path, x, K * B)
+        if kind == ROWS and self.batched and not args and not kwargs:
+            return self._batched(st, x, K)
         xs = x.split(B) if kind == ROWS else (x,) * K                  # member k's input
         out = [functional_call(self._leaf[0], {own: views[name][k] for own, name in self.names.items()},
                                (xk, *args), kwargs) for k, xk in enumerate(xs)]
@@ -90,6 +94,32 @@ class FoldedLeaf(nn.Module):
         elif kind == SHARED:                        # [...] → [batch, ...] for each member
             out = [o.expand(B, *o.shape) for o in out]
         return torch.cat(out)                       # [K * batch, ...]
+
+    def _batched(self, st: FoldedStack, x: Tensor, K: int) -> Tensor:
+        """Linear, Conv1D (weight [in, out]) and Embedding for all members at once: one batched
+        product whose product per member is the one its module computes alone (addmm with the bias
+        as the accumulator), or one lookup in the members' tables laid end to end."""
+        W = st.p(self.names["weight"])
+        if self.batched == "embedding":                                   # W [K, vocab, d]
+            V = W.shape[1]
+            offset = torch.arange(K, device=x.device).mul_(V).view(K, *([1] * x.dim()))
+            idx = x.view(K, -1, *x.shape[1:]) + offset                    # [K, batch, ...]
+            return F.embedding(idx.flatten(0, 1), W.flatten(0, 1))        # [K * batch, ..., d]
+        xv = x.reshape(K, -1, x.shape[-1])                                # [K, rows, in]
+        Wt = W.transpose(1, 2) if self.batched == "linear" else W         # [K, in, out]
+        bias = self.names.get("bias")
+        y = torch.bmm(xv, Wt) if bias is None else torch.baddbmm(st.p(bias).unsqueeze(1), xv, Wt)
+        return y.view(*x.shape[:-1], Wt.shape[-1])                        # [K * batch, ..., out]
+
+
+def _batched_kind(leaf: nn.Module) -> str | None:
+    if type(leaf) is nn.Linear:
+        return "linear"
+    if type(leaf).__name__ == "Conv1D" and getattr(leaf, "weight", None) is not None and leaf.weight.dim() == 2:
+        return "conv1d"                            # transformers' GPT-2 projection: x @ weight + bias
+    if type(leaf) is nn.Embedding and leaf.padding_idx is None and leaf.max_norm is None and not leaf.sparse:
+        return "embedding"
+    return None
 
 
 class FoldedStack(nn.Module):

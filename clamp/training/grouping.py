@@ -13,13 +13,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from ..models.seam import stack_problem
-from ..recipe.budget import members_that_fit
+from ..recipe.budget import estimate, human, members_that_fit
 from ..recipe.types import Recipe
 from ..tasks import TASKS
 from .ensemble import Progress, train_ensemble
 from .pool import Job, Outcome
 from .train import install_extensions
+
+# On a CPU an ensemble is faster than its runs one after another only while a step's activations
+# stay small: batching removes per-operation overhead, and past a point the members' activations
+# together leave the caches and every elementwise operation slows (2-core EPYC, benchmarks/RESULTS.md
+# "Ensembles": 1.1-1.9x up to ~15 MiB of training activations per run, 0.65-0.9x at 57-85 MiB).
+CPU_ENSEMBLE_MAX_ACTIVATIONS = 24 * 2**20
 
 
 def alone_because(recipe: Recipe) -> str:
@@ -27,6 +35,12 @@ def alone_because(recipe: Recipe) -> str:
     problem = stack_problem(recipe.shape())
     if problem:
         return problem
+    device = recipe.train.device
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        act = estimate(recipe).train_bytes
+        if act > CPU_ENSEMBLE_MAX_ACTIVATIONS:
+            return (f"on a CPU, a run with {human(act)} of training activations per step trains faster alone than "
+                    f"batched (ensembles gain up to about {human(CPU_ENSEMBLE_MAX_ACTIVATIONS)})")
     if TASKS[recipe.task.name].own_loss():
         return f"task {recipe.task.name} has a loss of its own (an ensemble's loss is the cross-entropy)"
     targets = [iv.target for iv in (*recipe.interventions, *(i for p in recipe.probes.values() for i in p))]
