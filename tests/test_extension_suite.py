@@ -4,8 +4,8 @@ one's own (recipes/user_model/tiny_lm.py), all named in a suite's `plugins:` and
 on the local pool and on Ray: the same results either way.
 
 Every test that uses the Ray backend lives in this file, so that the test run starts one local Ray
-cluster (a test file runs whole in one worker process): the suite of tests/test_bench.py and a suite
-of a user's module (tests/test_usermodel.py) are checked on Ray here too."""
+cluster (a test file runs whole in one worker process): ensembles of tests/test_bench.py's suite
+and the plug-ins below, a user's model among them, are checked on Ray here."""
 from __future__ import annotations
 
 import csv
@@ -118,17 +118,15 @@ def test_other_verbs_read_the_plugins_from_the_run(suites, tmp_path, capsys):
 
 
 @pytest.mark.ray
-def test_ray_backend_gives_identical_results(tmp_path, ray_cluster):
-    """tests/test_bench.py's suite on Ray and on the local pool: the same table and verdicts."""
-    from test_bench import read_csv, stable, write_suite
-    suite = load_suite(write_suite(tmp_path))
+def test_ensembles_on_ray_give_the_runs_results(tmp_path, ray_cluster):
+    """tests/test_bench.py's suite (built-in runs that share ensembles: the suite above trains alone,
+    its task having a loss of its own) on Ray and on the local pool: the same table and verdicts.
+    (A user's model travelling to Ray workers is the suite above's own_model variant.)"""
+    from test_bench import SUITE, read_csv, stable, write_suite
+    suite = load_suite(write_suite(tmp_path, SUITE.replace("steps: 200", "steps: 100").replace("[0, 1, 2]", "[0, 1]")))
     local = run_suite(suite, tmp_path / "local", workers=2)
     res = run_suite(suite, tmp_path / "ray", backend="ray", workers=2)
     assert stable(read_csv(tmp_path / "ray" / "results.csv")) == stable(read_csv(tmp_path / "local" / "results.csv"))
     assert [v["verdict"] for v in res.verdicts] == [v["verdict"] for v in local.verdicts]
-
-
-@pytest.mark.ray
-def test_a_user_models_plugin_travels_to_ray_workers(tmp_path, ray_cluster):
-    from test_usermodel import suite_ships_plugins
-    suite_ships_plugins(tmp_path, "ray")
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "ray" / "runs").glob("*/seed_*/summary.json")]
+    assert len(summaries) == 4 and all(sm["ensemble"]["members"] == 2 for sm in summaries)

@@ -256,12 +256,9 @@ variants:
 
 
 def test_suites_ship_plugins_to_their_workers(tmp_path):
-    suite_ships_plugins(tmp_path, "local")          # on Ray: tests/test_extension_suite.py (one cluster)
-
-
-def suite_ships_plugins(tmp_path, backend: str) -> None:
-    """Two workers (forked processes, or Ray workers that import the plug-in from its recorded path)
-    run a suite of a user's module; every run matches the same run done here."""
+    """Two workers (forked processes) run a suite of a user's module; every run matches the same run
+    done here. (On Ray workers: tests/test_extension_suite.py, whose suite has a user's model.)"""
+    backend = "local"
     from clamp.api import bench
     from clamp.recipe.suite import load_suite
     (tmp_path / "suite.yaml").write_text(USER_SUITE.format(base=ROOT / "recipes" / "user_model" / "tiny_lm.yaml"))
