@@ -74,3 +74,15 @@ def ray_cluster():
         ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+# Test files that take longest (or wait longest: Ray, killed subprocesses) start first, so that two
+# workers (pytest-xdist, one test file per worker at a time) end together rather than one finishing
+# the longest file alone at the end of the run.
+LONGEST_FIRST = ("test_extension_suite.py", "test_bench.py", "test_graph.py", "test_readme.py", "test_discover.py",
+                 "test_affine.py", "test_report.py", "test_ownership.py", "test_ensemble.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))     # stable: the rest keep their order

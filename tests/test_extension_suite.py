@@ -30,7 +30,7 @@ seeds: [0, 1]
 model: {{layers: 1, heads: 2, d_model: 32}}
 task: {{name: running_mean}}
 measure: [loss, explained]
-train: {{steps: 150, batch: 32, lr: 3.0e-3, eval_every: 15, eval_size: 64, checkpoint_every: 50}}
+train: {{steps: 90, batch: 32, lr: 3.0e-3, eval_every: 15, eval_size: 64, checkpoint_every: 45}}
 phases:
   explained: {{above: 0.8}}
 probes:
