@@ -87,6 +87,36 @@ def test_every_role_names_a_registered_per_head_measure():
         assert all(m in MEASURES and MEASURES[m].head_site for m in r.measures), r
 
 
+def test_a_per_head_measure_is_a_role_with_the_threshold_its_class_declares():
+    """Any per-head measure no role uses is a role of its name at its class's `role` threshold; one
+    that declares `role = None` (a signed score: negative_similarity) is none."""
+    from conftest import registries_restored
+
+    from clamp.measures import Measure, register_measure
+    with registries_restored():
+        @register_measure
+        class Focus(Measure):
+            name = "focus_test"
+            head_site = "blocks.{L}.attn.hook_pattern"
+            role = 0.3
+
+            def compute(self, outputs, batches, seam):
+                return {}
+
+        @register_measure
+        class Signed(Measure):
+            name = "signed_test"
+            head_site = "blocks.{L}.attn.hook_pattern"
+            role = None
+
+            def compute(self, outputs, batches, seam):
+                return {}
+        roles = {r.name: r for r in catalogue()}
+        assert roles["focus_test"].threshold == 0.3 and roles["focus_test"].measures == ("focus_test",)
+        assert "signed_test" not in roles and "negative_similarity" not in roles
+        assert {r.name: r.threshold for r in catalogue({"focus_test": 0.6})}["focus_test"] == 0.6
+
+
 def test_a_heads_effect_is_the_loss_with_its_output_weights_zeroed(run_dir):
     """Zero-ablating a head's output z ≡ zeroing its slice of W_O: the independent reference."""
     import torch

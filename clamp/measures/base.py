@@ -45,6 +45,8 @@ class Measure:
     head_site: ClassVar[str | None] = None     # per head: the site its columns carry ('{L}' each layer); select.by
     weights: ClassVar[bool] = False            # computed from the weights alone (no evaluator needed)
     reads: ClassVar[tuple[str, ...]] = ()      # parameters it reads ('{L}': each layer); a model without them can't
+    role: ClassVar[float | None] = 0.5         # per head: the score above which `clamp discover` says a head took
+                                               # this role (a role of the measure's name); None: not a role
 
     task: Any = None                           # the run's Task (set by clamp before compute)
     shape: ModelShape | None = None            # the model's shape (set by clamp)

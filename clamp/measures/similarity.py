@@ -40,6 +40,7 @@ class NegativeSimilarity(Measure):
            "pre-softmax score with 1 - cos(e_i, e_j), averaged over rows; > 0: it favours tokens unlike its query's")
     record = (SCORES, "hook_embed")
     head_site = SCORES
+    role = None                  # a signed correlation, not a share of attention: no threshold makes it a role
 
     def compute(self, outputs, batches, seam):
         if "train" not in outputs:

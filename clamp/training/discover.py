@@ -5,8 +5,9 @@ seed's metrics. No head is named by the user: every head of every layer is score
 the catalogue below that the task and model can give, at every checkpoint (evaluated as an online
 evaluation at that step would be, like `clamp probe`), and, where the run measured a role's
 measure itself, at every evaluation of metrics.jsonl (denser; used instead). A role is a per-head
-measure and a threshold; a plug-in's per-head measure is a role of its own name (threshold 0.5
-unless given). A head takes a role when its score passes the threshold; its formation time is the
+measure and a threshold; any other per-head measure (a plug-in's too) is a role of its own name,
+with the threshold its class declares (`Measure.role`, 0.5 unless it says otherwise; None: not a
+role, as for the signed negative_similarity). A head takes a role when its score passes the threshold; its formation time is the
 phase rule `{above: threshold}` on its series, the rule every other phase change uses: a head that
 never passes has none, and a head still short of it at the run's last step is censored there.
 
@@ -69,12 +70,12 @@ def head_name(role: str, layer: int, head: int) -> str:
 
 
 def catalogue(thresholds: dict[str, float] | None = None) -> list[Role]:
-    """clamp's roles, then every plug-in per-head measure none of them uses (a role of its own name)."""
+    """clamp's roles, then every per-head measure none of them uses whose class declares a `role`
+    threshold (plug-ins included: a role of the measure's name)."""
     thresholds = thresholds or {}
     used = {m for r in ROLES for m in r.measures}
-    extra = [Role(name, (name,), 0.5) for name, cls in sorted(MEASURES.items())
-             if cls.head_site is not None and name not in used
-             and name != "negative_similarity"]
+    extra = [Role(name, (name,), cls.role) for name, cls in sorted(MEASURES.items())
+             if cls.head_site is not None and cls.role is not None and name not in used]
     roles = [*ROLES, *extra]
     unknown = sorted(set(thresholds) - {r.name for r in roles})
     if unknown:
