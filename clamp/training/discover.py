@@ -7,9 +7,10 @@ evaluation at that step would be, like `clamp probe`), and, where the run measur
 measure itself, at every evaluation of metrics.jsonl (denser; used instead). A role is a per-head
 measure and a threshold; any other per-head measure (a plug-in's too) is a role of its own name,
 with the threshold its class declares (`Measure.role`, 0.5 unless it says otherwise; None: not a
-role, as for the signed negative_similarity). A head takes a role when its score passes the threshold; its formation time is the
-phase rule `{above: threshold}` on its series, the rule every other phase change uses: a head that
-never passes has none, and a head still short of it at the run's last step is censored there.
+role, as for the signed negative_similarity). A head takes a role when its score passes the
+threshold; its formation time is the phase rule `{above: threshold}` on its series, the rule every
+other phase change uses: a head that never passes has none, and a head still short of it at the
+run's last step is censored there.
 
     role             measure (the first one this task and model give)        threshold
     prev_token       label_prev_token_score, prev_token_score                0.5
