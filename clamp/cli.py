@@ -251,7 +251,7 @@ def _thresholds(items: list[str]) -> dict[str, float]:
 
 
 def cmd_discover(a) -> int:
-    from .analysis.discovered import GRAPH_JSON, GRAPH_PNG
+    from .analysis.discovered import GRAPH_JSON, GRAPH_PNG, seed_text
     from .api import discover
     from .training.discover import DISCOVERY
     if a.run_suite and not a.suite:
@@ -259,26 +259,7 @@ def cmd_discover(a) -> int:
     got = discover(a.dir, thresholds=_thresholds(a.threshold), ablate=None if a.ablate == "none" else a.ablate,
                    suite=a.suite)
     for seed, d in sorted(got.seeds.items()):
-        print(f"seed {seed}: {len(d['checkpoints'])} checkpoints to step {d['last_step']}; roles from "
-              + ", ".join(f"{r} ({m}{', every evaluation' if r in d['from_metrics'] else ''})"
-                          for r, m in d["measures"].items()))
-        eff = d.get("effects", {})
-        cost = {k: v[-1] for k, v in eff.get("heads", {}).items()}
-        rows = [[h["name"], h["formed"] if h["formed"] is not None else "-", h["final"], h["peak"],
-                 "yes" if h["holds"] else "no (lost it)", cost.get(f"L{h['layer']}H{h['head']}", "-")]
-                for h in d["heads"]]
-        if rows:
-            print(table(["head", "formed at step", "final", "peak", "holds at the end",
-                         f"loss +Δ ablated ({eff.get('how', '-')}, end)"], rows))
-        for role, g in eff.get("groups", {}).items():
-            print(f"  {role} group {'+'.join(g['heads'])} ablated together: loss +{g['delta'][-1]:.4g} at the end "
-                  f"(largest single head +{g['largest_single']:.4g})"
-                  + ("; redundant: each covers for the others" if g["redundant"] else ""))
-        if eff.get("skipped"):
-            print(f"  effects: {eff['skipped']}")
-        for role, why in {**d["not_formed"], **d["skipped"]}.items():
-            print(f"  {role}: {why}")
-        print()
+        print(seed_text(seed, d))
     print(f"wrote {DISCOVERY}, {GRAPH_JSON} and {GRAPH_PNG} beside each seed's metrics.jsonl in {got.run}")
     if got.suite is None:
         return 0

@@ -25,6 +25,37 @@ from .draw import save_figure
 GRAPH_JSON, GRAPH_PNG = "discovery_graph.json", "discovery.png"
 
 
+def seed_text(seed: int, d: dict) -> str:
+    """What `clamp discover` prints for one seed: the roles used, a table of heads, the groups, the
+    agreement of attribution patching with the ablations, and what was not found or skipped."""
+    from .report import table
+    lines = [f"seed {seed}: {len(d['checkpoints'])} checkpoints to step {d['last_step']}; roles from "
+             + ", ".join(f"{r} ({m}{', every evaluation' if r in d['from_metrics'] else ''})"
+                         for r, m in d["measures"].items())]
+    eff = d.get("effects", {})
+    cost = {k: v[-1] for k, v in eff.get("heads", {}).items()}
+    rows = [[h["name"], h["formed"] if h["formed"] is not None else "-", h["final"], h["peak"],
+             "yes" if h["holds"] else "no (lost it)", cost.get(f"L{h['layer']}H{h['head']}", "-")] for h in d["heads"]]
+    if rows:
+        lines.append(table(["head", "formed at step", "final", "peak", "holds at the end",
+                            f"loss +Δ ablated ({eff.get('how', '-')}, end)"], rows))
+    for role, g in eff.get("groups", {}).items():
+        lines.append(f"  {role} group {'+'.join(g['heads'])} ablated together: loss +{g['delta'][-1]:.4g} at the "
+                     f"end (largest single head +{g['largest_single']:.4g})"
+                     + ("; redundant: each covers for the others" if g["redundant"] else ""))
+    agree = eff.get("attribution", {}).get("agreement")
+    if agree and agree["spearman"] is not None:
+        end = (f"; at the end, over {agree['heads_at_end']} heads: Spearman {agree['spearman_end']}, Pearson "
+               f"{agree['pearson_end']}" if agree["spearman_end"] is not None else "")
+        lines.append(f"  attribution patching (one backward per checkpoint) against the ablations: Spearman "
+                     f"{agree['spearman']}, Pearson {agree['pearson']} over {agree['n']} head-checkpoints{end}")
+    for why in (eff.get("skipped"), eff.get("attribution", {}).get("skipped")):
+        if why:
+            lines.append(f"  effects: {why}")
+    lines += [f"  {role}: {why}" for role, why in {**d["not_formed"], **d["skipped"]}.items()]
+    return "\n".join(lines) + "\n"
+
+
 def discovery_graph(found: dict) -> nx.MultiDiGraph:
     """One seed's discovery (discovery.json's content) as a graph."""
     g = nx.MultiDiGraph(seed=found.get("seed"), run=found.get("run"))

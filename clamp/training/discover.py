@@ -24,13 +24,19 @@ A discovered head is named `<role>@L<layer>H<head>` (`prev_token@L0H2`): the nam
 
 What each head does for the loss (`head_effects`): at every checkpoint, the train loss with the head's
 output ablated minus the loss without, and the same for each role's group of heads at once (a group
-that costs more than twice its costliest member is redundant: its members cover for each other).
+that costs more than twice its costliest member is redundant: its members cover for each other);
+beside it the cheap estimate, attribution patching (`attribution`: one backward for all heads), and
+how well the two agree (`agreement`).
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+
+import torch
+from scipy.stats import pearsonr, spearmanr
+from torch import Tensor
 
 from ..measures import MEASURES, head_column
 from ..names.columns import probe_column
@@ -45,7 +51,8 @@ from ..store.rundir import DISCOVERY, RunDir, load_checkpoint
 from .runs import Run
 from .train import Trainer
 
-__all__ = ["DISCOVERY", "ROLES", "Role", "catalogue", "discover", "discover_seed", "head_effects", "head_name"]
+__all__ = ["DISCOVERY", "ROLES", "Role", "agreement", "attribution", "catalogue", "discover", "discover_seed",
+           "head_effects", "head_name"]
 
 
 @dataclass(frozen=True)
@@ -249,6 +256,7 @@ def head_effects(rd: RunDir, seed: int, heads: list[dict], how: str = "mean",
     steps: list[int] = []
     base: list[float] = []
     delta: dict[str, list[float]] = {name: [] for name in probes}
+    estimate: dict[str, list[float]] = {f"L{L}H{h}": [] for L, h in places}
     ckpts = rd.checkpoints()
     for step, path in ckpts:
         trainer.load_state(load_checkpoint(path))
@@ -257,6 +265,8 @@ def head_effects(rd: RunDir, seed: int, heads: list[dict], how: str = "mean",
         base.append(row["loss"])
         for name in probes:
             delta[name].append(round(row[probe_column("loss", name)] - row["loss"], 6))
+        for name, v in (attribution(trainer, how) or {}).items():
+            estimate[name].append(round(v, 6))
         if progress:
             progress({"event": "eval", "seed": seed, "step": step, "steps": ckpts[-1][0]})
     out: dict = {"how": how, "steps": steps, "loss": base,
@@ -266,7 +276,72 @@ def head_effects(rd: RunDir, seed: int, heads: list[dict], how: str = "mean",
         single = max(delta[f"L{L}H{h}"][-1] for L, h in members)
         out["groups"][role] = {"heads": [f"L{L}H{h}" for L, h in members], "delta": g,
                                "largest_single": single, "redundant": g[-1] > 2 * max(single, 0.0) and g[-1] > 0}
+    if all(len(v) == len(steps) for v in estimate.values()):
+        out["attribution"] = {"heads": estimate, "agreement": agreement(out["heads"], estimate)}
+    else:
+        out["attribution"] = {"skipped": f"attribution patching estimates {how} ablations only (zero, mean) "
+                                         "of a run whose forward is one pass"}
     return out
+
+
+def attribution(trainer: Trainer, how: str) -> dict[str, float] | None:
+    """Attribution patching: each head's ablation effect on the train evaluator's loss to first order,
+    sum over batch, positions and d_head of (ablated z - z) * d loss / d z at `hook_z` — one forward and
+    one backward for every head at once (an ablation costs a forward per head). `how`: zero or mean
+    (the batch mean at each position, as the ablation's); None where it cannot be estimated (another
+    ablation; a forward of two passes; a head whose output carries no gradient)."""
+    iv = trainer.intervener
+    if how not in ("zero", "mean") or iv.n_passes != 1:
+        return None
+    batch = next(b for key, b, _ in trainer.eval_forwards(every=True) if key == "train")
+    fns = dict(next(iv.passes(batch)))
+    zs: dict[int, Tensor] = {}
+
+    def keep(L: int, inner: Callable[[Tensor], Tensor] | None) -> Callable[[Tensor], Tensor]:
+        def fn(x: Tensor) -> Tensor:
+            x = inner(x) if inner is not None else x
+            if x.requires_grad:
+                x.retain_grad()
+                zs[L] = x                       # [batch, pos, head, d_head]
+            return x
+        return fn
+    layers = range(trainer.plan.shape.layers)
+    for L in layers:
+        fns[f"blocks.{L}.attn.hook_z"] = keep(L, fns.get(f"blocks.{L}.attn.hook_z"))
+    iv.attach(fns)
+    try:
+        with torch.enable_grad():
+            trainer.task.loss(trainer.seam.forward(batch), batch).backward()
+    finally:
+        iv.detach()
+        trainer.model.zero_grad(set_to_none=True)
+    if len(zs) != len(layers):
+        return None
+    out = {}
+    for L, z in zs.items():
+        zd = z.detach()
+        target = torch.zeros_like(zd) if how == "zero" else zd.mean(0, keepdim=True)
+        est = ((target - zd) * z.grad).sum(dim=(0, 1, 3))                       # [head]
+        out.update({f"L{L}H{h}": float(v) for h, v in enumerate(est.tolist())})
+    return out
+
+
+def agreement(ablated: dict[str, list[float]], estimated: dict[str, list[float]]) -> dict:
+    """How well attribution patching ranks and sizes the heads' ablation effects: Pearson and Spearman
+    correlations over every (head, checkpoint), and over the heads at the last checkpoint."""
+    a = [x for k in ablated for x in ablated[k]]
+    e = [x for k in ablated for x in estimated[k]]
+    a_end = [v[-1] for v in ablated.values()]
+    e_end = [estimated[k][-1] for k in ablated]
+
+    def corr(x: list[float], y: list[float]) -> tuple[float | None, float | None]:
+        if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+            return None, None
+        return round(float(pearsonr(x, y)[0]), 4), round(float(spearmanr(x, y)[0]), 4)
+    p, r = corr(a, e)
+    p_end, r_end = corr(a_end, e_end)
+    return {"n": len(a), "pearson": p, "spearman": r, "heads_at_end": len(a_end), "pearson_end": p_end,
+            "spearman_end": r_end}
 
 
 def discover(run_dir: str | os.PathLike, thresholds: dict[str, float] | None = None,
