@@ -185,6 +185,16 @@ def test_attribution_patching_is_the_derivative_of_the_ablation(run_dir, how):
     assert "skipped" in head_effects(rd, 0, [], how="resample")["attribution"]
 
 
+def test_a_recipe_with_subcircuits_selected_by_a_measure_is_discovered(tmp_path, capsys):
+    """The recipe's own subcircuits may select heads by a measure the discovery does not use."""
+    text = TINY.replace("interventions:", "subcircuits:\n  top: {sites: [blocks.0.attn.hook_z], "
+                                          "select: {layer: 0, by: label_prev_token_score, top: 1}}\ninterventions:")
+    (tmp_path / "s.yaml").write_text(text)
+    assert main(["run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert main(["discover", str(tmp_path / "run")]) == 0
+    assert "attribution patching" in capsys.readouterr().out
+
+
 def test_a_redundant_group_is_told_apart_from_its_members(run_dir):
     """Two heads clamped to the same ideal pattern: the group ablation and each member's are reported."""
     from clamp.training.discover import head_effects

@@ -249,7 +249,10 @@ def head_effects(rd: RunDir, seed: int, heads: list[dict], how: str = "mean",
         sel = {L: ",".join(str(h) for M, h in members if M == L) for L in layers}
         probes[f"group_{role}"] = [{"ablate": f"blocks.{L}.attn.hook_z[{sel[L]}]", "how": how} for L in layers]
     data = recipe_to_dict(recipe)
-    data.update(probes=probes, measure=["loss"], phases={})        # the loss alone: no rule reads another column
+    # the loss alone (no rule reads another column), and what the recipe's own selections read
+    selects = sorted({sc["select"]["by"] for sc in data.get("subcircuits", {}).values()
+                      if sc.get("select") and sc["select"].get("run", "self") == "self"})
+    data.update(probes=probes, measure=["loss", *selects], phases={})
     data["train"] = {**data["train"], "evaluators": ["train"], "evaluator_every": {}, "stop": {}}
     probing = recipe_from_data(data, default_name=recipe.name)
     trainer = Trainer(probing, seed, train=False)
