@@ -335,3 +335,20 @@ def test_a_head_with_several_roles_is_named_for_the_clearest():
              {"name": "sink@L1H0", "role": "sink", "layer": 1, "head": 0, "holds": False, "final": 0.99,
               "threshold": 0.5}]
     assert dominant(heads)[(1, 0)]["name"] == "induction@L1H0"           # 0.78/0.5 > 0.9996/0.7; sink lost it
+
+
+def test_heads_that_matter_without_a_role_are_found_by_their_ablation_cost():
+    """A head holding no role whose ablation costs at least half the costliest head's is `unexplained`,
+    formed when its cost first passed that; a head with a role, or a cheap one, is not."""
+    from clamp.training.discover import MATTERS, unexplained
+    effects = {"how": "mean", "steps": [0, 100, 200, 300],
+               "heads": {"L0H0": [0.0, 0.1, 0.9, 1.0],      # the costliest: holds a role below
+                         "L0H1": [0.0, 0.0, 0.2, 0.6],      # no role, costs 0.6 >= 0.5: unexplained, from 300
+                         "L1H0": [0.0, 0.7, 0.7, 0.55],     # no role, from 100
+                         "L1H1": [0.0, 0.3, 0.3, 0.2]}}     # too cheap
+    heads = [{"name": "prev_token@L0H0", "role": "prev_token", "layer": 0, "head": 0, "holds": True}]
+    got = unexplained(heads, effects)
+    assert MATTERS == 0.5
+    assert [(h["name"], h["formed"], h["final"], h["threshold"]) for h in got] == [
+        ("unexplained@L1H0", 100, 0.55, 0.5), ("unexplained@L0H1", 300, 0.6, 0.5)]
+    assert unexplained(heads, {**effects, "heads": {k: [0.0] * 4 for k in effects["heads"]}}) == []

@@ -26,7 +26,8 @@ What each head does for the loss (`head_effects`): at every checkpoint, the trai
 output ablated minus the loss without, and the same for each role's group of heads at once (a group
 that costs more than twice its costliest member is redundant: its members cover for each other);
 beside it the cheap estimate, attribution patching (`attribution`: one backward for all heads), and
-how well the two agree (`agreement`).
+how well the two agree (`agreement`). A head without a role whose ablation costs at least MATTERS of
+the costliest head's is discovered by its cost (`unexplained`).
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ from .runs import Run
 from .train import Trainer
 
 __all__ = ["DISCOVERY", "ROLES", "Role", "agreement", "attribution", "catalogue", "discover", "discover_seed",
-           "head_effects", "head_name"]
+           "head_effects", "head_name", "unexplained"]
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,11 @@ def _series(rows: list[dict], column: str) -> tuple[list[int], list[float]]:
 
 
 def discover_seed(rd: RunDir, seed: int, roles: list[Role], progress: Callable[[dict], None] | None = None,
-                  use_metrics: bool = True) -> dict:  # long: one seed, read top to bottom
+                  use_metrics: bool = True, effects: str | None = None) -> dict:  # long: one seed, top to bottom
     """Roles and formation times of every head of one seed's run (discovery.json's content).
-    `use_metrics=False`: evaluate every role at the checkpoints, even one the run measured."""
+    `use_metrics=False`: evaluate every role at the checkpoints, even one the run measured. `effects`
+    (zero, mean, resample): also what each head does for the loss (`head_effects`), and the heads
+    that matter without a role of the catalogue (`unexplained`), composition included."""
     recipe = rd.recipe()
     ckpts = rd.checkpoints()
     if not ckpts:
@@ -162,8 +165,11 @@ def discover_seed(rd: RunDir, seed: int, roles: list[Role], progress: Callable[[
     heads.sort(key=lambda d: (d["formed"] is None, d["formed"] or 0, d["layer"], d["head"], d["role"]))
     columns = {c: [r.get(c) for r in rows] for m in todo if m != "composition"       # every head, each checkpoint
                for L in range(shape.layers) for h in range(shape.heads) for c in [head_column(m, L, h)]}
+    eff = head_effects(rd, seed, heads, effects, progress) if effects else None
+    if eff is not None and "heads" in eff:
+        heads += unexplained(heads, eff)
     composition = compositions(heads, rows, recipe) if composing else []
-    return {"seed": seed, "run": str(rd.path), "last_step": last,
+    return {**({"effects": eff} if eff is not None else {}), "seed": seed, "run": str(rd.path), "last_step": last,
             "checkpoints": [s for s, _ in ckpts], "measures": use,
             "from_metrics": sorted(dense), "skipped": skipped, "heads": heads, "columns": columns,
             "composition": composition,
@@ -173,6 +179,31 @@ def discover_seed(rd: RunDir, seed: int, roles: list[Role], progress: Callable[[
 
 
 NOTABLE = 0.2          # a composition change counts when it is at least this share of the init baseline
+MATTERS = 0.5          # a head without a role matters when its ablation costs this share of the costliest head's
+
+
+def unexplained(heads: list[dict], effects: dict) -> list[dict]:
+    """Heads that hold no role at the end but whose ablation costs at least MATTERS times the costliest
+    single head's at the end: they matter, and no role of the catalogue says what they do. Each is a
+    head of role `unexplained` (named `unexplained@L1H0`) whose series is its ablation cost along
+    training, formed when that cost first passed the same threshold (the `above` rule)."""
+    holding = {(h["layer"], h["head"]) for h in heads if h["holds"]}
+    costs = effects["heads"]
+    top = max((v[-1] for v in costs.values()), default=0.0)
+    if top <= 0:
+        return []
+    thr = round(MATTERS * top, 6)
+    out = []
+    for name, series in costs.items():
+        L, h = (int(x) for x in name[1:].split("H"))
+        if (L, h) in holding or series[-1] < thr:
+            continue
+        out.append({"name": head_name("unexplained", L, h), "role": "unexplained", "layer": L, "head": h,
+                    "measure": f"loss +Δ ablated ({effects['how']})", "column": None, "threshold": thr,
+                    "formed": threshold_crossing(effects["steps"], series, thr, below=False),
+                    "final": series[-1], "peak": max(series), "holds": True, "steps": effects["steps"],
+                    "values": series})
+    return sorted(out, key=lambda d: (d["formed"] is None, d["formed"] or 0, d["layer"], d["head"]))
 
 
 def dominant(heads: list[dict]) -> dict[tuple[int, int], dict]:
@@ -359,9 +390,7 @@ def discover(run_dir: str | os.PathLike, thresholds: dict[str, float] | None = N
     out = {}
     for seed, sr in sorted(run.seeds.items()):
         rd = RunDir(sr.dir)
-        found = discover_seed(rd, seed, roles, progress)
-        if effects:
-            found["effects"] = head_effects(rd, seed, found["heads"], effects, progress)
+        found = discover_seed(rd, seed, roles, progress, effects=effects)
         with rd.held():
             atomic_write(rd.discovery_file, dumps(found) + "\n")
         out[seed] = found

@@ -67,10 +67,14 @@ def isolation_suite(run_dir: str | os.PathLike, found: dict[int, dict],  # long:
     expect: list[dict] = []
     for (role, L), by_seed in _groups(found).items():
         first = found[seeds[0]]
-        measure = first["measures"][role]
-        threshold = next(h["threshold"] for h in first["heads"] if h["role"] == role)
+        measure = first["measures"].get(role)          # none for `unexplained` (read from the ablations)
+        threshold = next(h["threshold"] for s in seeds for h in found[s]["heads"] if h["role"] == role)
         group = f"{role}@L{L}"
         lacking = [s for s in seeds if s not in by_seed]
+        if measure is None and (lacking or len({tuple(v) for v in by_seed.values()}) > 1):
+            notes.append(f"{group}: its heads differ by seed and no per-head measure selects them (found by their "
+                         "ablation cost); not tested")
+            continue
         if lacking:
             notes.append(f"{group}: seed(s) {', '.join(map(str, lacking))} have no such head; there its interventions "
                          "select none and the run is that seed's baseline")
