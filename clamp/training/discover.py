@@ -310,11 +310,10 @@ def head_effects(rd: RunDir, seed: int, heads: list[dict], how: str = "mean",
         single = max(delta[f"L{L}H{h}"][-1] for L, h in members)
         out["groups"][role] = {"heads": [f"L{L}H{h}" for L, h in members], "delta": g,
                                "largest_single": single, "redundant": g[-1] > 2 * max(single, 0.0) and g[-1] > 0}
-    if all(len(v) == len(steps) for v in estimate.values()):
-        out["attribution"] = {"heads": estimate, "agreement": agreement(out["heads"], estimate)}
-    else:
-        out["attribution"] = {"skipped": f"attribution patching estimates {how} ablations only (zero, mean) "
-                                         "of a run whose forward is one pass"}
+    out["attribution"] = ({"heads": estimate, "agreement": agreement(out["heads"], estimate)}
+                          if all(len(v) == len(steps) for v in estimate.values()) else
+                          {"skipped": f"attribution patching estimates {how} ablations only (zero, mean) of a run "
+                                      "whose forward is one pass"})
     return out
 
 
