@@ -270,9 +270,11 @@ def cmd_discover(a) -> int:
         return 0
     from .analysis.report import suite_text
     from .api import bench
+    from .recipe.suite import load_suite
     from .store.rundir import default_dir
-    prog = Progress(1, quiet=True)
-    res = bench(got.suite, default_dir(got.suite.stem), progress=deleted(prog))
+    suite = load_suite(got.suite)
+    prog = Progress(len(suite.runs()))                  # on stderr, as `clamp bench` shows it
+    res = bench(suite, default_dir(got.suite.stem), progress=deleted(prog))
     print(suite_text(res))
     print(f"wrote {default_dir(got.suite.stem)}; clamp explain {default_dir(got.suite.stem)} attributes the phase "
           "change to the discovered subcircuits")
