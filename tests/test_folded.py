@@ -168,3 +168,47 @@ def test_what_cannot_fold_says_why():
     assert "module 'block' holds parameters of its own (scale)" in fold_problem(m)
     builtin_nnsight = tiny(model={"layers": 1, "heads": 2, "d_model": 8, "backend": "nnsight"})
     assert "nnsight trace of one model" in stack_problem(builtin_nnsight.shape())
+
+
+def test_a_failing_gpt2_member_fails_alone_and_the_others_go_on(tmp_path):
+    """In a folded ensemble, a member whose value source raises (inside the family's nnsight trace) and
+    one whose loss becomes NaN fail with the reasons they give alone; the member left trains on, equal
+    to its run alone."""
+    from conftest import registries_restored
+
+    from clamp.values import ValueSource, register_value
+    with registries_restored():
+        @register_value
+        class Raises(ValueSource):
+            from dataclasses import dataclass as _dc
+
+            @_dc(frozen=True)
+            class Options:
+                pass
+            name, sites = "test_raises_at_2", ("*",)
+
+            def value(self, x, site, ctx):
+                if ctx.step >= 2:
+                    raise RuntimeError("the source gave up")
+                return x, None
+
+        @register_value
+        class Nan(Raises):
+            name = "test_nan_at_3"
+
+            def value(self, x, site, ctx):
+                return (x * float("nan") if ctx.step >= 3 else x), None
+
+        runs = [tiny("interventions: [{clamp: blocks.0.attn.hook_z, to: test_raises_at_2}]", model=model("gpt2"),
+                     task=TASK, train=TRAIN),
+                tiny("interventions: [{clamp: hook_logits, to: test_nan_at_3}]", model=model("gpt2"), task=TASK,
+                     train=TRAIN),
+                tiny(model=model("gpt2"), task=TASK, train=TRAIN)]
+        res = train_ensemble([(r, 0, tmp_path / f"e{i}", None) for i, r in enumerate(runs)])
+        assert res[0]["status"] == "failed" and "the source gave up" in res[0]["error"], res[0]
+        assert res[1]["status"] == "failed" and res[1]["error"] == "training loss became nan at step 3"
+        assert res[2]["status"] == "ok"
+        for i, r in enumerate(runs):
+            alone = train_seed(r, 0, tmp_path / f"a{i}")
+            assert alone["status"] == res[i]["status"] and alone["steps"] == res[i]["steps"], (i, alone, res[i])
+        assert (tmp_path / "e2" / "metrics.jsonl").read_text() == (tmp_path / "a2" / "metrics.jsonl").read_text()
