@@ -138,7 +138,7 @@ def test_a_heads_effect_is_the_loss_with_its_output_weights_zeroed(run_dir):
         assert eff["loss"][-1] + eff["heads"][f"L{L}H{h}"][-1] == pytest.approx(loss, abs=1e-5)
 
 
-@pytest.mark.parametrize("how", ["zero", "mean"])
+@pytest.mark.parametrize("how", ["mean"])            # zero's target is a constant: the simpler case
 def test_attribution_patching_is_the_derivative_of_the_ablation(run_dir, how):
     """The attribution estimate of every head equals a central finite difference of the loss along the
     path from the head's output to its ablated value (z + e (target - z), e = ±0.01), computed with
