@@ -12,6 +12,7 @@ CPU time, medians over blocks, the conditions interleaved.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def main() -> None:
     for family in MODELS:
         task = Trainer(load_recipe(ROOT / "recipes" / MODELS[family]), 0).task
         fns.update(steps_for(family, [task.train_batch(k, 32) for k in range(32)]))
-    med = interleaved(fns, a.steps, a.repeats)                # perf.py's interleaved CPU-time loop
+    med = {k: statistics.median(v) for k, v in interleaved(fns, a.steps, a.repeats).items()}   # perf.py's loop
     print(f"torch {torch.__version__}, 1 thread, CPU time, batch 32, length 64; "
           f"median of {a.repeats} x {a.steps} steps")
     print("| condition | ms/step | ratio to plain PyTorch |\n|---|---|---|")

@@ -1,6 +1,6 @@
 """Overhead of clamp's training step against plain PyTorch, measured in one process.
 
-    python benchmarks/perf.py [--steps 300] [--repeats 5] [--threads 1] [--device cpu]
+    python benchmarks/perf.py [--steps 150] [--repeats 12] [--threads 1] [--no-compile]
 
 The plain loop is an independent nanoGPT-style implementation of the same model (fused QKV,
 RoPE, pre-LayerNorm, attention only) with no hook points, trained with the same optimizer on
@@ -15,12 +15,18 @@ clamp / plain (lower is better; 1.0 = no overhead). Conditions:
 
 Timings are CPU time (process_time), medians over `repeats` blocks of `steps` steps, the blocks of
 all conditions interleaved, after a warm-up. The optimizer rows time one optimizer step alone,
-against torch's fused Adam (the plain loop's optimizer).
+against torch's fused Adam (the plain loop's optimizer). Each ratio comes with a 95% interval: the
+blocks of one round are timed back to back, so each round gives a paired ratio (condition / plain
+of that round), and the interval is a bootstrap of the median over the rounds' ratios. The
+machine's load average is printed before and after. "plain PyTorch, torch.compile" is the same
+plain step with its model compiled (compilation excluded by the warm-up), for comparison: what a
+compiled step could reach.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -105,10 +111,12 @@ def time_blocks(step, steps, repeats):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--repeats", type=int, default=12)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--no-compile", action="store_true", help="leave out the compiled plain step")
     a = ap.parse_args()
+    load0 = os.getloadavg()
     torch.set_num_threads(a.threads)
     base = recipe_from_data(*load_yaml(BASE, "perf.yaml"))
     ref = Trainer(base, 0)
@@ -130,6 +138,17 @@ def main():
     torch.testing.assert_close(plain(b.tokens, b.vectors, b.is_vector), ref.model(b.tokens, b.vectors, b.is_vector),
                                rtol=1e-5, atol=1e-5)
     steps = {"plain PyTorch": plain_step}
+    if not a.no_compile:
+        compiled = torch.compile(plain)
+        k = iter(range(10 ** 9))
+
+        def compiled_step():
+            b = batches[next(k) % 64]
+            loss = loss_fn(compiled(b.tokens, b.vectors, b.is_vector), b.targets)
+            popt.zero_grad(set_to_none=True)
+            loss.backward()
+            popt.step()
+        steps["plain PyTorch, torch.compile"] = compiled_step
     for name, extra in CONDITIONS.items():
         text = BASE + extra
         if extra.startswith("NNSIGHT"):                       # the same model, reached through nnsight traces
@@ -142,17 +161,30 @@ def main():
             tr.train_step(batches[next(j) % 64])               # clamp's own step, on the shared batches
         steps[f"clamp: {name}"] = step
     steps.update(optimizer_steps(ref.model))
-    times = interleaved(steps, a.steps, a.repeats)
-    t_plain = times["plain PyTorch"]
+    per = interleaved(steps, a.steps, a.repeats)
+    times = {k: statistics.median(v) for k, v in per.items()}
     t_eval = time_blocks(lambda: ref.evaluate(probes=False), 5, a.repeats)
     io = base.task.io()
     print(f"torch {torch.__version__}, {a.threads} thread(s), CPU time, batch 32, few-shot task "
-          f"({io.n_ctx} positions), 2 layers x 8 heads, d_model 64; blocks interleaved, median of {a.repeats}")
-    print(f"{'condition':<44} {'ms/step':>8} {'ratio':>6}")
+          f"({io.n_ctx} positions), 2 layers x 8 heads, d_model 64; blocks interleaved, median of {a.repeats} "
+          f"rounds of {a.steps} steps; load average {load0[0]:.2f} before, {os.getloadavg()[0]:.2f} after "
+          f"({os.cpu_count()} cores)")
+    print(f"{'condition':<44} {'ms/step':>8} {'ratio':>6}  95% interval")
     for name, t in times.items():
-        ref_t = times["optimizer: torch Adam (fused)"] if name.startswith("optimizer") else t_plain
-        print(f"{name:<44} {t:8.3f} {t / ref_t:6.2f}")
+        ref_name = "optimizer: torch Adam (fused)" if name.startswith("optimizer") else "plain PyTorch"
+        ratio = statistics.median(x / y for x, y in zip(per[name], per[ref_name]))
+        lo, hi = ratio_interval(per[name], per[ref_name])
+        print(f"{name:<44} {t:8.3f} {ratio:6.2f}  [{lo:.2f}, {hi:.2f}]")
     print(f"{f'evaluation ({len(ref._evaluators)} evaluators x {base.train.eval_size})':<44} {t_eval:8.1f} ms")
+
+
+def ratio_interval(xs: list[float], refs: list[float], n: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval of the median of the paired per-round ratios x / ref."""
+    import numpy as np
+    r = np.asarray(xs) / np.asarray(refs)
+    rng = np.random.default_rng(seed)
+    meds = np.median(r[rng.integers(0, len(r), size=(n, len(r)))], axis=1)
+    return float(np.quantile(meds, 0.025)), float(np.quantile(meds, 0.975))
 
 
 def optimizer_steps(model) -> dict:
@@ -177,7 +209,7 @@ def optimizer_steps(model) -> dict:
 
 
 def interleaved(fns: dict, steps: int, repeats: int) -> dict:
-    """Median CPU ms per call of each function, blocks of `steps` calls interleaved across functions."""
+    """CPU ms per call of each function in each round: blocks of `steps` calls interleaved across functions."""
     for fn in fns.values():                                   # warm-up
         for _ in range(20):
             fn()
@@ -188,7 +220,7 @@ def interleaved(fns: dict, steps: int, repeats: int) -> dict:
             for _ in range(steps):
                 fn()
             per[k].append(1e3 * (time.process_time() - t0) / steps)
-    return {k: statistics.median(v) for k, v in per.items()}
+    return per
 
 
 if __name__ == "__main__":
