@@ -128,10 +128,20 @@ def test_recipes_plan_and_run(tmp_path, capsys, monkeypatch, i):
     Path(args[0]).write_text(body)
     code, out, err = clamp_(["plan", args[0]], capsys)
     assert code == 0, err
-    # short: one seed, tiny batches and evaluations, the steps as written (windows refer to them)
+    # short: one seed, tiny batches and evaluations, and 300 steps where the recipe's windows allow it
+    # (`end` and percentages scale with the run; a window of absolute steps keeps the steps as written)
+    from clamp.names.errors import InputError
+    from clamp.recipe.spec import load_recipe
+    steps = []
+    try:
+        if load_recipe(args[0]).train.steps > 300:
+            load_recipe(args[0], ["train.steps=300"])
+            steps = ["--set", "train.steps=300"]
+    except InputError:
+        pass
     code, out, err = clamp_(["run", args[0], "--out", "r", "--quiet", "--set", "seeds=[0]", "--set", "train.batch=2",
                              "--set", "train.eval_every=1000", "--set", "train.eval_size=16",
-                             "--set", "train.checkpoint_every=0"], capsys)
+                             "--set", "train.checkpoint_every=0", *steps], capsys)
     assert code == 0, err
 
 
