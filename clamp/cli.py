@@ -238,15 +238,18 @@ def cmd_probe(a) -> int:
 
 
 def _thresholds(items: list[str]) -> dict[str, float]:
+    """--threshold ROLE=X ..., read as --set reads its overrides (the role is checked by discover)."""
+    import math
+
+    from .recipe.overrides import parse_override
     out = {}
     for item in items:
-        role, eq, value = item.partition("=")
-        try:
-            out[role.strip()] = float(value)
-        except ValueError:
-            raise InputError("--threshold", "", repr(item)[:60], "ROLE=NUMBER, e.g. induction=0.3") from None
-        if not eq or not role.strip():
+        role, eq, _ = item.partition("=")
+        path, value = parse_override(item, "--threshold") if eq and role.strip() else ([], None)
+        if len(path) != 1 or isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
             raise InputError("--threshold", "", repr(item)[:60], "ROLE=NUMBER, e.g. induction=0.3")
+        out[str(path[0])] = float(value)
     return out
 
 
