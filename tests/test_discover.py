@@ -70,6 +70,11 @@ def test_cli_writes_discovery_and_refuses_bad_thresholds(run_dir, capsys):
     assert main(["discover", str(run_dir), "--threshold", "inductoin=0.3"]) == 2
     assert "a role: one of prev_token, induction" in capsys.readouterr().err
     assert main(["discover", str(run_dir), "--threshold", "induction"]) == 2
+    for bad in ("induction=.nan", "induction=true", "induction=[1]", "a.b=0.3", "=0.3", "induction=abc"):
+        capsys.readouterr()
+        assert main(["discover", str(run_dir), "--threshold", bad]) == 2, bad
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "expected ROLE=NUMBER" in err, (bad, err)
 
 
 def test_a_run_without_checkpoints_is_refused(tmp_path, capsys):
