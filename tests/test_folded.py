@@ -212,3 +212,35 @@ def test_a_failing_gpt2_member_fails_alone_and_the_others_go_on(tmp_path):
             alone = train_seed(r, 0, tmp_path / f"a{i}")
             assert alone["status"] == res[i]["status"] and alone["steps"] == res[i]["steps"], (i, alone, res[i])
         assert (tmp_path / "e2" / "metrics.jsonl").read_text() == (tmp_path / "a2" / "metrics.jsonl").read_text()
+
+
+def test_clamp_bench_trains_a_gpt2_suite_as_one_ensemble_with_the_same_table(tmp_path):
+    """Through the public interface: `clamp.bench` on a GPT-2 suite (2 variants x 2 seeds) trains one
+    ensemble of four, and its results.csv equals the same suite run by run (`ensemble=False`)."""
+    import csv
+
+    import clamp
+    (tmp_path / "suite.yaml").write_text(
+        "name: gpt2_small\n"
+        "base:\n"
+        "  model: {family: gpt2, layers: 2, heads: 2, d_model: 16, d_mlp: 32}\n"
+        "  task: {name: repeat_tokens, vocab: 12, segment: 4, length: 12}\n"
+        "  train: {steps: 12, batch: 4, lr: 1.0e-2, eval_every: 6, eval_size: 8}\n"
+        "seeds: [0, 1]\n"
+        "variants:\n"
+        "  plain: {}\n"
+        "  prev: {interventions: [{clamp: 'blocks.0.attn.hook_pattern[0]', to: previous_token}]}\n")
+    suite = clamp.load_suite(tmp_path / "suite.yaml")
+    clamp.bench(suite, tmp_path / "ens", workers=1)
+    clamp.bench(suite, tmp_path / "alone", workers=1, ensemble=False)
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "ens" / "runs").glob("*/seed_*/summary.json")]
+    assert len(summaries) == 4 and all(sm["ensemble"] == {"members": 4} for sm in summaries)
+    assert all("ensemble" not in json.loads(p.read_text())
+               for p in (tmp_path / "alone" / "runs").glob("*/seed_*/summary.json"))
+
+    def table(d):
+        with open(d / "results.csv", newline="") as f:
+            return [{k: v for k, v in r.items() if k != "wall_s"} for r in csv.DictReader(f)]
+    assert table(tmp_path / "ens") == table(tmp_path / "alone")
+    for p in (tmp_path / "ens" / "runs").glob("*/seed_*/metrics.jsonl"):
+        assert p.read_text() == (tmp_path / "alone" / p.relative_to(tmp_path / "ens")).read_text()
