@@ -115,7 +115,8 @@ class FoldedLeaf(nn.Module):
 def _batched_kind(leaf: nn.Module) -> str | None:
     if type(leaf) is nn.Linear:
         return "linear"
-    if type(leaf).__name__ == "Conv1D" and getattr(leaf, "weight", None) is not None and leaf.weight.dim() == 2:
+    if (type(leaf).__name__ == "Conv1D" and type(leaf).__module__.startswith("transformers.")
+            and getattr(leaf, "weight", None) is not None and leaf.weight.dim() == 2):
         return "conv1d"                            # transformers' GPT-2 projection: x @ weight + bias
     if type(leaf) is nn.Embedding and leaf.padding_idx is None and leaf.max_norm is None and not leaf.sparse:
         return "embedding"
