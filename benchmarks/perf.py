@@ -97,6 +97,19 @@ class Plain(torch.nn.Module):
         return x @ self.w("unembed.W_U") + self.w("unembed.b_U")
 
 
+def stepper(model, opt, batches):
+    """One plain training step per call, on the shared batches in turn."""
+    it = iter(range(10 ** 9))
+
+    def step():
+        b = batches[next(it) % len(batches)]
+        loss = loss_fn(model(b.tokens, b.vectors, b.is_vector), b.targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
 def time_blocks(step, steps, repeats):
     for _ in range(30):
         step()
@@ -124,31 +137,14 @@ def main():
 
     plain = Plain(ref.model)
     popt = torch.optim.Adam(plain.parameters(), lr=1e-4, fused=True)
-    it = iter(range(10 ** 9))
-
-    def plain_step():
-        b = batches[next(it) % 64]
-        loss = loss_fn(plain(b.tokens, b.vectors, b.is_vector), b.targets)
-        popt.zero_grad(set_to_none=True)
-        loss.backward()
-        popt.step()
 
     # same numbers as clamp's model before any step (the reference is independent code)
     b = batches[0]
     torch.testing.assert_close(plain(b.tokens, b.vectors, b.is_vector), ref.model(b.tokens, b.vectors, b.is_vector),
                                rtol=1e-5, atol=1e-5)
-    steps = {"plain PyTorch": plain_step}
-    if not a.no_compile:
-        compiled = torch.compile(plain)
-        k = iter(range(10 ** 9))
-
-        def compiled_step():
-            b = batches[next(k) % 64]
-            loss = loss_fn(compiled(b.tokens, b.vectors, b.is_vector), b.targets)
-            popt.zero_grad(set_to_none=True)
-            loss.backward()
-            popt.step()
-        steps["plain PyTorch, torch.compile"] = compiled_step
+    steps = {"plain PyTorch": stepper(plain, popt, batches)}
+    if not a.no_compile:                           # the same module and optimizer, its forward compiled
+        steps["plain PyTorch, torch.compile"] = stepper(torch.compile(plain), popt, batches)
     for name, extra in CONDITIONS.items():
         text = BASE + extra
         if extra.startswith("NNSIGHT"):                       # the same model, reached through nnsight traces
