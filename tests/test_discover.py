@@ -304,6 +304,29 @@ def test_a_group_most_seeds_have_is_tested_and_the_others_are_said(tmp_path):
     assert any("seed(s) 2 have no such head" in n for n in notes)
 
 
+def test_heads_found_by_their_cost_are_tested_on_their_output_and_weights(tmp_path):
+    """An `unexplained` group (no measure selects it) held by the same heads in every seed is ablated at
+    hook_z and frozen in all four weights; one whose heads differ by seed is not tested, and says why."""
+    from clamp.training.isolation import isolation_suite
+    (tmp_path / "recipe.yaml").write_text("name: x\n")
+    for s in range(2):
+        (tmp_path / f"seed_{s}").mkdir()
+
+    def head(L, h):
+        return {"role": "unexplained", "layer": L, "head": h, "holds": True, "formed": 300, "threshold": 0.4,
+                "name": f"unexplained@L{L}H{h}"}
+    found = {s: {"heads": [head(1, 0), head(1, 2), head(0, s)], "measures": {}, "checkpoints": [100, 400]}
+             for s in range(2)}
+    suite, notes = isolation_suite(tmp_path, found, "iso")
+    assert set(suite["variants"]) == {"baseline", "ablate_unexplained_L1", "freeze_unexplained_L1"}
+    sc = suite["variants"]["baseline"]["subcircuits"]
+    assert sc["unexplained@L1"] == {"sites": ["blocks.1.attn.hook_z[0,2]"],
+                                    "params": [f"blocks.1.attn.W_{w}[0,2]" for w in "QKVO"]}
+    assert sc["unexplained@L1H2"]["sites"] == ["blocks.1.attn.hook_z[2]"]
+    assert any("unexplained@L0: its heads differ by seed" in n for n in notes)
+    assert any("weights until step 300" in e["name"] for e in suite["expect"])
+
+
 def test_discover_a_recipe_trains_it_first(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "plain.yaml").write_text(PLAIN.replace("seeds: [0, 1]", "seeds: [0]"))

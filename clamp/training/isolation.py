@@ -79,13 +79,13 @@ def isolation_suite(run_dir: str | os.PathLike, found: dict[int, dict],  # long:
             notes.append(f"{group}: seed(s) {', '.join(map(str, lacking))} have no such head; there its interventions "
                          "select none and the run is that seed's baseline")
         same = not lacking and len({tuple(v) for v in by_seed.values()}) == 1
+        # a role read from attention: its patterns, queries and keys; a head found by its ablation cost
+        # (`unexplained`): its output and all of its weights
+        site, weights = ("hook_pattern", "QK") if measure is not None else ("hook_z", "QKVO")
         if same:
-            hs = ",".join(map(str, by_seed[seeds[0]]))
-            subcircuits[group] = {"sites": [f"blocks.{L}.attn.hook_pattern[{hs}]"],
-                                  "params": [f"blocks.{L}.attn.W_Q[{hs}]", f"blocks.{L}.attn.W_K[{hs}]"]}
+            subcircuits[group] = _part(L, site, weights, ",".join(map(str, by_seed[seeds[0]])))
             for h in by_seed[seeds[0]]:
-                qk = [f"blocks.{L}.attn.W_Q[{h}]", f"blocks.{L}.attn.W_K[{h}]"]
-                subcircuits[f"{role}@L{L}H{h}"] = {"sites": [f"blocks.{L}.attn.hook_pattern[{h}]"], "params": qk}
+                subcircuits[f"{role}@L{L}H{h}"] = _part(L, site, weights, str(h))
         else:
             last = min(found[s]["checkpoints"][-1] for s in seeds)
             subcircuits[group] = {"sites": [f"blocks.{L}.attn.hook_pattern"],
@@ -108,7 +108,8 @@ def isolation_suite(run_dir: str | os.PathLike, found: dict[int, dict],  # long:
                        "ratio": [f"ablate_{slug}", "baseline"], "of": "crossing", "above": 1.0})
         if until > 0:
             variants[f"freeze_{slug}"] = {"interventions": [{"freeze": group, "steps": [0, until], "name": group}]}
-            expect.append({"name": f"freezing {group}'s queries and keys until step {until} (when it formed) "
+            what = "queries and keys" if weights == "QK" else "weights"
+            expect.append({"name": f"freezing {group}'s {what} until step {until} (when it formed) "
                                    "delays the phase change",
                            "ratio": [f"freeze_{slug}", "baseline"], "of": "crossing", "above": 1.0})
     if len(variants) == 1:
@@ -117,6 +118,12 @@ def isolation_suite(run_dir: str | os.PathLike, found: dict[int, dict],  # long:
     suite = {"name": name, "base": str(base), "seeds": seeds,        # every variant adds the same subcircuits
              "variants": {k: {"subcircuits": subcircuits, **v} for k, v in variants.items()}, "expect": expect}
     return suite, notes
+
+
+def _part(L: int, site: str, weights: str, heads: str) -> dict:
+    """A subcircuit of layer L's heads (`heads`: '2' or '0,3'): their `site` and W_<w> for w in `weights`."""
+    return {"sites": [f"blocks.{L}.attn.{site}[{heads}]"],
+            "params": [f"blocks.{L}.attn.W_{w}[{heads}]" for w in weights]}
 
 
 def suite_yaml(suite: dict, notes: list[str], run_dir: str | os.PathLike) -> str:
