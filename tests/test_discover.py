@@ -325,6 +325,9 @@ def test_heads_found_by_their_cost_are_tested_on_their_output_and_weights(tmp_pa
     assert sc["unexplained@L1H2"]["sites"] == ["blocks.1.attn.hook_z[2]"]
     assert any("unexplained@L0: its heads differ by seed" in n for n in notes)
     assert any("weights until step 300" in e["name"] for e in suite["expect"])
+    from clamp.training.isolation import acted_on  # what each kind of role's experiments act on
+    assert acted_on("induction_strength") == acted_on("prev_token_score") == ("hook_pattern", "QK")
+    assert acted_on("copying_score") == ("hook_z", "VO") and acted_on(None) == ("hook_z", "QKVO")
 
 
 def test_discover_a_recipe_trains_it_first(tmp_path, monkeypatch, capsys):

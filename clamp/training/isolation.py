@@ -79,17 +79,15 @@ def isolation_suite(run_dir: str | os.PathLike, found: dict[int, dict],  # long:
             notes.append(f"{group}: seed(s) {', '.join(map(str, lacking))} have no such head; there its interventions "
                          "select none and the run is that seed's baseline")
         same = not lacking and len({tuple(v) for v in by_seed.values()}) == 1
-        # a role read from attention: its patterns, queries and keys; a head found by its ablation cost
-        # (`unexplained`): its output and all of its weights
-        site, weights = ("hook_pattern", "QK") if measure is not None else ("hook_z", "QKVO")
+        site, weights = acted_on(measure)
         if same:
             subcircuits[group] = _part(L, site, weights, ",".join(map(str, by_seed[seeds[0]])))
             for h in by_seed[seeds[0]]:
                 subcircuits[f"{role}@L{L}H{h}"] = _part(L, site, weights, str(h))
         else:
             last = min(found[s]["checkpoints"][-1] for s in seeds)
-            subcircuits[group] = {"sites": [f"blocks.{L}.attn.hook_pattern"],
-                                  "params": [f"blocks.{L}.attn.W_Q", f"blocks.{L}.attn.W_K"],
+            subcircuits[group] = {"sites": [f"blocks.{L}.attn.{site}"],
+                                  "params": [f"blocks.{L}.attn.W_{w}" for w in weights],
                                   "select": {"layer": L, "by": measure, "above": threshold, "run": template,
                                              "at": last}}
         formed = [min(h["formed"] for h in found[s]["heads"] if h["role"] == role and h["layer"] == L
@@ -108,7 +106,7 @@ def isolation_suite(run_dir: str | os.PathLike, found: dict[int, dict],  # long:
                        "ratio": [f"ablate_{slug}", "baseline"], "of": "crossing", "above": 1.0})
         if until > 0:
             variants[f"freeze_{slug}"] = {"interventions": [{"freeze": group, "steps": [0, until], "name": group}]}
-            what = "queries and keys" if weights == "QK" else "weights"
+            what = {"QK": "queries and keys", "VO": "values and outputs"}.get(weights, "weights")
             expect.append({"name": f"freezing {group}'s {what} until step {until} (when it formed) "
                                    "delays the phase change",
                            "ratio": [f"freeze_{slug}", "baseline"], "of": "crossing", "above": 1.0})
@@ -118,6 +116,20 @@ def isolation_suite(run_dir: str | os.PathLike, found: dict[int, dict],  # long:
     suite = {"name": name, "base": str(base), "seeds": seeds,        # every variant adds the same subcircuits
              "variants": {k: {"subcircuits": subcircuits, **v} for k, v in variants.items()}, "expect": expect}
     return suite, notes
+
+
+def acted_on(measure: str | None) -> tuple[str, str]:
+    """(site, weights) an isolation experiment acts on for a role read from `measure`: a role of the
+    attention pattern (its measure reads patterns or scores) — the pattern, W_Q and W_K; a role of
+    the OV circuit (its measure reads W_V or W_O: copying) — the head's output z, W_V and W_O; a head
+    found by its ablation cost (no measure: `unexplained`) — its output and all four weights."""
+    from ..measures import MEASURES
+    if measure is None:
+        return "hook_z", "QKVO"
+    head_site = MEASURES[measure].head_site if measure in MEASURES else None
+    if head_site and any(part in head_site for part in (".W_O", ".W_V", "hook_z", "hook_v")):
+        return "hook_z", "VO"
+    return "hook_pattern", "QK"
 
 
 def _part(L: int, site: str, weights: str, heads: str) -> dict:
