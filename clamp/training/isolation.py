@@ -3,14 +3,16 @@
 Run layer (reads run directories; writes nothing itself: `isolation_suite` returns the suite as
 data and `suite_yaml` as text). For every role a group of heads took in one layer, in at least half
 the seeds (in a seed without it, the group's interventions select no head), the suite has a
-subcircuit `<role>@L<layer>` (the heads' attention patterns, and their W_Q and W_K) and, beside the
-baseline, these variants with the prediction each one tests:
+subcircuit `<role>@L<layer>` of what the role's measure reads (`acted_on`: for a role of the
+attention pattern the heads' patterns and their W_Q and W_K; for copying, an OV-circuit role, their
+outputs z and W_V, W_O; for heads found by their ablation cost, z and all four weights) and, beside
+the baseline, these variants with the prediction each one tests:
 
     clamp_<role>_L<l>    the group clamped to its role's ideal pattern (previous_token or induction)
                          from step 0: the phase change comes earlier (ratio below 1)
-    ablate_<role>_L<l>   its patterns mean-ablated from step 0: the phase change comes later or
+    ablate_<role>_L<l>   its sites mean-ablated from step 0: the phase change comes later or
                          never (ratio above 1; a run without one is censored, which still counts)
-    freeze_<role>_L<l>   its queries and keys frozen until the step it formed at in the baseline
+    freeze_<role>_L<l>   its weights frozen until the step it formed at in the baseline
                          (median over seeds): the phase change comes later (ratio above 1)
 
 Where every seed's group is the same heads, the subcircuit names them (`blocks.0.attn.hook_pattern
