@@ -34,7 +34,7 @@ from ..names.sites import SiteInfo
 from ..tasks import Batch
 from .adapter import AdaptedSeam
 from .modsites import get
-from .stacked import MemberError, MemberModule, call_member
+from .stacked import MemberError, StackMember, call_member
 
 HookFn = Callable[[Tensor], Tensor]
 
@@ -259,19 +259,13 @@ def _under(module: nn.Module, params: Mapping[str, Tensor], fn: Callable):
     return functional_call(_Under(module), {f"m.{n}": t for n, t in params.items()}, (fn,))
 
 
-class FoldedMember:
+class FoldedMember(StackMember):
     """Member k of a FoldedStack behind the model seam (seam.ModelSeam): a forward here is member k alone."""
 
-    def __init__(self, stack: FoldedStack, k: int):
-        self.stack, self.k = stack, k
-        self.shape = stack.shape
-        self.module = MemberModule(stack, k)
+    stack: FoldedStack
 
     def catalogue(self) -> list[SiteInfo]:
         return self.stack.template.catalogue()
-
-    def install(self, fns: Mapping[str, HookFn]) -> None:
-        self.stack.fns[self.k] = dict(fns)
 
     def parameter_slice(self, site: str, heads: tuple[int, ...] | None) -> tuple[nn.Parameter, tuple]:
         p, index = self.stack.template.parameter_slice(site, heads)

@@ -192,19 +192,26 @@ def call_member(k: int, f: HookFn, x: Tensor) -> Tensor:
         raise MemberError(k, e) from e
 
 
-class MemberSeam:
-    """Member k of a Stack behind the model seam (seam.ModelSeam): a forward here is member k alone."""
+class StackMember:
+    """What every member seam shares: member k of a stack (`k` moves when the stack shrinks), its
+    module (train()/eval() and its state_dict), and its site functions kept in `stack.fns[k]`."""
 
-    def __init__(self, stack: Stack, k: int):
+    def __init__(self, stack, k: int):
         self.stack, self.k = stack, k
         self.shape = stack.shape
         self.module = MemberModule(stack, k)
 
-    def catalogue(self) -> list[SiteInfo]:
-        return builtin_catalogue(self.shape)
-
     def install(self, fns: Mapping[str, HookFn]) -> None:
         self.stack.fns[self.k] = dict(fns)
+
+
+class MemberSeam(StackMember):
+    """Member k of a Stack behind the model seam (seam.ModelSeam): a forward here is member k alone."""
+
+    stack: Stack
+
+    def catalogue(self) -> list[SiteInfo]:
+        return builtin_catalogue(self.shape)
 
     def parameter_slice(self, site: str, heads: tuple[int, ...] | None) -> tuple[nn.Parameter, tuple]:
         p = self.stack.params[self.stack.index[site]]
