@@ -78,7 +78,8 @@ def ray_cluster():
 
 # Test files that take longest (or wait longest: Ray, killed subprocesses) start first, so that two
 # workers (pytest-xdist, one test file per worker at a time) end together rather than one finishing
-# the longest file alone at the end of the run.
+# the longest file alone at the end of the run. xdist keeps this order only with --no-loadscope-reorder
+# (pyproject's addopts): by default it hands out the files with the most tests first.
 LONGEST_FIRST = ("test_extension_suite.py", "test_bench.py", "test_graph.py", "test_readme.py", "test_discover.py",
                  "test_affine.py", "test_report.py", "test_ownership.py", "test_ensemble.py")
 

@@ -30,7 +30,7 @@ name: small
 base:
   model: {layers: 2, heads: 4, d_model: 32}
   task: {name: fewshot, classes: 10, labels: 4, dim: 8}
-  train: {steps: 200, batch: 16, lr: 1.0e-2, eval_every: 10, eval_size: 64, checkpoint_every: 50}
+  train: {steps: 200, batch: 16, lr: 1.0e-2, eval_every: 20, eval_size: 64, checkpoint_every: 50, evaluators: [train]}
   measure: [loss, accuracy, induction_strength]
 seeds: [0, 1, 2]
 variants:
@@ -108,10 +108,10 @@ def test_load_results_rebuilds_the_same_table(local_result):
 def test_a_killed_suite_resumes_without_redoing_finished_runs(tmp_path, ensemble):
     """Killed (SIGKILL) mid-suite, a suite resumes: finished runs are not trained again, partial ones
     resume from their checkpoints; with ensembles, every member of the killed ensemble resumes."""
-    text = (SUITE.replace("steps: 200", "steps: 160").replace("checkpoint_every: 50", "checkpoint_every: 30")
+    text = (SUITE.replace("steps: 200", "steps: 100").replace("checkpoint_every: 50", "checkpoint_every: 20")
             .replace("seeds: [0, 1, 2]", "seeds: [0, 1]"))
     if ensemble:                                # one run ends early: finished while the others go on
-        text = text.replace("variants:\n", "variants:\n  short: {train.steps: 60}\n")
+        text = text.replace("variants:\n", "variants:\n  short: {train.steps: 40}\n")
     path = write_suite(tmp_path, text)
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "clamp.cli", "bench", str(path), "--out", str(out), "--workers", "1", "--quiet"]
@@ -123,7 +123,7 @@ def test_a_killed_suite_resumes_without_redoing_finished_runs(tmp_path, ensemble
             done = list(out.glob("runs/*/seed_*/summary.json"))
             ckpt = [p for p in out.glob("runs/*/seed_*/checkpoints/step_*.pt")
                     if not (p.parent.parent / "summary.json").exists() and p.stat().st_size > 0
-                    and int(p.stem.split("_")[1]) >= 60]
+                    and int(p.stem.split("_")[1]) >= 40]
             if done and ckpt:
                 break
             time.sleep(0.05)

@@ -30,7 +30,7 @@ seeds: [0, 1]
 model: {{layers: 1, heads: 2, d_model: 32}}
 task: {{name: running_mean}}
 measure: [loss, explained]
-train: {{steps: 90, batch: 32, lr: 3.0e-3, eval_every: 15, eval_size: 64, checkpoint_every: 45}}
+train: {{steps: 60, batch: 32, lr: 3.0e-3, eval_every: 15, eval_size: 64, checkpoint_every: 30}}
 phases:
   explained: {{above: 0.8}}
 probes:
@@ -123,7 +123,7 @@ def test_ensembles_on_ray_give_the_runs_results(tmp_path, ray_cluster):
     its task having a loss of its own) on Ray and on the local pool: the same table and verdicts.
     (A user's model travelling to Ray workers is the suite above's own_model variant.)"""
     from test_bench import SUITE, read_csv, stable, write_suite
-    suite = load_suite(write_suite(tmp_path, SUITE.replace("steps: 200", "steps: 100").replace("[0, 1, 2]", "[0, 1]")))
+    suite = load_suite(write_suite(tmp_path, SUITE.replace("steps: 200", "steps: 40").replace("[0, 1, 2]", "[0, 1]")))
     local = run_suite(suite, tmp_path / "local", workers=2)
     res = run_suite(suite, tmp_path / "ray", backend="ray", workers=2)
     assert stable(read_csv(tmp_path / "ray" / "results.csv")) == stable(read_csv(tmp_path / "local" / "results.csv"))

@@ -18,7 +18,7 @@ from clamp.recipe.suite import load_suite
 BASE = """
 model: {layers: 2, heads: 4, d_model: 32}
 task: {name: fewshot, classes: 10, labels: 4, dim: 8}
-train: {steps: 400, batch: 16, lr: 5.0e-3, eval_every: 10, eval_size: 64, checkpoint_every: 300,
+train: {steps: 400, batch: 16, lr: 5.0e-3, eval_every: 10, eval_size: 64, checkpoint_every: 300, evaluators: [train],
         stop: {loss: {below: 0.1}}}
 measure: [loss, accuracy, label_prev_token_score, induction_strength]
 subcircuits:

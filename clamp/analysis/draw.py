@@ -255,10 +255,11 @@ def _draw(D: nx.DiGraph, pos: dict, comp: list, condition: str):
     return fig
 
 
-def save_figure(fig, path: str | os.PathLike) -> Path:
-    """A matplotlib figure as a PNG, written atomically; the figure is closed either way."""
+def save_figure(fig, path: str | os.PathLike, *, laid_out: bool = False) -> Path:
+    """A matplotlib figure as a PNG, written atomically; the figure is closed either way. Unless
+    `laid_out` (its margins set by its builder), matplotlib's tight layout places it first."""
     import matplotlib.pyplot as plt
-    if not fig.get_layout_engine():
+    if not laid_out and not fig.get_layout_engine():
         fig.tight_layout()
     try:
         atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))

@@ -161,7 +161,7 @@ def page(title: str, sections: list[tuple[str, str, str]]) -> str:
 def curves_section(series: list[Series], columns: list[str], out: Path) -> tuple[str, list[Path]]:
     imgs, paths = [], []
     for i, c in enumerate(columns):
-        p = save_figure(curve_figure(series, c), out / f"curves_{i:02d}.png")
+        p = save_figure(curve_figure(series, c), out / f"curves_{i:02d}.png", laid_out=True)
         paths.append(p)
         imgs.append(f"<h3>{html.escape(c)}</h3>" + _img(p, f"curves of {c}"))
     note = ("<p class='note'>One panel per variant, one line per seed (seed colours are the same in every "
