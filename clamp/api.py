@@ -68,12 +68,14 @@ class Discovery:
 
 
 def discover(run_dir: str | os.PathLike, *, thresholds: dict[str, float] | None = None, ablate: str | None = "mean",
-             suite: str | os.PathLike | None = None,
+             suite: str | os.PathLike | None = None, graft: str = "missing",
              progress: Callable[[dict], None] | None = None) -> Discovery:
     """`clamp discover` from Python: every head's roles, formation times, ablation effects
     (`ablate`: mean, zero, resample; None: not measured) and composition, written beside each seed's
     metrics (discovery.json, discovery_graph.json, discovery.png); with `suite` (a path that does not
-    exist yet), the suite of isolation experiments that tests it, checked before it is written.
+    exist yet), the suite of isolation experiments that tests it, checked before it is written
+    (`graft`: which groups it also clamps to their activation at the baseline's last checkpoint:
+    "missing", those whose role has no ideal pattern; "all"; "none").
     `run_dir` may be a recipe file instead: it is trained first into runs/<its name> (resuming what
     is there), and that run is discovered."""
     from .analysis.discovered import save
@@ -82,7 +84,9 @@ def discover(run_dir: str | os.PathLike, *, thresholds: dict[str, float] | None 
     from .recipe.suite import suite_from_data
     from .store.files import atomic_write
     from .training.discover import discover as find
-    from .training.isolation import isolation_suite, suite_yaml
+    from .training.isolation import GRAFTS, isolation_suite, suite_yaml
+    if graft not in GRAFTS:
+        raise InputError("graft", "", repr(graft)[:60], "one of " + ", ".join(GRAFTS))
     target = Path(suite) if suite is not None else None
     if target is not None and (target.exists() or not target.parent.is_dir()):
         raise InputError("--suite", "", repr(str(target))[:80], "a new file in an existing directory (clamp "
@@ -101,7 +105,7 @@ def discover(run_dir: str | os.PathLike, *, thresholds: dict[str, float] | None 
         save(Path(d["run"]), d)
     out = Discovery(found, Path(run_dir))
     if target is not None:
-        data, notes = isolation_suite(run_dir, found, target.stem)
+        data, notes = isolation_suite(run_dir, found, target.stem, graft)
         text = suite_yaml(data, notes, run_dir)
         loaded, src = load_yaml(text, str(target))
         suite_from_data(loaded, src, default_name=target.stem)               # checked before it is written

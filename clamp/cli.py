@@ -260,7 +260,7 @@ def cmd_discover(a) -> int:
     if a.run_suite and not a.suite:
         raise InputError("--run-suite", "", "no --suite", "--suite OUT.yaml (the suite to write and run)")
     got = discover(a.dir, thresholds=_thresholds(a.threshold), ablate=None if a.ablate == "none" else a.ablate,
-                   suite=a.suite)
+                   suite=a.suite, graft=a.graft)
     for seed, d in sorted(got.seeds.items()):
         print(seed_text(seed, d))
     print(f"wrote {DISCOVERY}, {GRAPH_JSON} and {GRAPH_PNG} beside each seed's metrics.jsonl in {got.run}")

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .names.errors import did_you_mean
+from .training.isolation import GRAFTS
 
 ARGV: list[str] | None = None          # the arguments being parsed (cli.main sets them; else sys.argv)
 
@@ -173,6 +174,9 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:  # long: a table: t
                    help="how each head's output is ablated to measure what it does for the loss (default mean)")
     q.add_argument("--suite", metavar="OUT.yaml", help="also write a suite of isolation experiments that test "
                    "what was found (a new file)")
+    q.add_argument("--graft", choices=GRAFTS, default="missing",
+                   help="which groups the suite also clamps to their own activation at the baseline's last "
+                   "checkpoint: those whose role has no ideal pattern (default), all, or none")
     q.add_argument("--run-suite", action="store_true", help="and run it (into runs/<its name>), then judge "
                    "its predictions")
     q.set_defaults(fn=commands["discover"])

@@ -229,7 +229,8 @@ def test_the_generated_suite_tests_what_was_found_and_runs(tmp_path, capsys):
     suite = load_suite(tmp_path / "iso.yaml")
     data = yaml.safe_load((tmp_path / "iso.yaml").read_text())
     assert {"baseline", "clamp_induction_L1", "ablate_induction_L1", "clamp_prev_token_L0"} <= set(data["variants"])
-    assert suite.seeds == (0, 1) and all(e["of"] == "crossing" for e in data["expect"])
+    assert suite.seeds == (0, 1)
+    assert all(e["of"] == "crossing" or e["of"].startswith("phase:max(") for e in data["expect"])   # a dependency
     assert main(["discover", str(tmp_path / "run"), "--suite", str(tmp_path / "iso.yaml")]) == 2   # never replaced
     assert "a new file" in capsys.readouterr().err
     assert main(["bench", str(tmp_path / "iso.yaml"), "--out", str(tmp_path / "b"), "--quiet"]) in (0, 1)
@@ -304,6 +305,62 @@ def test_a_group_most_seeds_have_is_tested_and_the_others_are_said(tmp_path):
     assert any("seed(s) 2 have no such head" in n for n in notes)
 
 
+def test_a_dependency_gets_its_own_experiments_and_the_suite_loads(tmp_path):
+    """Pure data: prev_token@L0H2 K-composes into induction@L1H1 (a notable rise) in both seeds. The
+    suite times the induction role forming (a phase rule on the largest layer-1 score, the measure added
+    to every variant) and predicts it later under the prev-token ablation and earlier under its clamp;
+    a pair variant (prev-token clamped, induction ablated) is judged against induction ablated alone;
+    a role without an ideal pattern (sink) gets a graft from the baseline's last checkpoint."""
+    import yaml
+
+    from clamp.names.yamlio import load_yaml
+    from clamp.recipe.suite import suite_from_data
+    from clamp.training.isolation import dependencies, isolation_suite, suite_yaml
+    (tmp_path / "recipe.yaml").write_text(PLAIN.replace(", induction_strength", ""))   # the suite adds it
+    for s in range(3):
+        (tmp_path / f"seed_{s}").mkdir()
+
+    def head(role, L, h, formed):
+        return {"role": role, "layer": L, "head": h, "holds": True, "formed": formed, "threshold": 0.3,
+                "name": f"{role}@L{L}H{h}"}
+
+    def comp(a, b, kind, rise, notable=True):
+        return {"from": a, "to": b, "kind": kind, "direction": "rise" if rise else "fall", "notable": notable}
+    found = {s: {"heads": [head("prev_token", 0, 2, 4), head("induction", 1, 1, 8), head("sink", 1, 3, 4)],
+                 "measures": {"prev_token": "label_prev_token_score", "induction": "induction_strength",
+                              "sink": "first_position_score"}, "checkpoints": [4, 8, 12],
+                 "composition": [comp("prev_token@L0H2", "induction@L1H1", "k", True),
+                                 comp("prev_token@L0H2", "induction@L1H1", "v", True, notable=False),
+                                 comp("prev_token@L0H2", "sink@L1H3", "q", s == 0)]}
+             for s in range(3)}
+    assert dependencies(found) == {("prev_token@L0", "induction@L1"): ["k"]}   # sink: a rise in 1 seed of 3
+    suite, notes = isolation_suite(tmp_path, found, "iso")
+    v = suite["variants"]
+    assert {"graft_sink_L1", "clamp_prev_token_L0__ablate_induction_L1"} <= set(v)
+    assert v["graft_sink_L1"]["interventions"][0]["to"] == "graft"
+    col = "max(induction_strength/blocks.1.attn.hook_pattern[*])"
+    assert v["baseline"]["phases"][col] == {"above": 0.3} and "induction_strength" in v["baseline"]["measure"]
+    assert list(v["baseline"]["phases"])[0] == "loss"                    # `crossing` is still the loss's
+    judged = {e["name"]: e for e in suite["expect"]}
+    late = judged["ablating prev_token@L0 delays induction@L1 forming (K-composition)"]
+    assert late["ratio"] == ["ablate_prev_token_L0", "baseline"] and late["of"] == f"phase:{col}:above"
+    assert judged["clamping prev_token@L0 brings induction@L1 forming earlier"]["below"] == 1.0
+    pair = next(e for e in suite["expect"] if e["ratio"][0] == "clamp_prev_token_L0__ablate_induction_L1")
+    assert pair["ratio"][1] == "ablate_induction_L1" and pair["of"] == "crossing"
+    assert [iv.get("to", "ablate") for iv in v[pair["ratio"][0]]["interventions"]] == \
+        ["previous_token", "ablate"]
+    text = suite_yaml(suite, notes, tmp_path)
+    assert "&subcircuits" in text and "&phases" in text and "id00" not in text
+    data, src = load_yaml(text, str(tmp_path / "iso.yaml"))
+    assert yaml.safe_load(text)["variants"]["baseline"]["phases"][col] == {"above": 0.3}
+    loaded = suite_from_data(data, src, default_name="iso")               # every quantity names a rule it has
+    assert len(loaded.recipes) == len(v)
+    none, _ = isolation_suite(tmp_path, found, "iso", graft="none")
+    assert not any(k.startswith("graft_") for k in none["variants"])
+    every, _ = isolation_suite(tmp_path, found, "iso", graft="all")
+    assert {"graft_prev_token_L0", "graft_induction_L1", "graft_sink_L1"} <= set(every["variants"])
+
+
 def test_heads_found_by_their_cost_are_tested_on_their_output_and_weights(tmp_path):
     """An `unexplained` group (no measure selects it) held by the same heads in every seed is ablated at
     hook_z and frozen in all four weights; one whose heads differ by seed is not tested, and says why."""
@@ -318,7 +375,8 @@ def test_heads_found_by_their_cost_are_tested_on_their_output_and_weights(tmp_pa
     found = {s: {"heads": [head(1, 0), head(1, 2), head(0, s)], "measures": {}, "checkpoints": [100, 400]}
              for s in range(2)}
     suite, notes = isolation_suite(tmp_path, found, "iso")
-    assert set(suite["variants"]) == {"baseline", "ablate_unexplained_L1", "freeze_unexplained_L1"}
+    assert set(suite["variants"]) == {"baseline", "ablate_unexplained_L1", "freeze_unexplained_L1",
+                                      "graft_unexplained_L1"}
     sc = suite["variants"]["baseline"]["subcircuits"]
     assert sc["unexplained@L1"] == {"sites": ["blocks.1.attn.hook_z[0,2]"],
                                     "params": [f"blocks.1.attn.W_{w}[0,2]" for w in "QKVO"]}

@@ -15,6 +15,18 @@ the baseline, these variants with the prediction each one tests:
     freeze_<role>_L<l>   its weights frozen until the step it formed at in the baseline
                          (median over seeds): the phase change comes later (ratio above 1)
 
+    graft_<role>_L<l>    the group clamped, from step 0, to its own activation in the baseline's
+                         last checkpoint (`graft`; for roles without an ideal pattern, or for all
+                         with graft="all"): the phase change comes earlier
+
+Where the discovery found a group A composing into a later group B (a composition score that rose
+by a notable amount, in at least half the seeds), the suite tests that dependency: B's formation
+(its role measure, the largest over B's layer, crossing the role's threshold: a phase rule every
+variant adds) comes later when A is ablated and earlier when A is clamped; and a pair variant
+
+    clamp_<A>__ablate_<B>  A clamped (or grafted) and B ablated: the phase change is no earlier than
+                         with B ablated alone (A's help runs through B)
+
 Where every seed's group is the same heads, the subcircuit names them (`blocks.0.attn.hook_pattern
 [1,5]`) and each head is also a subcircuit of its own (`prev_token@L0H1`); where seeds differ, the
 subcircuit selects, per seed, the heads of that layer whose role measure was above the threshold at
@@ -25,6 +37,7 @@ predictions held, paired by seed.
 from __future__ import annotations
 
 import os
+import re
 import statistics
 from pathlib import Path
 
@@ -53,10 +66,14 @@ def _seed_dirs(run_dir: Path) -> str:
     return str((run_dir / "seed_{seed}").resolve())
 
 
+GRAFTS = ("missing", "all", "none")     # graft variants: for roles without an ideal pattern, for all, or none
+
+
 def isolation_suite(run_dir: str | os.PathLike, found: dict[int, dict],  # long: a table of variants
-                    name: str) -> tuple[dict, list[str]]:
+                    name: str, graft: str = "missing") -> tuple[dict, list[str]]:
     """The suite (as data) that tests `found` (discover()'s result for the run at `run_dir`), and a note
-    per role it could not test."""
+    per role it could not test. `graft` (GRAFTS): which groups also get a variant clamped to their
+    activation in the baseline's last checkpoint."""
     run_dir = Path(run_dir)
     base = (run_dir / "recipe.yaml").resolve()
     if not base.is_file():
@@ -101,8 +118,14 @@ def isolation_suite(run_dir: str | os.PathLike, found: dict[int, dict],  # long:
                                                             "name": group}]}
             expect.append({"name": f"clamping {group} to its ideal pattern brings the phase change earlier",
                            "ratio": [f"clamp_{slug}", "baseline"], "of": "crossing", "below": 1.0})
-        else:
+        elif graft == "none":
             notes.append(f"{group}: no ideal value source for the role {role}; ablated and frozen only")
+        if graft == "all" or graft == "missing" and role not in IDEAL:
+            variants[f"graft_{slug}"] = {"interventions": [{"clamp": group, "to": "graft", "run": template, "step": -1,
+                                                            "name": group}]}
+            expect.append({"name": f"clamping {group} to its activation at the end of the baseline brings the phase "
+                                   "change earlier", "ratio": [f"graft_{slug}", "baseline"], "of": "crossing",
+                           "below": 1.0})
         variants[f"ablate_{slug}"] = {"interventions": [{"ablate": group, "how": "mean", "name": group}]}
         expect.append({"name": f"ablating {group} delays or prevents the phase change",
                        "ratio": [f"ablate_{slug}", "baseline"], "of": "crossing", "above": 1.0})
@@ -115,9 +138,74 @@ def isolation_suite(run_dir: str | os.PathLike, found: dict[int, dict],  # long:
     if len(variants) == 1:
         raise InputError(str(run_dir), "", "no role that a group of heads held in at least half the seeds",
                          "nothing to test: see `clamp discover`'s table (lower a role's --threshold?)")
-    suite = {"name": name, "base": str(base), "seeds": seeds,        # every variant adds the same subcircuits
-             "variants": {k: {"subcircuits": subcircuits, **v} for k, v in variants.items()}, "expect": expect}
+    shared: dict = {"subcircuits": subcircuits}          # what every variant adds to the base recipe
+    _dependencies(found, base, variants, expect, notes, shared)
+    suite = {"name": name, "base": str(base), "seeds": seeds,
+             "variants": {k: {**shared, **v} for k, v in variants.items()}, "expect": expect}
     return suite, notes
+
+
+def dependencies(found: dict[int, dict]) -> dict[tuple[str, str], list[str]]:
+    """(group A, group B) → the composition kinds ('k', 'q', 'v') by which a head of A's composes into
+    a head of B's with a notable rise, in at least half the seeds (groups named `<role>@L<layer>`)."""
+    place = re.compile(r"^(.+)@L(\d+)H\d+$")
+    seen: dict[tuple[str, str], dict[int, set[str]]] = {}
+    for seed, d in found.items():
+        for c in d.get("composition", []):
+            a, b = place.match(c["from"]), place.match(c["to"])
+            if a and b and c.get("notable", True) and c["direction"] == "rise":
+                key = (f"{a[1]}@L{a[2]}", f"{b[1]}@L{b[2]}")
+                seen.setdefault(key, {}).setdefault(seed, set()).add(c["kind"])
+    return {k: sorted(set().union(*by.values())) for k, by in sorted(seen.items()) if 2 * len(by) >= len(found)}
+
+
+def _dependencies(found: dict[int, dict], base: Path, variants: dict, expect: list, notes: list,
+                  shared: dict) -> None:
+    """Add the experiments that test each dependency A → B between tested groups (module docstring)."""
+    from ..measures.base import head_site
+    from ..names.columns import measure_column
+    from ..recipe.spec import load_recipe
+    deps = dependencies(found)
+    if not deps:
+        return
+    recipe = load_recipe(base)
+    measures, phases = list(recipe.measure), {k: dict(v) for k, v in recipe.phases.items()}
+    first = found[min(found)]
+    for (a, b), kinds in deps.items():
+        sa, sb = a.replace("@", "_"), b.replace("@", "_")
+        if f"ablate_{sb}" not in variants or f"ablate_{sa}" not in variants:
+            continue                                                   # a group the suite does not test
+        how = "/".join(k.upper() for k in kinds)
+        role_b, layer_b = b.split("@L")[0], int(b.split("@L")[1])
+        measure = first["measures"].get(role_b)
+        if measure is None:
+            notes.append(f"{a} → {b} ({how}-composition): {b} has no per-head measure (found by its ablation cost), "
+                         "so its formation is not timed; tested through the phase change only")
+        else:
+            threshold = next(h["threshold"] for d in found.values() for h in d["heads"] if h["role"] == role_b)
+            col = f"max({measure_column(measure, head_site(measure, layer_b))}[*])"
+            measures += [] if measure in measures else [measure]
+            phases.setdefault(col, {})["above"] = threshold
+            when = f"phase:{col}:above"
+            expect.append({"name": f"ablating {a} delays {b} forming ({how}-composition)",
+                           "ratio": [f"ablate_{sa}", "baseline"], "of": when, "above": 1.0})
+            helper = next((v for v in (f"clamp_{sa}", f"graft_{sa}") if v in variants), None)
+            if helper:
+                expect.append({"name": f"{helper.split('_')[0]}ing {a} brings {b} forming earlier",
+                               "ratio": [helper, "baseline"], "of": when, "below": 1.0})
+        helper = next((v for v in (f"clamp_{sa}", f"graft_{sa}") if v in variants), None)
+        if helper is None:
+            continue
+        pair = f"{helper}__ablate_{sb}"
+        both = variants[helper]["interventions"] + variants[f"ablate_{sb}"]["interventions"]
+        variants[pair] = {"interventions": [dict(iv) for iv in both]}
+        expect.append({"name": f"with {b} ablated, {helper.split('_')[0]}ing {a} does not bring the phase change "
+                               f"earlier ({a}'s help runs through {b})",
+                       "ratio": [pair, f"ablate_{sb}"], "of": "crossing", "above": 0.9})
+    if measures != list(recipe.measure):
+        shared["measure"] = measures
+    if phases != {k: dict(v) for k, v in recipe.phases.items()}:
+        shared["phases"] = phases
 
 
 def acted_on(measure: str | None) -> tuple[str, str]:
@@ -146,5 +234,7 @@ def suite_yaml(suite: dict, notes: list[str], run_dir: str | os.PathLike) -> str
     head = [f"# Isolation experiments for the heads `clamp discover` found in {run_dir}",
             "# (clamp bench this file, then clamp explain its directory)."]
     head += [f"# Note: {n}" for n in notes]
-    text = yaml.safe_dump(suite, sort_keys=False, width=110)           # the shared subcircuits: one anchor
-    return "\n".join(head) + "\n" + text.replace("&id001", "&subcircuits").replace("*id001", "*subcircuits")
+    text = yaml.safe_dump(suite, sort_keys=False, width=110)    # what every variant shares: one anchor each
+    for key, anchor in re.findall(r"(\w+): &(id\d+)", text):
+        text = text.replace(f"&{anchor}", f"&{key}").replace(f"*{anchor}", f"*{key}")
+    return "\n".join(head) + "\n" + text
