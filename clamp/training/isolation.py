@@ -178,9 +178,12 @@ def _dependencies(found: dict[int, dict], base: Path, variants: dict, expect: li
         how = "/".join(k.upper() for k in kinds)
         role_b, layer_b = b.split("@L")[0], int(b.split("@L")[1])
         measure = first["measures"].get(role_b)
-        if measure is None:
-            notes.append(f"{a} → {b} ({how}-composition): {b} has no per-head measure (found by its ablation cost), "
-                         "so its formation is not timed; tested through the phase change only")
+        helper = next((v for v in (f"clamp_{sa}", f"graft_{sa}") if v in variants), None)
+        if measure is None or not phases:
+            why = ("has no per-head measure (found by its ablation cost)" if measure is None else
+                   "would be the recipe's only phase rule (the suite's `crossing`)")
+            notes.append(f"{a} → {b} ({how}-composition): {b} {why}, so its formation is not timed; tested "
+                         "through the phase change only")
         else:
             threshold = next(h["threshold"] for d in found.values() for h in d["heads"] if h["role"] == role_b)
             col = f"max({measure_column(measure, head_site(measure, layer_b))}[*])"
@@ -189,11 +192,9 @@ def _dependencies(found: dict[int, dict], base: Path, variants: dict, expect: li
             when = f"phase:{col}:above"
             expect.append({"name": f"ablating {a} delays {b} forming ({how}-composition)",
                            "ratio": [f"ablate_{sa}", "baseline"], "of": when, "above": 1.0})
-            helper = next((v for v in (f"clamp_{sa}", f"graft_{sa}") if v in variants), None)
             if helper:
                 expect.append({"name": f"{helper.split('_')[0]}ing {a} brings {b} forming earlier",
                                "ratio": [helper, "baseline"], "of": when, "below": 1.0})
-        helper = next((v for v in (f"clamp_{sa}", f"graft_{sa}") if v in variants), None)
         if helper is None:
             continue
         pair = f"{helper}__ablate_{sb}"
