@@ -98,3 +98,29 @@ def test_identity_hooks_change_nothing():
     for hp in m.hook_points.values():
         hp.fn = lambda t: t + 0.0
     torch.testing.assert_close(m(x), before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype, rel", [(torch.float32, 3e-7), (torch.float64, 3e-7), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_rope_is_the_rotation_of_each_pair(dtype, rel, layout):
+    """apply_rope (a complex multiply per pair; real arithmetic where the dtype has no complex type)
+    against the rotation written out per position and pair in float64: (x0, x1) at position t, pair
+    j → (x0 cos θ − x1 sin θ, x0 sin θ + x1 cos θ), θ = t / 10000^(2j/d). A strided input (a slice
+    of a wider tensor, as q and k are of the fused projection) gives the same."""
+    from clamp.models.builtin import apply_rope, rope_tables
+    B, T, H, e = 3, 7, 2, 6
+    g = torch.Generator().manual_seed(0)
+    wide = torch.randn(B, T, 3, H, e, generator=g, dtype=torch.float64)
+    x64 = wide[:, :, 1] if layout == "strided" else wide[:, :, 1].contiguous()   # [batch, pos, head, d_head]
+    want = x64.clone()
+    for t in range(T):
+        for j in range(e // 2):
+            th = t / (10000 ** (2 * j / e))
+            a, b = x64[:, t, :, 2 * j], x64[:, t, :, 2 * j + 1]
+            want[:, t, :, 2 * j] = a * math.cos(th) - b * math.sin(th)
+            want[:, t, :, 2 * j + 1] = a * math.sin(th) + b * math.cos(th)
+    x = x64.to(dtype)
+    got = apply_rope(x, rope_tables(16, e))
+    assert got.dtype == dtype and got.shape == x.shape
+    # within `rel` of the input's size: the table is float32 (so float64 too), bfloat16 has 8 bits
+    assert (got.double() - want).abs().max().item() <= rel * x64.abs().max().item()

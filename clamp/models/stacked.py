@@ -106,8 +106,8 @@ class Stack(nn.Module):
         k = self._site(f"{a}.hook_k", k)
         v = self._site(f"{a}.hook_v", v)
         if rope is not None:
-            q = self._site(f"{a}.hook_rot_q", apply_rope(q.flatten(0, 1), *rope).view_as(q))
-            k = self._site(f"{a}.hook_rot_k", apply_rope(k.flatten(0, 1), *rope).view_as(k))
+            q = self._site(f"{a}.hook_rot_q", apply_rope(q.flatten(0, 1), rope).view_as(q))
+            k = self._site(f"{a}.hook_rot_k", apply_rope(k.flatten(0, 1), rope).view_as(k))
         mask = self.template.mask
         scores = (q.transpose(2, 3) @ k.permute(0, 1, 3, 4, 2)) * (1.0 / math.sqrt(e))   # [K, batch, head, query, key]
         scores = self._site(f"{a}.hook_attn_scores", scores.masked_fill(~mask[:T, :T], float("-inf")))
