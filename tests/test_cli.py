@@ -63,6 +63,9 @@ BAD_CLI = [
     (["run", "{missing}"], "missing.yaml: found no readable file; expected a recipe file (YAML)"),
     (["plan", "{bad}"], "did you mean 'prev_token'?"),
     (["rnu", "{recipe}"], "did you mean 'run'?"),
+    (["discover", "{recipe}", "--graft", "al"], "invalid choice: 'al' (choose from 'missing', 'all', 'none'); "
+                                                "did you mean 'all'?"),
+    (["discover", "{recipe}", "--ablate", "zeros"], "did you mean 'zero'?"),
 ]
 
 
