@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -21,10 +22,10 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         hint = ""
-        if "invalid choice" in message:                  # a verb, or an option's value (--ablate, --graft, ...)
-            bad = message.split("invalid choice: ", 1)[1].split("'")[1] if "invalid choice: '" in message else ""
-            offered = message.split("(choose from ", 1)[1] if "(choose from " in message else ""
-            hint = did_you_mean(bad, offered.split("'")[1::2] or VERBS)
+        bad = re.search(r"invalid choice: '([^']*)'", message)   # a verb, or an option's value (--graft, ...)
+        if bad:
+            offered = re.findall(r"'([^']*)'", message.partition("(choose from ")[2])
+            hint = did_you_mean(bad[1], offered or VERBS)
             hint = f"; {hint}" if hint else ""
         listed = [o for o in ("--set", "--threshold") if o in (ARGV if ARGV is not None else sys.argv)]
         if "arguments are required" in message and listed:

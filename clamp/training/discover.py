@@ -36,7 +36,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
-from scipy.stats import pearsonr, spearmanr
 from torch import Tensor
 
 from ..measures import MEASURES, head_column
@@ -53,7 +52,7 @@ from .runs import Run
 from .train import Trainer
 
 __all__ = ["DISCOVERY", "ROLES", "Role", "agreement", "attribution", "catalogue", "discover", "discover_seed",
-           "head_effects", "head_name", "unexplained"]
+           "group_name", "head_effects", "head_name", "unexplained"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,11 @@ ROLES = (
 def head_name(role: str, layer: int, head: int) -> str:
     """A discovered head's name: `prev_token@L0H2`."""
     return f"{role}@L{layer}H{head}"
+
+
+def group_name(role: str, layer: int) -> str:
+    """The heads of one layer that hold a role, as a group: `prev_token@L0`."""
+    return f"{role}@L{layer}"
 
 
 def catalogue(thresholds: dict[str, float] | None = None) -> list[Role]:
@@ -362,6 +366,7 @@ def attribution(trainer: Trainer, how: str) -> dict[str, float] | None:
 def agreement(ablated: dict[str, list[float]], estimated: dict[str, list[float]]) -> dict:
     """How well attribution patching ranks and sizes the heads' ablation effects: Pearson and Spearman
     correlations over every (head, checkpoint), and over the heads at the last checkpoint."""
+    from scipy.stats import pearsonr, spearmanr
     a = [x for k in ablated for x in ablated[k]]
     e = [x for k in ablated for x in estimated[k]]
     a_end = [v[-1] for v in ablated.values()]

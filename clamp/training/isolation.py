@@ -43,6 +43,7 @@ from pathlib import Path
 
 from ..names.errors import InputError
 from ..store.rundir import RecipeDir
+from .discover import group_name, head_name
 
 IDEAL = {"prev_token": "previous_token", "induction": "induction"}    # roles with an ideal value source
 
@@ -88,7 +89,7 @@ def isolation_suite(run_dir: str | os.PathLike, found: dict[int, dict],  # long:
         first = found[seeds[0]]
         measure = first["measures"].get(role)          # none for `unexplained` (read from the ablations)
         threshold = next(h["threshold"] for s in seeds for h in found[s]["heads"] if h["role"] == role)
-        group = f"{role}@L{L}"
+        group = group_name(role, L)
         lacking = [s for s in seeds if s not in by_seed]
         if measure is None and (lacking or len({tuple(v) for v in by_seed.values()}) > 1):
             notes.append(f"{group}: its heads differ by seed and no per-head measure selects them (found by their "
@@ -102,7 +103,7 @@ def isolation_suite(run_dir: str | os.PathLike, found: dict[int, dict],  # long:
         if same:
             subcircuits[group] = _part(L, site, weights, ",".join(map(str, by_seed[seeds[0]])))
             for h in by_seed[seeds[0]]:
-                subcircuits[f"{role}@L{L}H{h}"] = _part(L, site, weights, str(h))
+                subcircuits[head_name(role, L, h)] = _part(L, site, weights, str(h))
         else:
             last = min(found[s]["checkpoints"][-1] for s in seeds)
             subcircuits[group] = {"sites": [f"blocks.{L}.attn.{site}"],
@@ -112,7 +113,7 @@ def isolation_suite(run_dir: str | os.PathLike, found: dict[int, dict],  # long:
         formed = [min(h["formed"] for h in found[s]["heads"] if h["role"] == role and h["layer"] == L
                       and h["holds"] and h["formed"] is not None) for s in by_seed]
         until = int(statistics.median(formed))
-        slug = f"{role}_L{L}"
+        slug = _slug(role, L)
         if role in IDEAL:
             variants[f"clamp_{slug}"] = {"interventions": [{"clamp": group, "to": IDEAL[role], "strength": 1.0,
                                                             "name": group}]}
@@ -147,15 +148,14 @@ def isolation_suite(run_dir: str | os.PathLike, found: dict[int, dict],  # long:
 
 def dependencies(found: dict[int, dict]) -> dict[tuple[str, str], list[str]]:
     """(group A, group B) → the composition kinds ('k', 'q', 'v') by which a head of A's composes into
-    a head of B's with a notable rise, in at least half the seeds (groups named `<role>@L<layer>`)."""
-    place = re.compile(r"^(.+)@L(\d+)H\d+$")
+    a head of B's with a notable rise, in at least half the seeds (groups named by `group_name`)."""
     seen: dict[tuple[str, str], dict[int, set[str]]] = {}
     for seed, d in found.items():
+        group_of = {h["name"]: group_name(h["role"], h["layer"]) for h in d["heads"]}   # composition names heads
         for c in d.get("composition", []):
-            a, b = place.match(c["from"]), place.match(c["to"])
+            a, b = group_of.get(c["from"]), group_of.get(c["to"])
             if a and b and c.get("notable", True) and c["direction"] == "rise":
-                key = (f"{a[1]}@L{a[2]}", f"{b[1]}@L{b[2]}")
-                seen.setdefault(key, {}).setdefault(seed, set()).add(c["kind"])
+                seen.setdefault((a, b), {}).setdefault(seed, set()).add(c["kind"])
     return {k: sorted(set().union(*by.values())) for k, by in sorted(seen.items()) if 2 * len(by) >= len(found)}
 
 
@@ -171,12 +171,15 @@ def _dependencies(found: dict[int, dict], base: Path, variants: dict, expect: li
     recipe = load_recipe(base)
     measures, phases = list(recipe.measure), {k: dict(v) for k, v in recipe.phases.items()}
     first = found[min(found)]
+    role_layer = {group_name(r, L): (r, L) for r, L in _groups(found)}
     for (a, b), kinds in deps.items():
-        sa, sb = a.replace("@", "_"), b.replace("@", "_")
-        if f"ablate_{sb}" not in variants or f"ablate_{sa}" not in variants:
+        if a not in role_layer or b not in role_layer:
             continue                                                   # a group the suite does not test
+        sa, sb = (_slug(*role_layer[g]) for g in (a, b))
+        if f"ablate_{sb}" not in variants or f"ablate_{sa}" not in variants:
+            continue
         how = "/".join(k.upper() for k in kinds)
-        role_b, layer_b = b.split("@L")[0], int(b.split("@L")[1])
+        role_b, layer_b = role_layer[b]
         measure = first["measures"].get(role_b)
         helper = next((v for v in (f"clamp_{sa}", f"graft_{sa}") if v in variants), None)
         if measure is None or not phases:
@@ -207,6 +210,11 @@ def _dependencies(found: dict[int, dict], base: Path, variants: dict, expect: li
         shared["measure"] = measures
     if phases != {k: dict(v) for k, v in recipe.phases.items()}:
         shared["phases"] = phases
+
+
+def _slug(role: str, layer: int) -> str:
+    """A group's part of its variants' names: `clamp_<slug>`, `ablate_<slug>`."""
+    return f"{role}_L{layer}"
 
 
 def acted_on(measure: str | None) -> tuple[str, str]:
