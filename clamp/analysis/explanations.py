@@ -62,6 +62,23 @@ def explain_condition(graph, target: str | None = None) -> dict:
     mech_all = set(graph.g.graph["variants"][target]["clamped"])
     out["not_isolated"] = sorted({x for k, v in graph.g.graph["variants"].items()
                                   if v["condition"] == out["condition"] for x in v["clamped"]} - set(iso) - mech_all)
+    out["predictions"] = predictions(graph)
+    return out
+
+
+def predictions(graph) -> list[dict]:
+    """The expectations of the graph's suites (e.g. those `clamp discover` writes), judged paired by seed:
+    per seed the statistic and whether the rule held; the pairs that tested nothing are listed apart."""
+    from .results import load_results
+    out = []
+    for d in graph.g.graph.get("dirs", []):
+        res = load_results(d)
+        for v in res.verdicts:
+            out.append({"suite": res.suite.name, "name": v["name"], "rule": v["rule"], "verdict": v["verdict"],
+                        "median": v["median"], "p": v["p"], "note": v.get("note", ""),
+                        "per_seed": [{k: q[k] for k in ("seed", "grid", "value", "censored", "low", "high", "holds")}
+                                     for q in v["per_seed"]],
+                        "untested": [q["seed"] for q in v.get("untested", [])]})
     return out
 
 
@@ -167,12 +184,37 @@ def explain_text(e: dict) -> str:
             how = f"in {short(d['variant'])} itself: no other subcircuit of the mechanism to intervene on"
         lines.append(f"  {x:<12} forms at {_t(d)} {how}")
     if e.get("not_isolated"):
-        lines.append(f"  no isolation experiment for: {', '.join(e['not_isolated'])}")
+        lines.append(f"  no isolation experiment (every other subcircuit clamped) for: {', '.join(e['not_isolated'])}"
+                     + ("; what each intervention does alone: `clamp graph`" if not e["subcircuits"] else ""))
     if e["bottleneck"]:
         r = e.get("phase_change_over_bottleneck")
         lines.append(f"  bottleneck: {e['bottleneck']} (the latest to form alone)"
                      + (f"; {waiting(r)}" if r is not None else ""))
+    lines += predictions_text(e.get("predictions", []))
     return "\n".join(lines)
+
+
+def predictions_text(preds: list[dict]) -> list[str]:
+    """Each expectation's verdict, then its value per seed (+ held, - did not, ? censored either way)."""
+    if not preds:
+        return []
+    mark = {True: "+", False: "-", None: "?"}
+
+    def bound(q: dict) -> str:
+        if not q["censored"]:
+            return ""
+        return ">=" if q["high"] > q["value"] else "<=" if q["low"] < q["value"] else ""
+    lines = [f"predictions ({len(preds)}), paired by seed (+ held, - did not, ? undecided; <= / >=: a bound, "
+             "where a phase change never happened):"]
+    for p in preds:
+        seeds = "  ".join(f"{q['seed']}{'[' + q['grid'] + ']' if q['grid'] else ''}: {bound(q)}{q['value']:.3g}"
+                          f"{mark[q['holds']]}" for q in p["per_seed"])
+        med = f"median {p['median']:.3g}" if p["median"] is not None else "no pair"
+        lines.append(f"  {p['verdict']:<8} {p['name']}")
+        lines.append(f"           {p['rule']}; {med}; per seed {seeds or '-'}"
+                     + (f"; untested (same plan as its pair) in seed {', '.join(map(str, p['untested']))}"
+                        if p["untested"] else ""))
+    return lines
 
 
 def compare_text(c: dict) -> str:
@@ -230,6 +272,9 @@ def effect_text(d: dict) -> str:
     text = words(d, "effect")
     if d.get("both_censored") and d.get("median") is not None:
         text += f"; {d['both_censored']} seed(s) left out: neither run changed"
+    if d.get("untested"):
+        text += (f"; seed(s) {', '.join(map(str, d['untested']))} left out: both runs had the same plan "
+                 "(the intervention selected nothing there)")
     return text
 
 

@@ -3,9 +3,9 @@
 Flow position: suite dirs (results, run dirs) ─graph→ graph files ─explain→ text/JSON.
 Nothing here is asserted by hand; every node attribute and edge comes from runs:
 
-- A *variant* is one recipe run over seeds. Its *condition* is what it trains on (model, task,
-  optimizer, lr, batch); its *signature* is the set of interventions it applies, each named by
-  the subcircuit it acts on (the intervention's `name:`, else its target).
+- A *variant* is one recipe run over seeds (variants.py reads them). Its *condition* is what it
+  trains on (model, task, optimizer, lr, batch); its *signature* is the set of interventions it
+  applies, each named by the subcircuit it acts on (the intervention's `name:`, else its target).
 - *Behaviour* nodes are phase changes (`phase:<column>:<rule>` of the recipes' phase rules);
   they hold the per-seed times of every variant (with the logistic fit's interval where the
   recipe asked for one).
@@ -17,7 +17,8 @@ Nothing here is asserted by hand; every node attribute and edge comes from runs:
   condition whose signature is the largest proper subset of its own), seed by seed: the ratio of
   phase-change times, its interval, sign and Wilcoxon tests; `with` names the other subcircuits
   added alongside X. A run that never changes counts as censored at its length (`prevents` when
-  most seeds never change).
+  most seeds never change). A seed where both runs compiled the same plan (a selection that picked
+  no head) is left out as `untested`.
 - *Composition* edges X → Y join subcircuits whose sites name heads in different layers: K/Q/V
   composition of their heads in the final checkpoints of the condition's root variant, against
   the init baseline.
@@ -33,93 +34,20 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
 import networkx as nx
 
-from ..names import columns as C
 from ..names.errors import InputError, did_you_mean, show
 from ..names.phases import paired, spread
-from ..names.schema import unbuild
-from ..recipe.types import Recipe, recipe_to_dict
+from ..recipe.types import Recipe
 from ..store.files import atomic_save, atomic_write
 from ..store.owned import writer
 from ..store.rundir import SuiteDir
 from .draw import draw_graph
-from .results import load_results
-
-
-@dataclass
-class Variant:
-    key: str                       # '<suite>/<variant>[grid]'
-    suite: str
-    name: str
-    recipe: Recipe
-    condition: str                 # canonical text of what it trains on
-    signature: frozenset           # of (subcircuit, kind, source)
-    rows: list                     # results rows (one per seed)
-    suite_dir: Path                # the suite directory its runs are in (store.rundir.SuiteDir)
-
-    @property
-    def labels(self) -> frozenset:
-        return frozenset(s[0] for s in self.signature)
-
-    def times(self, behaviour: str) -> dict[int, tuple[float, bool]]:
-        """seed → (phase-change step, censored); never-changed runs count as their length."""
-        col = C.behaviour_crossing(behaviour)
-        out = {}
-        for r in self.rows:
-            if r.get("status") != "ok":
-                continue
-            v = r.get(col)
-            out[int(r["seed"])] = (float(r.get("steps") or 0), True) if v in (None, "") else (float(v), False)
-        return out
-
-
-def condition_key(r: Recipe) -> str:
-    d = recipe_to_dict(r)
-    t = d["train"]
-    return json.dumps({"model": d["model"], "task": d["task"],
-                       "train": {k: t[k] for k in ("optimizer", "lr", "batch", "betas", "weight_decay")}},
-                      sort_keys=True)
-
-
-def condition_name(key: str, ref: str) -> str:
-    """What differs from the reference condition, as key.path=value (or 'reference')."""
-    a, b = json.loads(key), json.loads(ref)
-    diffs = []
-    for sec in a:
-        for k, v in a[sec].items():
-            if b.get(sec, {}).get(k) != v:
-                diffs.append(f"{sec}.{k}={v}")
-    return ",".join(diffs) or "reference"
-
-
-def signature(r: Recipe) -> frozenset:
-    """(subcircuit, kind, source) per intervention; the source carries its options where it has any
-    and its windows where they are not the whole run, so a windowed clamp or another strength is a
-    different intervention."""
-    def source(iv) -> str:
-        opts = unbuild(iv.options) if iv.options is not None else {}
-        text = (iv.source or "") + (f"({', '.join(f'{k}={v}' for k, v in sorted(opts.items()))})" if opts else "")
-        if tuple(map(tuple, iv.windows)) != ((0, r.train.steps),):
-            text += "@" + ",".join(f"[{a},{b})" for a, b in iv.windows)
-        return text
-    return frozenset((iv.name or iv.target, iv.kind, source(iv)) for iv in r.interventions)
-
-
-def load_variants(dirs: list[str | os.PathLike]) -> list[Variant]:
-    out = []
-    for d in dirs:
-        res = load_results(d)
-        for (vname, point), recipe in res.suite.recipes.items():
-            grid = ",".join(f"{k}={v}" for k, v in point)
-            rows = [r for r in res.rows if r["variant"] == vname and r["grid"] == grid]
-            label = vname + (f"[{grid}]" if grid else "")
-            out.append(Variant(f"{res.suite.name}/{label}", res.suite.name, label, recipe, condition_key(recipe),
-                               signature(recipe), rows, Path(d)))
-    return out
+from .results import same_plan
+from .variants import Variant, condition_name, load_variants
+from .variants import behaviours as timed_behaviours
 
 
 def censored_ratio(times_a: dict, times_b: dict) -> dict:
@@ -137,44 +65,6 @@ def censored_ratio(times_a: dict, times_b: dict) -> dict:
     st["never_a"] = sum(c for _, c in times_a.values())
     st["never_b"] = sum(c for _, c in times_b.values())
     return st
-
-
-def behaviours_of(r: Recipe) -> list[str]:
-    """The behaviours a recipe times: its threshold phase rules, as `phase:<column>:<rule>`."""
-    return [C.behaviour(col, rule) for col, rules in r.phases.items() for rule in rules if rule in ("below", "above")]
-
-
-def _behaviours(variants: list[Variant], behaviour: str | None) -> list[str]:
-    """The behaviours every variant measures; refused when suites of different tasks or phase rules
-    are combined without saying which behaviour to use."""
-    sets = {v.key: behaviours_of(v.recipe) for v in variants}
-    if behaviour is not None:
-        b = behaviour if behaviour.startswith("phase:") else C.behaviour(*behaviour.rsplit(":", 1))
-        lacking = [k for k, bs in sets.items() if b not in bs]
-        if lacking:
-            have = sorted({x for bs in sets.values() for x in bs})
-            raise InputError("--behaviour", "", f"{behaviour!r}, which {len(lacking)} variant(s) do not time "
-                             f"(e.g. {lacking[0]})", "a threshold phase rule every variant has",
-                             did_you_mean(b, have))
-        return [b]
-    tasks = sorted({v.recipe.task.name for v in variants})
-    if len(tasks) > 1:
-        by = {t: sorted({v.suite for v in variants if v.recipe.task.name == t}) for t in tasks}
-        raise InputError("graph", "", "suites of different tasks (" + "; ".join(f"{t}: {', '.join(s)}"
-                         for t, s in by.items()) + ")", "suites of one task, or --behaviour COLUMN:RULE naming "
-                         "the phase change to compare", "their phase rules time different things")
-    distinct = {tuple(bs) for bs in sets.values()}
-    if len(distinct) > 1:
-        ex = sorted(sets.items(), key=lambda kv: len(kv[1]))
-        raise InputError("graph", "", "variants with different phase rules "
-                         f"({ex[0][0]}: {', '.join(ex[0][1]) or 'none'}; "
-                         f"{ex[-1][0]}: {', '.join(ex[-1][1])})", "one set of phase rules, or --behaviour COLUMN:RULE",
-                         "otherwise some runs would be judged on a column they never measured")
-    out = next(iter(distinct))
-    if not out:
-        raise InputError("graph", "", "runs without a threshold phase rule (below/above)",
-                         "phases: {COLUMN: {below: x}} in the recipes, to time a phase change")
-    return list(out)
 
 
 def _summary(times: dict) -> dict:
@@ -207,7 +97,7 @@ class Graph:
         g = nx.MultiDiGraph(dirs=[str(d) for d in dirs])
         ref = variants[0]
         g.graph["reference_condition"] = ref.condition
-        behaviours = _behaviours(variants, behaviour)
+        behaviours = timed_behaviours(variants, behaviour)
         g.graph["primary"] = behaviours[0]
         conds: dict[str, list[Variant]] = {}
         for v in variants:
@@ -386,8 +276,11 @@ def _effects(g: nx.MultiDiGraph, vs: list[Variant], behaviours: list[str], cname
         for p in _parents(v, vs):
             added = v.signature - p.signature
             labels = sorted({s[0] for s in added})
+            alike = _alike_seeds(v, p)             # the intervention selected nothing there: no test
             for b in behaviours:
-                st = censored_ratio(v.times(b), p.times(b))
+                ta, tb = v.times(b), p.times(b)
+                st = censored_ratio({s: t for s, t in ta.items() if s not in alike},
+                                    {s: t for s, t in tb.items() if s not in alike})
                 if not st["per_seed"] and not st["both_censored"]:
                     continue
                 prevents = st["never_a"] > st["n"] / 2 and st["never_b"] < st["n"] / 2
@@ -399,7 +292,14 @@ def _effects(g: nx.MultiDiGraph, vs: list[Variant], behaviours: list[str], cname
                                prevents=prevents, **{k: st.get(k) for k in
                                                      ("median", "min", "max", "ci", "n", "censored", "both_censored",
                                                       "sign_p", "wilcoxon_p")},
-                               per_seed=st["per_seed"])
+                               per_seed=st["per_seed"], untested=sorted(alike))
+
+
+def _alike_seeds(v: Variant, p: Variant) -> set[int]:
+    """Seeds where a variant and its parent (same condition) ran the same plan: nothing to compare."""
+    runs = {int(r["seed"]): r["run"] for r in p.rows if r.get("status") == "ok"}
+    return {int(r["seed"]) for r in v.rows if r.get("status") == "ok" and int(r["seed"]) in runs
+            and same_plan(v.suite_dir, r["run"], p.suite_dir, runs[int(r["seed"])], int(r["seed"]))}
 
 
 def _composition(g: nx.MultiDiGraph, vs: list[Variant], cname: str) -> None:

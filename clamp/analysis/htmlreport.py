@@ -323,8 +323,12 @@ def _write_report(rp: ReportPlan) -> Path:
                          f"{html.escape(s0.base.train.optimizer)} lr {s0.base.train.lr:g}, "
                          f"batch {s0.base.train.batch}.</p>"))
         if res.verdicts:                                                      # type: ignore[attr-defined]
+            notes = "".join(f"<li>{html.escape(v['name'])}: {html.escape(v['note'])}</li>"
+                            for v in res.verdicts if v.get("note"))              # type: ignore[attr-defined]
             sections.append(("expectations", "Expectations",
-                             _table(VERDICT_HEADERS, verdict_rows(res.verdicts), 7)))  # type: ignore[attr-defined]
+                             _table(VERDICT_HEADERS, verdict_rows(res.verdicts), 7)  # type: ignore[attr-defined]
+                             + (f"<p class='note'>Censored, untested and missing data:</p><ul>{notes}</ul>"
+                                if notes else "")))
         h, rows = phase_table(res.rows, timed_columns(res.suite))            # type: ignore[attr-defined]
         sections.append(("phases", "Phase-change times", _table(h, rows)))
         failed = [[r["run"], r["seed"], r["status"], r.get("error") or "no summary.json was written",

@@ -106,7 +106,7 @@ def suite_markdown(res) -> str:
                   md_table(VERDICT_HEADERS, verdict_rows(res.verdicts)), ""]
         notes = [f"- {v['name']}: {v['note']}" for v in res.verdicts if v.get("note")]
         if notes:
-            lines += ["Censored and missing data:", ""] + notes + [""]
+            lines += ["Censored, untested and missing data:", ""] + notes + [""]
     h, rows = phase_table(res.rows, timed_columns(res.suite))
     lines += ["## Phase-change times", "", md_table(h, rows), ""]
     bad = [r for r in res.rows if r["status"] not in ("ok",)]

@@ -19,7 +19,7 @@ from ..names.errors import InputError
 from ..names.phases import column_value, spread
 from ..names.yamlio import load_yaml_file
 from ..recipe.suite import Expectation, Suite, primary_crossing, suite_from_data
-from ..store.rundir import SuiteDir
+from ..store.rundir import PLAN, SuiteDir
 from ..training.benches import collect_rows
 
 
@@ -36,7 +36,7 @@ class SuiteResult:
 
 def suite_result(suite: Suite, directory: str | os.PathLike, rows: list[dict]) -> SuiteResult:
     """The result of a suite's rows: every expectation judged."""
-    return SuiteResult(suite, Path(directory), rows, [judge(e, rows, suite) for e in suite.expect])
+    return SuiteResult(suite, Path(directory), rows, [judge(e, rows, suite, directory) for e in suite.expect])
 
 
 def load_results(path: str | os.PathLike) -> SuiteResult:
@@ -107,18 +107,57 @@ def _decide(e: Expectation, lo: float, hi: float) -> bool | None:
     return True if lo > e.above else False if hi <= e.above else None
 
 
-def judge(e: Expectation, rows: list[dict], suite: Suite) -> dict:
+def judge(e: Expectation, rows: list[dict], suite: Suite, directory: str | os.PathLike | None = None) -> dict:
     """Per seed (and grid point): the statistic, and the range it can lie in when a phase change was
     censored; then the median, its range over seeds, a sign test, and a verdict that is PASS or FAIL
-    only if it holds whatever the censored times really are (else CENSORED)."""
+    only if it holds whatever the censored times really are (else CENSORED).
+
+    A pair of runs that trained alike (same recipe apart from its interventions, and the same
+    compiled plan, as when a head selection picked no head in that seed) tests nothing: it is listed
+    under `untested` and left out of the verdict (read from the runs' plan.txt, given `directory`)."""
     per = _per_seed(e, rows, suite)
+    untested = [p for p in per if directory is not None and _alike(e, p, suite, Path(directory))]
+    per = [p for p in per if p not in untested]
     out = {"name": e.name, "kind": e.kind, "a": e.a.variant, "b": e.b.variant if e.b else None,
            "of": e.a.of, "statistic": _statistic(e), "rule": e.rule(),
-           "per_seed": per, "n": len(per), "censored": sum(p["censored"] for p in per)}
+           "per_seed": per, "n": len(per), "censored": sum(p["censored"] for p in per),
+           "untested": [{"grid": p["grid"], "seed": p["seed"]} for p in untested]}
     if not per:
         return {**out, "median": None, "min": None, "max": None, "p": None, "verdict": "NO DATA",
-                "note": "no finished run pair to compare"}
-    return {**out, **_verdict(e, per)}
+                "note": "no finished run pair to compare" + (_untested_note(untested) if untested else "")}
+    got = {**out, **_verdict(e, per)}
+    if untested:
+        got["note"] = "; ".join(x for x in (got["note"], _untested_note(untested)[2:]) if x)
+    return got
+
+
+def _untested_note(untested: list[dict]) -> str:
+    seeds = ", ".join(str(p["seed"]) + (f" [{p['grid']}]" if p["grid"] else "") for p in untested)
+    return (f"; left out, seed {seeds}: both runs trained alike (same recipe but for the interventions, and the "
+            "same plan: the intervention selected nothing there), so the pair tests nothing")
+
+
+def _alike(e: Expectation, p: dict, suite: Suite, d: Path) -> bool:
+    """Whether the two runs of a per-seed pair trained identically: their recipes differ at most in
+    name, interventions, subcircuits, measures and phase rules, and their plan.txt files are equal."""
+    if e.b is None or e.b.variant == e.a.variant:
+        return False
+    from ..recipe.types import recipe_to_dict
+    runs = {r.variant: r for r in suite.runs() if r.point == p["grid"] and r.seed == p["seed"]}
+    if e.a.variant not in runs or e.b.variant not in runs:
+        return False
+    strip = lambda r: {k: v for k, v in recipe_to_dict(r).items()  # noqa: E731
+                       if k not in ("name", "interventions", "subcircuits", "measure", "phases")}
+    a, b = runs[e.a.variant], runs[e.b.variant]
+    if strip(a.recipe) != strip(b.recipe):
+        return False
+    return same_plan(d, a.id, d, b.id, p["seed"])
+
+
+def same_plan(dir_a: Path, run_a: str, dir_b: Path, run_b: str, seed: int) -> bool:
+    """Whether two runs of suites (directory, run id) at a seed compiled the same plan.txt."""
+    plans = [SuiteDir(d).run(r, seed).path / PLAN for d, r in ((dir_a, run_a), (dir_b, run_b))]
+    return all(f.is_file() for f in plans) and plans[0].read_text() == plans[1].read_text()
 
 
 def _per_seed(e: Expectation, rows: list[dict], suite: Suite) -> list[dict]:
