@@ -19,8 +19,9 @@ against torch's fused Adam (the plain loop's optimizer). Each ratio comes with a
 blocks of one round are timed back to back, so each round gives a paired ratio (condition / plain
 of that round), and the interval is a bootstrap of the median over the rounds' ratios. The
 machine's load average is printed before and after. "plain PyTorch, torch.compile" is the same
-plain step with its model compiled (compilation excluded by the warm-up), for comparison: what a
-compiled step could reach.
+plain step with its model compiled (compilation excluded by the warm-up); the "compiled" rows are
+clamp's step with `train.compile: true` (its forward and interventions compiled, once per window;
+its optimizer eager), each also given as a ratio to the compiled plain step.
 """
 from __future__ import annotations
 
@@ -55,6 +56,11 @@ CONDITIONS = {
     "nnsight backend, no interventions": "NNSIGHT",
     "nnsight backend, clamp one head": ("NNSIGHT\n"
                                         "interventions: [{clamp: blocks.1.attn.hook_pattern[3], to: induction}]"),
+    "compiled, no interventions": "COMPILE",
+    "compiled, clamp one head": "COMPILE\ninterventions: [{clamp: blocks.1.attn.hook_pattern[3], to: induction}]",
+    "compiled, ablate 7 heads": "COMPILE\ninterventions: [{ablate: blocks.1.attn.hook_v[0,1,2,4:8]}]",
+    "compiled, ablate + preserve": "COMPILE\ninterventions: [{ablate: blocks.0.attn.hook_v[2], preserve: [patterns]}]",
+    "compiled, freeze one head": "COMPILE\ninterventions: [{freeze: blocks.0.attn.W_Q[2]}]",
 }
 NNSIGHT_MODEL = "model: {layers: 2, heads: 8, d_model: 64, attn_only: true, norm: pre, pos: rope, backend: nnsight}"
 
@@ -149,6 +155,8 @@ def main():
         text = BASE + extra
         if extra.startswith("NNSIGHT"):                       # the same model, reached through nnsight traces
             text = BASE.replace(BASE.splitlines()[1], NNSIGHT_MODEL) + extra.removeprefix("NNSIGHT")
+        if extra.startswith("COMPILE"):                       # train.compile: the forward with its hooks compiled
+            text = BASE.replace("lr: 1.0e-4}", "lr: 1.0e-4, compile: true}") + extra.removeprefix("COMPILE")
         r = recipe_from_data(*load_yaml(text, "perf.yaml"))
         tr = Trainer(r, 0)
         j = iter(range(10 ** 9))
@@ -165,12 +173,19 @@ def main():
           f"({io.n_ctx} positions), 2 layers x 8 heads, d_model 64; blocks interleaved, median of {a.repeats} "
           f"rounds of {a.steps} steps; load average {load0[0]:.2f} before, {os.getloadavg()[0]:.2f} after "
           f"({os.cpu_count()} cores)")
-    print(f"{'condition':<44} {'ms/step':>8} {'ratio':>6}  95% interval")
+    comp = "plain PyTorch, torch.compile"
+    print(f"{'condition':<44} {'ms/step':>8} {'ratio':>6}  95% interval" + ("   ÷ compiled plain, 95% interval"
+                                                                          if comp in per else ""))
     for name, t in times.items():
         ref_name = "optimizer: torch Adam (fused)" if name.startswith("optimizer") else "plain PyTorch"
         ratio = statistics.median(x / y for x, y in zip(per[name], per[ref_name]))
         lo, hi = ratio_interval(per[name], per[ref_name])
-        print(f"{name:<44} {t:8.3f} {ratio:6.2f}  [{lo:.2f}, {hi:.2f}]")
+        line = f"{name:<44} {t:8.3f} {ratio:6.2f}  [{lo:.2f}, {hi:.2f}]"
+        if comp in per and name.startswith("clamp"):
+            r2 = statistics.median(x / y for x, y in zip(per[name], per[comp]))
+            lo2, hi2 = ratio_interval(per[name], per[comp])
+            line += f"   {r2:6.2f}  [{lo2:.2f}, {hi2:.2f}]"
+        print(line)
     print(f"{f'evaluation ({len(ref._evaluators)} evaluators x {base.train.eval_size})':<44} {t_eval:8.1f} ms")
 
 

@@ -42,9 +42,9 @@ def main() -> None:
     print(f"{'shape':<16} {'real ms':>8} {'clamp ms':>9} {'ratio':>6} {'max diff':>9}")
     for name, shape in SHAPES.items():
         x = torch.randn(*shape, requires_grad=True)
-        rot = rope_tables(shape[1], shape[3])                                   # [pos, 1, d_head/2] complex
-        cos = rot.real[:, 0].repeat_interleave(2, -1)                           # [pos, d_head]
-        sin = rot.imag[:, 0].repeat_interleave(2, -1)
+        rot = rope_tables(shape[1], shape[3])                                   # [pos, 1, d_head/2, (cos, sin)]
+        cos = rot[:, 0, :, 0].repeat_interleave(2, -1)                          # [pos, d_head]
+        sin = rot[:, 0, :, 1].repeat_interleave(2, -1)
         forms = {"real": (real_rope, (x, cos, sin)), "clamp": (apply_rope, (x, rot))}
         diff = (real_rope(x, cos, sin) - apply_rope(x, rot)).abs().max().item()
         spent = dict.fromkeys(forms, 0.0)

@@ -232,6 +232,9 @@ def deleted(prog: Progress):
             if ev.get("kept"):
                 sys.stderr.write(f"clamp: --fresh kept {len(ev['kept'])} item(s) clamp did not write: "
                                  f"{listing(ev['kept'], d)}\n")
+        elif ev.get("event") == "note":
+            who = ev.get("run") or f"seed {ev.get('seed')}"
+            sys.stderr.write(f"clamp: {who}: {ev['text']}\n")
         elif ev.get("event") == "resumed":
             bad = "; ".join(f"{Path(s['checkpoint']).name}: {s['reason']}" for s in ev["skipped"][:2])
             who = ev.get("run") or f"seed {ev.get('seed')}"

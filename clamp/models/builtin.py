@@ -56,26 +56,29 @@ class LayerNorm(nn.Module):
 
 
 def rope_tables(n_ctx: int, d_head: int, base: float = 10000.0) -> Tensor:
-    """The rotation of each interleaved pair (x0,x1), (x2,x3), ... at each position, as unit complex
-    numbers cos + i·sin of shape [n_ctx, 1, d_head/2] (the 1 broadcasts over heads)."""
+    """The rotation of each interleaved pair (x0,x1), (x2,x3), ... at each position: (cos, sin) of its
+    angle, shape [n_ctx, 1, d_head/2, 2] (the 1 broadcasts over heads; the last axis views as one
+    unit complex number cos + i·sin)."""
     inv = base ** (-torch.arange(0, d_head, 2, dtype=torch.float32) / d_head)   # [d_head/2]
     ang = torch.arange(n_ctx, dtype=torch.float32)[:, None] * inv[None, :]       # [n_ctx, d_head/2]
-    return torch.complex(ang.cos(), ang.sin())[:, None, :]
+    return torch.stack((ang.cos(), ang.sin()), -1)[:, None]
 
 
 def apply_rope(x: Tensor, rot: Tensor) -> Tensor:
     """x [batch, pos, head, d_head]; rotates each interleaved pair by its position's angle:
-    (x0, x1) → (x0 cos − x1 sin, x1 cos + x0 sin), one complex multiply per pair (a quarter of the
-    time of the same rotation written with real tensors; equal to it within 5e-7 in float32)."""
+    (x0, x1) → (x0 cos − x1 sin, x1 cos + x0 sin). Eager, one complex multiply per pair (a quarter
+    of the time of the same rotation written with real tensors; equal to it within 5e-7 in
+    float32); compiled (or in a dtype with no complex type), the real form, which the compiler fuses
+    into one kernel."""
     T = x.shape[1]
     pairs = x.unflatten(-1, (-1, 2))                                            # [b, p, h, d_head/2, 2]
-    if x.dtype not in (torch.float32, torch.float64):                            # no complex type to view as
+    if x.dtype not in (torch.float32, torch.float64) or torch.compiler.is_compiling():
         x0, x1 = pairs.unbind(-1)
-        c, s = rot.real[:T].to(x.dtype), rot.imag[:T].to(x.dtype)                  # [pos, 1, d_head/2]
+        c, s = rot[:T].to(x.dtype).unbind(-1)                                   # [pos, 1, d_head/2] each
         return torch.stack((x0 * c - x1 * s, x1 * c + x0 * s), -1).flatten(-2)
     if pairs.storage_offset() % 2 or any(st % 2 for st in pairs.stride()[:-1]) or pairs.stride(-1) != 1:
         pairs = pairs.contiguous()                                              # a view of complex pairs needs it
-    return torch.view_as_real(torch.view_as_complex(pairs) * rot[:T]).flatten(-2)
+    return torch.view_as_real(torch.view_as_complex(pairs) * torch.view_as_complex(rot[:T])).flatten(-2)
 
 
 class Attention(nn.Module):
@@ -218,8 +221,8 @@ class Transformer(nn.Module):
         self.register_buffer("mask", torch.empty(n, n, dtype=torch.bool) if meta else
                              torch.ones(n, n).tril().bool(), persistent=False)          # [pos, pos]
         if s.pos == "rope":
-            rot = torch.empty(n, 1, s.d_head // 2, dtype=torch.complex64) if meta else rope_tables(n, s.d_head)
-            self.register_buffer("rope_rot", rot, persistent=False)                  # [pos, 1, d_head/2]
+            rot = torch.empty(n, 1, s.d_head // 2, 2) if meta else rope_tables(n, s.d_head)
+            self.register_buffer("rope_rot", rot, persistent=False)                  # [pos, 1, d_head/2, 2]
         self.hook_points: dict[str, HookPoint] = {
             m.name: m for m in self.modules() if isinstance(m, HookPoint)}
 

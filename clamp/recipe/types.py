@@ -94,6 +94,8 @@ class TrainConfig:
     threads: int = opt(1, check=positive, doc="torch threads per run")
     device: Literal["cpu", "cuda", "auto"] = opt("cpu", doc="where the run trains: cpu, cuda, or auto (cuda when "
                                                  "present)")
+    compile: bool = opt(False, doc="compile the forward passes with their interventions (torch.compile): once "
+                                   "per window of active interventions; eager where compilation fails")
 
     def validate(self):
         if not all(0.0 <= b < 1.0 for b in self.betas):

@@ -46,6 +46,7 @@ from ..recipe.types import Recipe, dump_recipe
 from ..store.rundir import RunDir, run_metrics
 from ..tasks import Batch
 from . import optim
+from .compiled import Compiled, maybe_compiled
 from .train import RunProgress, Trainer, fill_grads, one_line, resolve_device, stop_now, summarise
 
 Progress = Callable[[dict], None]
@@ -151,6 +152,8 @@ class Ensemble:
         opt = members[0].optimizer
         assert opt is not None, "an ensemble's members share the stack's optimizer"
         self.optimizer: optim.Optimizer = opt
+        self.compiled = members[0].recipe.train.compile              # one ensemble key: one setting for all
+        self._forward_all = maybe_compiled(stack.forward_batches, self.compiled, "the ensemble's step")
 
     # -- forward passes of several members at once ------------------------------------------
 
@@ -171,8 +174,8 @@ class Ensemble:
             if only:
                 logits = self.stack.forward_batches([batches[m] for m in part], [m.mseam.k for m in part])
             else:
-                logits = self.stack.forward_batches([batches[slots[k]] if k in slots else filler
-                                                     for k in range(self.stack.K)])
+                logits = self._forward_all([batches[slots[k]] if k in slots else filler
+                                            for k in range(self.stack.K)])
         return logits
 
     # -- training --------------------------------------------------------------------------
@@ -304,6 +307,10 @@ class Ensemble:
     def finish(self, m: Member, status: str, error: str | None) -> None:
         m.alive = False
         self.stack.fns[m.mseam.k] = {}
+        f = self._forward_all
+        m.progress.compile = f.summary() if isinstance(f, Compiled) else {"enabled": False}
+        if m.progress.compile.get("eager_fallback"):
+            self.emit(_tag(m, {"event": "note", "seed": m.seed, "text": m.progress.compile["eager_fallback"]}))
         m.summary = m.rd.finish(summarise(m.recipe, m.seed, m.progress, m.t0, status, error,
                                           extra={"ensemble": {"members": len(self.members)}}))
         if m.metrics is not None:

@@ -57,7 +57,7 @@ def ensemble_key(recipe: Recipe) -> tuple | None:
     shape = recipe.shape()
     t = recipe.train
     return (shape, recipe.task.name, recipe.task.options, t.batch, t.optimizer, t.lr, t.weight_decay, t.betas,
-            t.eval_every, t.eval_size, t.evaluators, t.threads, t.device)
+            t.eval_every, t.eval_size, t.evaluators, t.threads, t.device, t.compile)
 
 
 def groups(recipes: Sequence[Recipe], workers: int, max_members: int = 64,

@@ -96,6 +96,7 @@ class Intervener:
         self._segment = (1, 0)                     # [lo, hi) of steps the installed edits are valid for
         self._main: dict[str, HookFn] = {}         # site name → fn for the real pass
         self._ref: dict[str, HookFn] | None = None # … for the reference pass (preserve), if any
+        self._built: dict[tuple, tuple[dict[str, HookFn], dict[str, HookFn] | None]] = {}   # by configuration
 
     # -- configuration -------------------------------------------------------------------
 
@@ -126,15 +127,21 @@ class Intervener:
                 self._frozen[e] = _Frozen(p, idx, self.optimizer, hold=e.state != "accumulate")
 
     def _build(self) -> None:
+        """Install the hook functions of this configuration (active edits, recorded sites), built once
+        per configuration and reused, so a compiled forward (compiled.py) sees the same functions
+        each time a configuration comes back and compiles each one once."""
         active = self._active or ()
-        writers = [e for e in active if e.kind in ("clamp", "ablate")]
-        preserved = [e for e in active if e.kind == "preserve"]
-        self._main = self._fns(writers, {e.site.name for e in preserved}, self._record_sites, keep_ref=False)
-        if preserved:
-            plain = [e for e in writers if not e.preserve]
-            self._ref = self._fns(plain, set(), {e.site.name for e in preserved}, keep_ref=True)
-        else:
-            self._ref = None
+        key = (active, self._record_sites)
+        if key not in self._built:
+            writers = [e for e in active if e.kind in ("clamp", "ablate")]
+            preserved = [e for e in active if e.kind == "preserve"]
+            main = self._fns(writers, {e.site.name for e in preserved}, self._record_sites, keep_ref=False)
+            ref = None
+            if preserved:
+                plain = [e for e in writers if not e.preserve]
+                ref = self._fns(plain, set(), {e.site.name for e in preserved}, keep_ref=True)
+            self._built[key] = (main, ref)
+        self._main, self._ref = self._built[key]
         self.attach()
 
     def _fns(self, writers: list[Edit], from_ref: set[str], record: Iterable[str], keep_ref: bool) -> dict[str, HookFn]:

@@ -33,6 +33,7 @@ from ..store.rundir import RunDir, run_metrics
 from ..tasks import TASKS, Batch, Task
 from ..tasks.base import next_token_loss
 from . import optim
+from .compiled import Compiled, maybe_compiled
 from .donor import Donors
 from .hooks import Intervener
 
@@ -82,13 +83,23 @@ class Trainer:
         self._chunk: tuple[int, list[Batch]] = (0, [])          # (first step, its training batches)
         self._repeats: Batch | None = None
         self._probes: dict[str, Intervener] = {}      # probe name → its Intervener (static heads)
+        self.compiled = recipe.train.compile
+        self._loss = maybe_compiled(self._forward_loss, self.compiled)
+
+    def _forward_loss(self, batch: Batch) -> torch.Tensor:
+        """The training loss of one batch with this step's interventions (the part train.compile compiles)."""
+        return self.task.loss(self.intervener.forward(batch), batch)
+
+    def compile_summary(self) -> dict:
+        """summary.json's `compile`: whether the step was compiled, and why it fell back to eager if it did."""
+        return self._loss.summary() if isinstance(self._loss, Compiled) else {"enabled": False}
 
     def train_step(self, batch: Batch | None = None) -> float:
         """One optimizer step at self.step with that step's interventions; returns the loss.
         `batch` (benchmarks: pre-generated batches) replaces the task's batch for this step."""
         self.intervener.set_step(self.step)
         batch = batch if batch is not None else self.batch()
-        loss = self.task.loss(self.intervener.forward(batch), batch)
+        loss = self._loss(batch)
         value = loss.item()
         if not math.isfinite(value):
             raise RunError(f"training loss became {value} at step {self.step}")
@@ -139,6 +150,7 @@ class Trainer:
         return not r.train.evaluator_every or self.step == 0 or self.step >= r.train.steps or \
             all(self.step % n == 0 for n in r.train.evaluator_every.values())
 
+    @torch.no_grad()
     def evaluate(self, probes: bool = True, outputs: Outputs | None = None, every: bool = False) -> dict:
         """One metrics row: measures at this step, then each probe's loss/accuracy (`col@probe`).
         `outputs`: the results of `eval_forwards()` when they ran elsewhere (an ensemble); `every`: run
@@ -157,6 +169,7 @@ class Trainer:
         self.model.train()
         return row
 
+    @torch.no_grad()
     def evaluate_probes(self, row: dict) -> None:
         """Add each probe's loss/accuracy columns (`col@probe`) to a metrics row of this step."""
         r = self.recipe
@@ -301,6 +314,7 @@ class RunProgress:
         self.plan: Plan | None = None
         self.skipped: list[dict] = []          # newer checkpoints that could not be resumed from
         self.device: torch.device | None = None  # the device the run resolved to (None: failed before)
+        self.compile: dict | None = None          # train.compile: enabled, and why it fell back to eager
 
 
 def _train(recipe: Recipe, seed: int, rd: RunDir, emit: Progress, st: RunProgress) -> None:
@@ -346,6 +360,9 @@ def _train(recipe: Recipe, seed: int, rd: RunDir, emit: Progress, st: RunProgres
         rd.save_checkpoint(trainer.step, trainer.state())
     finally:
         trainer.intervener.detach()
+        st.compile = trainer.compile_summary()
+        if st.compile.get("eager_fallback"):
+            emit({"event": "note", "seed": seed, "text": st.compile["eager_fallback"]})
 
 
 def summarise(recipe: Recipe, seed: int, st: RunProgress, t0: float, status: str, error: str | None,
@@ -369,6 +386,8 @@ def summarise(recipe: Recipe, seed: int, st: RunProgress, t0: float, status: str
     if st.plan is not None:
         for m in instances(recipe.measure, None, st.plan.shape).values():
             summary.update(m.summary())
+    if st.compile is not None:
+        summary["compile"] = st.compile
     summary["environment"] = environment(st.device)
     summary.update(extra or {})
     return summary

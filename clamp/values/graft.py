@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from ..names.errors import InputError
 from ..names.schema import opt
 from .base import ValueSource, register_value
@@ -37,5 +39,12 @@ class Graft(ValueSource):
     def value(self, x, site, ctx):
         if ctx.donor is None:
             raise InputError("", "to", "graft", "a clamp run by clamp's training loop (it loads the donor run)")
-        donor = ctx.donor(self.options.run.replace("{seed}", str(ctx.seed)), self.options.step)
-        return donor.activation(ctx.batch, site.name).to(x.device, x.dtype), None
+        return _donor_activation(ctx, self.options, site.name).to(x.device, x.dtype), None
+
+
+@torch.compiler.disable
+def _donor_activation(ctx, options: GraftOptions, site: str):
+    """The donor's activation, computed outside any compiled graph (train.compile): the donor is
+    another model run with its own hooks, which a graph of this model cannot hold."""
+    donor = ctx.donor(options.run.replace("{seed}", str(ctx.seed)), options.step)
+    return donor.activation(ctx.batch, site)

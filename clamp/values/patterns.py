@@ -55,11 +55,12 @@ class Induction(ValueSource):
                              "a task whose batches mark induction keys (fewshot, repeat_tokens)")
         T = x.shape[-1]
         keys = b.induction_keys[:, :T, :T].to(x.dtype)                     # [batch, query, key]
-        others = b.induction_others[:, :T, :T] if b.induction_others is not None else None
-        if others is None or not others.any():
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            others = causal & (keys == 0)
-        others = others.to(x.dtype)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        fallback = causal & (keys == 0)                  # the remaining allowed keys
+        if b.induction_others is not None:               # its keys, unless the batch marks none (branch-free)
+            others = b.induction_others[:, :T, :T]
+            fallback = torch.where(others.any(), others, fallback)
+        others = fallback.to(x.dtype)
         s = self.options.strength
         pat = s * keys / keys.sum(-1, keepdim=True).clamp_min(1) \
             + (1 - s) * others / others.sum(-1, keepdim=True).clamp_min(1)   # [batch, query, key]
