@@ -80,8 +80,8 @@ def ray_cluster():
 # workers (pytest-xdist, one test file per worker at a time) end together rather than one finishing
 # the longest file alone at the end of the run. xdist keeps this order only with --no-loadscope-reorder
 # (pyproject's addopts): by default it hands out the files with the most tests first.
-LONGEST_FIRST = ("test_extension_suite.py", "test_bench.py", "test_graph.py", "test_readme.py", "test_discover.py",
-                 "test_affine.py", "test_report.py", "test_ownership.py", "test_ensemble.py")
+LONGEST_FIRST = ("test_extension_suite.py", "test_compiled.py", "test_bench.py", "test_graph.py", "test_readme.py",
+                 "test_discover.py", "test_affine.py", "test_report.py", "test_ownership.py", "test_ensemble.py")
 
 
 def pytest_collection_modifyitems(items):

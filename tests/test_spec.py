@@ -140,7 +140,7 @@ def test_the_same_recipe_without_the_mistake_loads():
     ("train.lr=abc", "--set train.lr=abc: train.lr: found 'abc'; expected a number"),
     ("train.stpes=5", "--set train.stpes=5: train.stpes: found unknown key 'stpes'; expected one of steps, batch, "
      "optimizer, lr, weight_decay, betas, eval_every, eval_size, evaluators, evaluator_every, checkpoint_every, "
-     "probe_every, stop, threads, device; did you mean 'steps'?"),
+     "probe_every, stop, threads, device, compile; did you mean 'steps'?"),
     ("task.labels=10", None),
     ("model.heads=4", None),
     ("nonsense", "--set: found 'nonsense'; expected key.path=value, e.g. --set train.lr=1e-3"),

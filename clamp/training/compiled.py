@@ -60,6 +60,11 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:200]}"
 
 
+def summary_of(fn: Callable[..., Any]) -> dict:
+    """summary.json's `compile` for a step function: enabled, and why it fell back to eager if it did."""
+    return fn.summary() if isinstance(fn, Compiled) else {"enabled": False}
+
+
 def maybe_compiled(fn: Callable[..., Any], enabled: bool, what: str = "the training step") -> Callable[..., Any]:
     """`Compiled(fn)` when `enabled`, else `fn` unchanged."""
     return Compiled(fn, what) if enabled else fn

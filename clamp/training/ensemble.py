@@ -18,9 +18,9 @@ failed and leaves; one that finishes or stops early leaves too; the stack is the
 those left (parameters and optimizer state sliced), so nobody trains a passenger.
 
 Runs can share an ensemble when `ensemble_key` gives them the same key: one shape that stacks
-(seam.stack_problem), one task (name and options: equal batch shapes), and the
-same optimizer, batch, evaluation schedule and sizes, threads and device. Steps, stop rules,
-probes, measures, interventions and seeds may differ.
+(seam.stack_problem), one task (name and options: equal batch shapes), and the same optimizer,
+batch, evaluation schedule and sizes, threads, device and `train.compile` (compiled.py compiles
+the stack's forward). Steps, stop rules, probes, measures, interventions and seeds may differ.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from ..recipe.types import Recipe, dump_recipe
 from ..store.rundir import RunDir, run_metrics
 from ..tasks import Batch
 from . import optim
-from .compiled import Compiled, maybe_compiled
+from .compiled import maybe_compiled, summary_of
 from .train import RunProgress, Trainer, fill_grads, one_line, resolve_device, stop_now, summarise
 
 Progress = Callable[[dict], None]
@@ -67,12 +67,9 @@ class Member(Trainer):
         self.mseam = seam
         self.rd, self.label = rd, label
         self.progress = RunProgress()
-        self.progress.plan = plan
-        self.t0 = time.perf_counter()
+        self.progress.plan, self.t0 = plan, time.perf_counter()
         self.metrics: Any = None                       # the open metrics.jsonl
-        self.n_eval = 0
-        self.evaluated_at = -1
-        self.alive = True
+        self.n_eval, self.evaluated_at, self.alive = 0, -1, True
         self.summary: dict | None = None
         self.index = 0                                 # its place in train_ensemble's entries
 
@@ -152,8 +149,8 @@ class Ensemble:
         opt = members[0].optimizer
         assert opt is not None, "an ensemble's members share the stack's optimizer"
         self.optimizer: optim.Optimizer = opt
-        self.compiled = members[0].recipe.train.compile              # one ensemble key: one setting for all
-        self._forward_all = maybe_compiled(stack.forward_batches, self.compiled, "the ensemble's step")
+        self._forward_all = maybe_compiled(stack.forward_batches, members[0].recipe.train.compile,  # one key: one
+                                           "the ensemble's step")                                      # setting
 
     # -- forward passes of several members at once ------------------------------------------
 
@@ -307,8 +304,7 @@ class Ensemble:
     def finish(self, m: Member, status: str, error: str | None) -> None:
         m.alive = False
         self.stack.fns[m.mseam.k] = {}
-        f = self._forward_all
-        m.progress.compile = f.summary() if isinstance(f, Compiled) else {"enabled": False}
+        m.progress.compile = summary_of(self._forward_all)
         if m.progress.compile.get("eager_fallback"):
             self.emit(_tag(m, {"event": "note", "seed": m.seed, "text": m.progress.compile["eager_fallback"]}))
         m.summary = m.rd.finish(summarise(m.recipe, m.seed, m.progress, m.t0, status, error,

@@ -33,7 +33,7 @@ from ..store.rundir import RunDir, run_metrics
 from ..tasks import TASKS, Batch, Task
 from ..tasks.base import next_token_loss
 from . import optim
-from .compiled import Compiled, maybe_compiled
+from .compiled import maybe_compiled, summary_of
 from .donor import Donors
 from .hooks import Intervener
 
@@ -92,7 +92,7 @@ class Trainer:
 
     def compile_summary(self) -> dict:
         """summary.json's `compile`: whether the step was compiled, and why it fell back to eager if it did."""
-        return self._loss.summary() if isinstance(self._loss, Compiled) else {"enabled": False}
+        return summary_of(self._loss)
 
     def train_step(self, batch: Batch | None = None) -> float:
         """One optimizer step at self.step with that step's interventions; returns the loss.
