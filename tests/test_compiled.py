@@ -79,6 +79,8 @@ def test_each_intervention_kind_compiled_equals_eager(kind, donor, backend):
     eager, comp = steps(r, False), steps(r, True)
     close(eager, comp)
     assert comp[2].compile_summary() == {"enabled": True, "eager_fallback": None}
+    a, b = eager[2].evaluate(probes=False), comp[2].evaluate(probes=False)     # evaluation compiled too
+    assert a.keys() == b.keys() and all(b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5) for k in a), (a, b)
     if kind == "freeze":                     # bit-exact under compile too: the slice never moved
         init = Trainer(r, 0).model.state_dict()["blocks.0.attn.W_Q"]
         assert torch.equal(comp[1]["blocks.0.attn.W_Q"][2], init[2])

@@ -150,12 +150,13 @@ def needs_repeats(measures: Iterable[str]) -> bool:
     return any(MEASURES[m].repeats for m in measures if m in MEASURES)
 
 
-def run_forwards(intervener, todo: Todo) -> Outputs:
-    """Each forward of `todo` through `intervener`, recording its sites."""
+def run_forwards(intervener, todo: Todo, forward=None) -> Outputs:
+    """Each forward of `todo` through `intervener` (or `forward`, the same function compiled: train.compile),
+    recording its sites."""
     outputs: Outputs = {}
     for key, batch, record in todo:
         with intervener.recording(record) as rec:
-            outputs[key] = (intervener.forward(batch), rec)
+            outputs[key] = ((forward or intervener.forward)(batch), rec)
     return outputs
 
 

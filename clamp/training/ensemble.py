@@ -149,8 +149,8 @@ class Ensemble:
         opt = members[0].optimizer
         assert opt is not None, "an ensemble's members share the stack's optimizer"
         self.optimizer: optim.Optimizer = opt
-        self._forward_all = maybe_compiled(stack.forward_batches, members[0].recipe.train.compile,  # one key: one
-                                           "the ensemble's step")                                      # setting
+        self._forward = maybe_compiled(stack.forward_batches, members[0].recipe.train.compile,  # one key: one
+                                       "the ensemble's forward")                                   # setting
 
     # -- forward passes of several members at once ------------------------------------------
 
@@ -169,10 +169,10 @@ class Ensemble:
                 run = m is not None and (m.intervener.n_passes == n or i == n - 1)
                 self.stack.fns[k] = dict(next(gens[m])) if run else {}         # type: ignore[index]
             if only:
-                logits = self.stack.forward_batches([batches[m] for m in part], [m.mseam.k for m in part])
+                logits = self._forward([batches[m] for m in part], [m.mseam.k for m in part])
             else:
-                logits = self._forward_all([batches[slots[k]] if k in slots else filler
-                                            for k in range(self.stack.K)])
+                logits = self._forward([batches[slots[k]] if k in slots else filler
+                                        for k in range(self.stack.K)])
         return logits
 
     # -- training --------------------------------------------------------------------------
@@ -304,7 +304,7 @@ class Ensemble:
     def finish(self, m: Member, status: str, error: str | None) -> None:
         m.alive = False
         self.stack.fns[m.mseam.k] = {}
-        m.progress.compile = summary_of(self._forward_all)
+        m.progress.compile = summary_of(self._forward)
         if m.progress.compile.get("eager_fallback"):
             self.emit(_tag(m, {"event": "note", "seed": m.seed, "text": m.progress.compile["eager_fallback"]}))
         m.summary = m.rd.finish(summarise(m.recipe, m.seed, m.progress, m.t0, status, error,

@@ -85,6 +85,7 @@ class Trainer:
         self._probes: dict[str, Intervener] = {}      # probe name → its Intervener (static heads)
         self.compiled = recipe.train.compile
         self._loss = maybe_compiled(self._forward_loss, self.compiled)
+        self._eval_forward = maybe_compiled(self.intervener.forward, self.compiled, "evaluation")
 
     def _forward_loss(self, batch: Batch) -> torch.Tensor:
         """The training loss of one batch with this step's interventions (the part train.compile compiles)."""
@@ -92,7 +93,9 @@ class Trainer:
 
     def compile_summary(self) -> dict:
         """summary.json's `compile`: whether the step was compiled, and why it fell back to eager if it did."""
-        return summary_of(self._loss)
+        steps, evals = summary_of(self._loss), summary_of(self._eval_forward)
+        return {**steps, "eager_fallback": steps.get("eager_fallback") or evals.get("eager_fallback")} \
+            if steps["enabled"] else steps
 
     def train_step(self, batch: Batch | None = None) -> float:
         """One optimizer step at self.step with that step's interventions; returns the loss.
@@ -161,7 +164,7 @@ class Trainer:
         row: dict = {"step": self.step, "sequences": self.step * r.train.batch, "seed": self.seed}
         todo = forwards(evs, reps, r.measure, self.plan.shape)
         if outputs is None:
-            outputs = run_forwards(self.intervener, todo)
+            outputs = run_forwards(self.intervener, todo, self._eval_forward)
         row.update(score(outputs, todo, self.measures, self.seam))
         if probes:
             self.evaluate_probes(row)
