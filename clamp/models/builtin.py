@@ -81,6 +81,25 @@ def apply_rope(x: Tensor, rot: Tensor) -> Tensor:
     return torch.view_as_real(torch.view_as_complex(pairs) * torch.view_as_complex(rot[:T])).flatten(-2)
 
 
+SMALL_ATTENTION = 16     # positions up to which compiled attention multiplies and sums instead of a batched matmul
+
+
+def qk(q: Tensor, k: Tensor) -> Tensor:
+    """q [..., query, d_head] · k [..., key, d_head] → [..., query, key]. Compiled, over a few positions,
+    as a product and a sum that fuse into one kernel: a batched matmul of thousands of 5×8 matrices
+    costs its calls, not its arithmetic."""
+    if torch.compiler.is_compiling() and q.shape[-2] <= SMALL_ATTENTION:
+        return (q.unsqueeze(-2) * k.unsqueeze(-3)).sum(-1)
+    return q @ k.transpose(-1, -2)
+
+
+def pv(p: Tensor, v: Tensor) -> Tensor:
+    """p [..., query, key] · v [..., key, d_head] → [..., query, d_head] (as `qk`, compiled and small)."""
+    if torch.compiler.is_compiling() and p.shape[-2] <= SMALL_ATTENTION:
+        return (p.unsqueeze(-1) * v.unsqueeze(-3)).sum(-2)
+    return p @ v
+
+
 class Attention(nn.Module):
     hook_q: HookPoint
     hook_k: HookPoint
@@ -117,10 +136,10 @@ class Attention(nn.Module):
         if rope is not None:
             q = self.hook_rot_q(apply_rope(q, rope))
             k = self.hook_rot_k(apply_rope(k, rope))
-        scores = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)) * self.scale   # [batch, head, query, key]
+        scores = qk(q.transpose(1, 2), k.transpose(1, 2)) * self.scale       # [batch, head, query, key]
         scores = self.hook_attn_scores(scores.masked_fill(~mask[:T, :T], float("-inf")))
         pattern = self.hook_pattern(scores.softmax(dim=-1))                 # [batch, head, query, key]
-        z = self.hook_z((pattern @ v.transpose(1, 2)).transpose(1, 2))      # [batch, pos, head, d_head]
+        z = self.hook_z(pv(pattern, v.transpose(1, 2)).transpose(1, 2))     # [batch, pos, head, d_head]
         return z.reshape(B, T, H * e) @ self.W_O.reshape(H * e, d)         # [batch, pos, d_model]
 
     def scores_from(self, xq: Tensor, xk: Tensor, mask: Tensor, rope) -> Tensor:

@@ -26,7 +26,7 @@ from torch.func import functional_call
 
 from ..names.sites import SiteInfo, builtin_catalogue
 from ..tasks import Batch
-from .builtin import Block, Transformer, apply_rope, scores_from
+from .builtin import Block, Transformer, apply_rope, pv, qk, scores_from
 
 HookFn = Callable[[Tensor], Tensor]
 
@@ -109,10 +109,10 @@ class Stack(nn.Module):
             q = self._site(f"{a}.hook_rot_q", apply_rope(q.flatten(0, 1), rope).view_as(q))
             k = self._site(f"{a}.hook_rot_k", apply_rope(k.flatten(0, 1), rope).view_as(k))
         mask = self.template.mask
-        scores = (q.transpose(2, 3) @ k.permute(0, 1, 3, 4, 2)) * (1.0 / math.sqrt(e))   # [K, batch, head, query, key]
+        scores = qk(q.transpose(2, 3), k.transpose(2, 3)) * (1.0 / math.sqrt(e))   # [K, batch, head, query, key]
         scores = self._site(f"{a}.hook_attn_scores", scores.masked_fill(~mask[:T, :T], float("-inf")))
         pattern = self._site(f"{a}.hook_pattern", scores.softmax(dim=-1))
-        z = self._site(f"{a}.hook_z", (pattern @ v.transpose(2, 3)).transpose(2, 3))  # [K, batch, pos, head, d_head]
+        z = self._site(f"{a}.hook_z", pv(pattern, v.transpose(2, 3)).transpose(2, 3))  # [K, batch, pos, head, d_head]
         return torch.bmm(z.reshape(K, B * T, H * e), W_O.reshape(K, H * e, d)).view(K, B, T, d)
 
     def _mlp(self, x: Tensor, L: int) -> Tensor:

@@ -36,14 +36,15 @@ class Compiled:
         self.note: str | None = None            # why it runs eagerly, once it does
         self.calls = 0
         self._compiled: Callable[..., Any] | None = torch.compile(fn, dynamic=False, backend=BACKEND)
+        # one graph per configuration: more than dynamo's default of 8 per function (raised, never lowered)
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
         if self._compiled is None:
             return self.fn(*args, **kwargs)
         try:
-            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                return self._compiled(*args, **kwargs)
+            return self._compiled(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - the compiler's failures are many kinds; eager decides
             compiler_error = e
         out = self.fn(*args, **kwargs)           # raises the run's own error, if it is one
