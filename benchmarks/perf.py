@@ -19,9 +19,12 @@ against torch's fused Adam (the plain loop's optimizer). Each ratio comes with a
 blocks of one round are timed back to back, so each round gives a paired ratio (condition / plain
 of that round), and the interval is a bootstrap of the median over the rounds' ratios. The
 machine's load average is printed before and after. "plain PyTorch, torch.compile" is the same
-plain step with its model compiled (compilation excluded by the warm-up); the "compiled" rows are
-clamp's step with `train.compile: true` (its forward and interventions compiled, once per window;
-its optimizer eager), each also given as a ratio to the compiled plain step.
+plain step with its model compiled (compilation excluded by the warm-up), and "..., fused attention"
+the same with its attention written as a broadcast product and sum (independent code again),
+which is how clamp's compiled path computes attention over a few positions (models/builtin.py `qk`,
+`pv`); the "compiled" rows are clamp's step with `train.compile: true` (its forward and
+interventions compiled, once per window; its optimizer eager), each also given as a ratio to the
+compiled plain step with fused attention: clamp's own overhead, like for like.
 """
 from __future__ import annotations
 
@@ -68,8 +71,9 @@ NNSIGHT_MODEL = "model: {layers: 2, heads: 8, d_model: 64, attn_only: true, norm
 class Plain(torch.nn.Module):
     """The same computation as clamp's model, written without hooks (independent code)."""
 
-    def __init__(self, src):
+    def __init__(self, src, fused_attention: bool = False):
         super().__init__()
+        self.fused_attention = fused_attention     # attention as a broadcast product and sum (for torch.compile)
         P = {n: p.detach().clone() for n, p in src.named_parameters()}
         self.p = torch.nn.ParameterDict({n.replace(".", "__"): torch.nn.Parameter(v) for n, v in P.items()})
         self.L, self.H = src.shape.layers, src.shape.heads
@@ -96,8 +100,13 @@ class Plain(torch.nn.Module):
             rot = lambda t: t * self.cos[:T] + (t.unflatten(-1, (-1, 2)).flip(-1) * self.sign).flatten(-2) \
                 * self.sin[:T]  # noqa: E731
             q, k = rot(q), rot(k)
-            att = (q @ k.transpose(-1, -2) / math.sqrt(e)).masked_fill(~self.causal[:T, :T], float("-inf"))
-            z = att.softmax(-1) @ v                                                  # [B, H, T, e]
+            if self.fused_attention:                                                 # [B, H, T, T], then [B, H, T, e]
+                att = (q[:, :, :, None, :] * k[:, :, None, :, :]).sum(-1) / math.sqrt(e)
+                att = att.masked_fill(~self.causal[:T, :T], float("-inf")).softmax(-1)
+                z = (att[..., None] * v[:, :, None, :, :]).sum(-2)
+            else:
+                att = (q @ k.transpose(-1, -2) / math.sqrt(e)).masked_fill(~self.causal[:T, :T], float("-inf"))
+                z = att.softmax(-1) @ v                                              # [B, H, T, e]
             h = h + z.transpose(1, 2).reshape(B, T, H * e) @ Wo.reshape(H * e, d)
         x = F.layer_norm(h, (h.shape[-1],), self.w("ln_final.w"), self.w("ln_final.b"))
         return x @ self.w("unembed.W_U") + self.w("unembed.b_U")
@@ -151,6 +160,9 @@ def main():
     steps = {"plain PyTorch": stepper(plain, popt, batches)}
     if not a.no_compile:                           # the same module and optimizer, its forward compiled
         steps["plain PyTorch, torch.compile"] = stepper(torch.compile(plain), popt, batches)
+        fused = Plain(ref.model, fused_attention=True)     # what clamp's compiled path does over a few positions
+        fopt = torch.optim.Adam(fused.parameters(), lr=1e-4, fused=True)
+        steps["plain PyTorch, torch.compile, fused attention"] = stepper(torch.compile(fused), fopt, batches)
     for name, extra in CONDITIONS.items():
         text = BASE + extra
         if extra.startswith("NNSIGHT"):                       # the same model, reached through nnsight traces
@@ -173,20 +185,20 @@ def main():
           f"({io.n_ctx} positions), 2 layers x 8 heads, d_model 64; blocks interleaved, median of {a.repeats} "
           f"rounds of {a.steps} steps; load average {load0[0]:.2f} before, {os.getloadavg()[0]:.2f} after "
           f"({os.cpu_count()} cores)")
-    comp = "plain PyTorch, torch.compile"
-    print(f"{'condition':<44} {'ms/step':>8} {'ratio':>6}  95% interval" + ("   ÷ compiled plain, 95% interval"
+    comp = "plain PyTorch, torch.compile, fused attention"
+    print(f"{'condition':<48} {'ms/step':>8} {'ratio':>6}  95% interval" + ("   ÷ compiled plain (fused), 95% interval"
                                                                           if comp in per else ""))
     for name, t in times.items():
         ref_name = "optimizer: torch Adam (fused)" if name.startswith("optimizer") else "plain PyTorch"
         ratio = statistics.median(x / y for x, y in zip(per[name], per[ref_name]))
         lo, hi = ratio_interval(per[name], per[ref_name])
-        line = f"{name:<44} {t:8.3f} {ratio:6.2f}  [{lo:.2f}, {hi:.2f}]"
+        line = f"{name:<48} {t:8.3f} {ratio:6.2f}  [{lo:.2f}, {hi:.2f}]"
         if comp in per and name.startswith("clamp"):
             r2 = statistics.median(x / y for x, y in zip(per[name], per[comp]))
             lo2, hi2 = ratio_interval(per[name], per[comp])
             line += f"   {r2:6.2f}  [{lo2:.2f}, {hi2:.2f}]"
         print(line)
-    print(f"{f'evaluation ({len(ref._evaluators)} evaluators x {base.train.eval_size})':<44} {t_eval:8.1f} ms")
+    print(f"{f'evaluation ({len(ref._evaluators)} evaluators x {base.train.eval_size})':<48} {t_eval:8.1f} ms")
 
 
 def ratio_interval(xs: list[float], refs: list[float], n: int = 4000, seed: int = 0) -> tuple[float, float]:
