@@ -154,3 +154,17 @@ def test_a_runs_own_error_is_not_taken_for_the_compilers():
     with pytest.raises(Exception, match="induction"):
         tr.train_step(bad)
     assert tr.compile_summary()["eager_fallback"] is None
+
+
+def test_a_backward_the_compiler_cannot_build_runs_that_step_again_eagerly(monkeypatch):
+    """torch compiles the backward at the first backward pass: where that fails, the step is redone
+    eagerly and the run goes on eagerly, its parameters bit-equal to an eager run's."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    def no_backward(gm, example_inputs):
+        raise RuntimeError("no backward kernels")
+    monkeypatch.setattr(compiled, "BACKEND", aot_autograd(fw_compiler=lambda gm, ex: gm, bw_compiler=no_backward))
+    r = tiny(KINDS["clamp"], train=TRAIN)
+    eager, comp = steps(r, False, 4), steps(r, True, 4)
+    assert all(torch.equal(eager[1][k], comp[1][k]) for k in eager[1])
+    assert "no backward kernels" in comp[2].compile_summary()["eager_fallback"]

@@ -34,13 +34,13 @@ class Compiled:
         self.fn = fn
         self.what = what
         self.note: str | None = None            # why it runs eagerly, once it does
-        self.calls = 0
-        self._compiled: Callable[..., Any] | None = torch.compile(fn, dynamic=False, backend=BACKEND)
+        # shapes static at first; a size that changes (an ensemble that loses a member) is made
+        # dynamic on the next compile (torch.compile's default), not recompiled for every size
+        self._compiled: Callable[..., Any] | None = torch.compile(fn, backend=BACKEND)
         # one graph per configuration: more than dynamo's default of 8 per function (raised, never lowered)
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
 
     def __call__(self, *args, **kwargs):
-        self.calls += 1
         if self._compiled is None:
             return self.fn(*args, **kwargs)
         try:
@@ -48,9 +48,18 @@ class Compiled:
         except Exception as e:  # noqa: BLE001 - the compiler's failures are many kinds; eager decides
             compiler_error = e
         out = self.fn(*args, **kwargs)           # raises the run's own error, if it is one
-        self._compiled = None
-        self.note = f"{self.what} runs eagerly: torch.compile failed ({_reason(compiler_error)})"
+        self.fall_back(compiler_error)
         return out
+
+    def fall_back(self, e: BaseException) -> None:
+        """Run eagerly from now on, because compiling failed with `e` (also where its backward, which
+        torch compiles at the first backward pass, failed: train.py retries that step eagerly)."""
+        self._compiled = None
+        self.note = f"{self.what} runs eagerly: torch.compile failed ({_reason(e)})"
+
+    @property
+    def eager(self) -> bool:
+        return self._compiled is None
 
     def summary(self) -> dict:
         return {"enabled": True, "eager_fallback": self.note}

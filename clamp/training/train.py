@@ -33,7 +33,7 @@ from ..store.rundir import RunDir, run_metrics
 from ..tasks import TASKS, Batch, Task
 from ..tasks.base import next_token_loss
 from . import optim
-from .compiled import maybe_compiled, summary_of
+from .compiled import Compiled, maybe_compiled, summary_of
 from .donor import Donors
 from .hooks import Intervener
 
@@ -83,7 +83,7 @@ class Trainer:
         self._chunk: tuple[int, list[Batch]] = (0, [])          # (first step, its training batches)
         self._repeats: Batch | None = None
         self._probes: dict[str, Intervener] = {}      # probe name → its Intervener (static heads)
-        self.compiled = recipe.train.compile
+        self.compiled = recipe.train.compile and train         # a reader of checkpoints evaluates a few times: eager
         self._loss = maybe_compiled(self._forward_loss, self.compiled)
         self._eval_forward = maybe_compiled(self.intervener.forward, self.compiled, "evaluation")
 
@@ -111,7 +111,14 @@ class Trainer:
                            "to it is clamped or ablated")
         assert self.optimizer is not None, "a reader (train=False) does not train"
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            loss.backward()
+        except Exception as e:
+            if not isinstance(self._loss, Compiled) or self._loss.eager:
+                raise
+            self._loss.fall_back(e)                  # its compiled backward failed: this step again, eagerly
+            self.optimizer.zero_grad(set_to_none=True)
+            self._loss(batch).backward()
         fill_grads(self.model.parameters())
         self.optimizer.step()
         self.intervener.after_optimizer_step()
