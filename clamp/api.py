@@ -113,3 +113,42 @@ def discover(run_dir: str | os.PathLike, *, thresholds: dict[str, float] | None 
         out.suite, out.untested = target, notes
     return out
 
+
+
+def prepare_text(sources: list[str | os.PathLike], out: str | os.PathLike, tokenizer: str = "bytes") -> dict:
+    """Encode text files (or directories of them) into a token file for `task: {name: text}`: `out`
+    (a new .bin file: flat uint16 ids, uint32 where the vocabulary needs it) and `out`.json beside it
+    (dtype, vocabulary, tokenizer, sources, token count). Returns that .json's content."""
+    import json
+
+    from .names.errors import InputError
+    from .store.files import atomic_save, atomic_write
+    from .tasks.text import TEXT_SUFFIXES, _text_files, encode, meta_path
+    target = Path(out)
+    if target.suffix != ".bin":
+        raise InputError("--out", "", repr(str(target))[:80], "a .bin file name (the text task reads .bin as tokens)")
+    for t in (target, meta_path(target)):
+        if t.exists() or not t.parent.is_dir():
+            raise InputError("--out", "", repr(str(t))[:80], "a new file in an existing directory (clamp never "
+                             "replaces a file it did not write)", "choose another name, or delete that file first")
+    files = []
+    for src in sources:
+        p = Path(src)
+        if not p.exists():
+            raise InputError(str(src), "", "no such file or directory", "text files or directories of them")
+        files += _text_files(p, TEXT_SUFFIXES)
+    if not files:
+        raise InputError("sources", "", ", ".join(map(str, sources))[:80], "at least one text file "
+                         f"({', '.join(TEXT_SUFFIXES)})")
+    try:
+        tokens, vocab = encode(files, tokenizer)
+    except ValueError as e:
+        raise InputError("--tokenizer", "", repr(tokenizer)[:80], "'bytes' or a saved tokenizer directory",
+                         str(e)) from e
+    if len(tokens) == 0:
+        raise InputError("sources", "", "empty text", "files with some text")
+    meta = {"dtype": str(tokens.dtype), "vocab": vocab, "tokenizer": tokenizer, "tokens": int(len(tokens)),
+            "sources": [str(f) for f in files]}
+    atomic_save(target, lambda tmp: tokens.tofile(tmp))
+    atomic_write(meta_path(target), json.dumps(meta, indent=1) + "\n")
+    return meta

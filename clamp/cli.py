@@ -284,6 +284,14 @@ def cmd_discover(a) -> int:
     return _suite_code(res)
 
 
+def cmd_prepare_text(a) -> int:
+    from .api import prepare_text
+    meta = prepare_text(a.sources, a.out, a.tokenizer)
+    print(f"wrote {a.out}: {meta['tokens']:,} tokens ({meta['dtype']}, vocabulary {meta['vocab']:,}) from "
+          f"{len(meta['sources'])} file(s); and {a.out}.json")
+    return 0
+
+
 def cmd_graph(a) -> int:
     from .analysis.explanations import effect_text
     from .analysis.graph import Graph
@@ -391,7 +399,7 @@ def _skipped_note() -> None:
 
 
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "sites": cmd_sites, "demo": cmd_demo, "bench": cmd_bench,
-            "discover": cmd_discover,
+            "discover": cmd_discover, "prepare-text": cmd_prepare_text,
             "probe": cmd_probe, "graph": cmd_graph, "explain": cmd_explain, "report": cmd_report}
 
 

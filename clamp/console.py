@@ -48,7 +48,7 @@ def positive(text: str) -> int:
     return n
 
 
-VERBS = ("run", "plan", "sites", "demo", "bench", "probe", "discover", "graph", "explain", "report")
+VERBS = ("run", "plan", "sites", "demo", "bench", "probe", "discover", "graph", "explain", "report", "prepare-text")
 
 
 class Progress:
@@ -182,6 +182,13 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:  # long: a table: t
     q.add_argument("--run-suite", action="store_true", help="and run it (into runs/<its name>), then judge "
                    "its predictions")
     q.set_defaults(fn=commands["discover"])
+
+    q = sub.add_parser("prepare-text", help="encode text files into a token file for the text task")
+    q.add_argument("sources", nargs="+", help="text files, or directories of them")
+    q.add_argument("--out", required=True, help="the token file to write (a new .bin; its .json beside it)")
+    q.add_argument("--tokenizer", default="bytes", help="'bytes' (default: each UTF-8 byte a token) or a "
+                   "directory holding a saved transformers tokenizer")
+    q.set_defaults(fn=commands["prepare-text"])
 
     q = sub.add_parser("graph", help="build the subcircuit graph of suite directories")
     q.add_argument("dir", nargs="+")

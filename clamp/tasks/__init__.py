@@ -16,7 +16,7 @@ Register a new task with `@register_task`; recipes can then name it.
 """
 from __future__ import annotations
 
-from . import affine, fewshot, repeat_tokens  # noqa: F401  (register the built-in tasks)
+from . import affine, fewshot, repeat_tokens, text  # noqa: F401  (register the built-in tasks)
 from .base import TASKS, Batch, Task, TaskIO, get_task, register_task, rng_for
 
 __all__ = ["TASKS", "Batch", "Task", "TaskIO", "get_task", "register_task", "rng_for"]

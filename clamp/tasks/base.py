@@ -94,6 +94,7 @@ class Task:
     default_train: ClassVar[dict] = {}                  # train keys whose default differs for this task
     default_measures: ClassVar[tuple[str, ...]] = ("loss", "accuracy", "prev_token_score", "induction_strength")
     accuracy: ClassVar[bool] = True     # False: targets are not classes (no accuracy column)
+    dense_targets: ClassVar[bool] = False   # a target at every position (language modelling): per-position losses
 
     def __init__(self, options, seed: int):
         self.options = options

@@ -150,7 +150,7 @@ class Ensemble:
         assert opt is not None, "an ensemble's members share the stack's optimizer"
         self.optimizer: optim.Optimizer = opt
         self._forward = maybe_compiled(stack.forward_batches, members[0].recipe.train.compile,  # one key: one
-                                       "the ensemble's forward")                                   # setting
+                                       "the ensemble's step")                                      # setting
 
     # -- forward passes of several members at once ------------------------------------------
 
@@ -169,7 +169,8 @@ class Ensemble:
                 run = m is not None and (m.intervener.n_passes == n or i == n - 1)
                 self.stack.fns[k] = dict(next(gens[m])) if run else {}         # type: ignore[index]
             if only:
-                logits = self._forward([batches[m] for m in part], [m.mseam.k for m in part])
+                # evaluation, a few members at a time: each subset its own graph, so eager
+                logits = self.stack.forward_batches([batches[m] for m in part], [m.mseam.k for m in part])
             else:
                 logits = self._forward([batches[slots[k]] if k in slots else filler
                                         for k in range(self.stack.K)])
