@@ -9,7 +9,7 @@ The curated API (everything else is importable from its module, but may change):
 from .analysis.explanations import compare, explain, predict
 from .analysis.graph import Graph
 from .analysis.results import SuiteResult, load_results
-from .api import Discovery, bench, discover, plan
+from .api import Discovery, bench, discover, plan, prepare_text
 from .models.adapter import Adapter
 from .models.plugins import trust_plugins
 from .models.usermodel import model_factory
@@ -23,5 +23,5 @@ from .training.runs import Run, run
 __all__ = ["InputError", "RunError", "Recipe", "load_recipe", "recipe_from_data", "dump_recipe",
            "with_overrides", "Plan", "compile_plan", "plan", "Run", "run", "Suite", "load_suite", "bench",
            "SuiteResult", "load_results", "Graph", "explain", "compare", "predict", "Adapter", "model_factory",
-           "trust_plugins", "discover", "Discovery"]
+           "trust_plugins", "discover", "Discovery", "prepare_text"]
 __version__ = "0.1.0"

@@ -123,7 +123,7 @@ def prepare_text(sources: list[str | os.PathLike], out: str | os.PathLike, token
 
     from .names.errors import InputError
     from .store.files import atomic_save, atomic_write
-    from .tasks.text import TEXT_SUFFIXES, _text_files, encode, meta_path
+    from .tasks.text import TEXT_SUFFIXES, encode, meta_path, text_files
     target = Path(out)
     if target.suffix != ".bin":
         raise InputError("--out", "", repr(str(target))[:80], "a .bin file name (the text task reads .bin as tokens)")
@@ -136,7 +136,7 @@ def prepare_text(sources: list[str | os.PathLike], out: str | os.PathLike, token
         p = Path(src)
         if not p.exists():
             raise InputError(str(src), "", "no such file or directory", "text files or directories of them")
-        files += _text_files(p, TEXT_SUFFIXES)
+        files += text_files(p, TEXT_SUFFIXES)
     if not files:
         raise InputError("sources", "", ", ".join(map(str, sources))[:80], "at least one text file "
                          f"({', '.join(TEXT_SUFFIXES)})")

@@ -70,7 +70,7 @@ class TextOptions:
         return None
 
 
-def _text_files(p: Path, suffixes: tuple[str, ...]) -> list[Path]:
+def text_files(p: Path, suffixes: tuple[str, ...]) -> list[Path]:
     if p.is_file():
         return [p]
     return sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in suffixes)
@@ -130,7 +130,7 @@ def _read(p: Path, o: TextOptions) -> tuple[np.ndarray, int]:
         top = max(int(tokens[i:i + (1 << 24)].max()) for i in range(0, len(tokens), 1 << 24))
         vocab = o.vocab or int(meta.get("vocab", top + 1))
     else:
-        files = _text_files(p, o.suffixes)
+        files = text_files(p, o.suffixes)
         if not files:
             raise ValueError(f"{p} holds no text files (suffixes {', '.join(o.suffixes)})")
         tokens, vocab = encode(files, o.tokenizer)
